@@ -25,6 +25,8 @@ __all__ = ['PLUGGED_COMMANDS', 'build_parser', 'command_run', 'command_verify', 
 # %% ../nbs/09_cli.ipynb #61280aa5
 PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
     # name: ("module:register function", "help line")
+    "audit": ("cellmono.audit:register_cli", "verify, tail or export the audit log"),
+    "keys": ("cellmono.store:register_cli", "rotate the encrypted store's keys"),
 }
 
 
