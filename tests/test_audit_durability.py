@@ -59,8 +59,7 @@ def test_kill_9_during_a_write_burst_keeps_every_acknowledged_record(tmp_path):
 
 
 def test_concurrent_writers_in_several_processes_keep_one_chain(tmp_path):
-    path = tmp_path / "audit.sqlite"
-    AuditLog(path).close()
+    path = tmp_path / "audit.sqlite"  # not created beforehand: the writers race to create it
     writers = [subprocess.Popen([PYTHON, "-c", WRITER, str(path), f"w{number}", "400"], stdout=subprocess.PIPE,
                                 text=True) for number in range(4)]
     outputs = [writer.communicate(timeout=120)[0] for writer in writers]
