@@ -224,12 +224,20 @@ class SecuritySection(Section):
         return Roles(self.roles)
 
 
+_PATH_KEYS = ("signing_keys", "audit_path", "store_path", "anchor_file", "kek_file")
+
+
 def security_section(settings: Settings | str | Path | None = None) -> SecuritySection:
-    """The `[security]` section of `settings` (a path or loaded settings); `./settings.ini` if it exists, else defaults."""
+    """The `[security]` section of `settings` (a path or loaded settings; `./settings.ini` if it exists, else
+    defaults), with relative file paths resolved beside the settings file."""
     if settings is None:
         settings = "settings.ini" if Path("settings.ini").is_file() else None
     if settings is None:
         return SecuritySection()
     if not isinstance(settings, Settings):
         settings = load_settings(settings)
-    return settings.section("security", SecuritySection)
+    section = settings.section("security", SecuritySection)
+    folder = Path(settings.source).resolve().parent if settings.source != "<defaults>" else Path.cwd()
+    return section.model_copy(update={
+        name: str(folder / value) for name in _PATH_KEYS
+        if (value := getattr(section, name)) is not None and not Path(value).is_absolute()})
