@@ -25,6 +25,7 @@ __all__ = ['PLUGGED_COMMANDS', 'build_parser', 'command_run', 'command_verify', 
 # %% ../nbs/09_cli.ipynb #61280aa5
 PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
     # name: ("module:register function", "help line")
+    "serve": ("cellmono.serve:register_cli", "serve the app's tools to MCP clients (HTTP on 127.0.0.1, or --stdio)"),
 }
 
 
