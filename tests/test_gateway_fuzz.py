@@ -122,6 +122,7 @@ def test_ten_thousand_malformed_requests_in_process() -> None:
     loop.run_until_complete(ready.wait())
     statuses: dict[int, int] = {}
     memory: list[int] = []
+    sample: list[tuple[dict[str, str], bytes]] = []
 
     async def send(headers: dict[str, str], body: bytes) -> int:
         response = await client.post("/mcp", headers=headers, content=body)
@@ -134,15 +135,20 @@ def test_ten_thousand_malformed_requests_in_process() -> None:
         status = loop.run_until_complete(send(*request))
         statuses[status] = statuses.get(status, 0) + 1
         assert status < 500 or status == 503, (status, request[0], request[1][:300])
-        count = sum(statuses.values())
-        if count % 2000 == 0:
-            gc.collect()
-            memory.append(rss())
+        if sum(statuses.values()) % 5 == 0:
+            sample.append(request)
 
     try:
         one()
         headers, body = modern_request("tools/call", {"name": "digest.summary", "arguments": {}}, key=ADMIN)
         assert loop.run_until_complete(send(headers, body)) == 200  # still serving
+        # Bounded memory: replaying the same malformed traffic again and again must not grow the process
+        # (hypothesis' own bookkeeping is done by now, so growth here would be the gateway's).
+        for _ in range(4):
+            for request in sample:
+                assert loop.run_until_complete(send(*request)) < 500
+            gc.collect()
+            memory.append(rss())
     finally:
         stop.set()
         loop.run_until_complete(holder)
@@ -152,8 +158,7 @@ def test_ten_thousand_malformed_requests_in_process() -> None:
     assert statuses.get(503, 0) == 0  # nothing was shed: the cap was never reached sequentially
     assert audit.count >= EXAMPLES and len(audit.records) == 1000
     print("statuses:", dict(sorted(statuses.items())), "rss MB:", [round(m / 2**20) for m in memory])
-    if len(memory) >= 3:  # after warm-up, growth stays small: no per-request leak
-        assert memory[-1] - memory[1] < 40 * 2**20, memory
+    assert memory[-1] - memory[1] < 8 * 2**20, memory  # after a warm-up round, no growth per request
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
