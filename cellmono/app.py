@@ -74,8 +74,10 @@ class App:
     """Cells composed on one bus: started, supervised, verified and drawn together."""
 
     def __init__(self, cells: Sequence[Cell], *, settings: Settings | None = None,
-                 transport: Transport | None = None, guard: Guard | None = None) -> None:
+                 transport: Transport | None = None, guard: Guard | None = None,
+                 store: Any = None) -> None:
         self.settings = settings or Settings()
+        self.store = store  # an EncryptedStore (cellmono.store); each cell gets its own namespace
         self.cells: dict[str, Cell] = {}
         self._duplicates: list[str] = []
         for cell in cells:
@@ -181,6 +183,8 @@ class App:
     async def _start_cell(self, cell: Cell) -> None:
         cell.set_health("starting")
         cell.bus = self.bus
+        if self.store is not None:
+            cell.store = self.store.namespace(cell.name)
         for spec in cell.specs:
             if spec.kind == "listener":
                 await self.bus.subscribe(spec.subject, cell.bind(spec), queue=spec.queue, requires=spec.requires)
