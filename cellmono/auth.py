@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .capabilities import CapabilityError, parse_capability, parse_requirement
 from .errors import AccessDenied, ConfigError
 
 # %% auto #0
@@ -62,37 +63,21 @@ class Identity(BaseModel):
     token_id: str | None = None
 
 # %% ../nbs/41_auth.ipynb #445ce8c8
-def _split_capability(text: str) -> tuple[str, str, str | None] | None:
-    parts = text.split(":", 2)
-    if len(parts) < 2 or not parts[0] or not parts[1] or " " in text:
-        return None
-    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
-
-
 def is_capability(text: str) -> bool:
-    """Whether `text` looks like a capability (`domain:verb[:resource]`), e.g. an OAuth scope that is one."""
-    return isinstance(text, str) and 0 < len(text) <= 512 and _split_capability(text) is not None
+    """Whether `text` is a capability in the grammar of `cellmono.capabilities`, e.g. an OAuth scope that is one."""
+    try:
+        parse_capability(text)
+    except CapabilityError:
+        return False
+    return True
 
 
 def grant_allows(grant: str, requirement: str) -> bool:
-    """Whether the grant (may hold wildcards) allows the literal requirement."""
-    granted, required = _split_capability(grant), _split_capability(requirement)
-    if granted is None or required is None:
+    """Whether the grant (may hold wildcards) allows the literal requirement; False for malformed input."""
+    try:
+        return parse_capability(grant).matches(parse_requirement(requirement))
+    except CapabilityError:
         return False
-    for mine, theirs in zip(granted[:2], required[:2]):
-        if mine != "*" and mine != theirs:
-            return False
-    if granted[2] is None:
-        return True
-    if required[2] is None:
-        return False
-    pattern, subject = granted[2].split("."), required[2].split(".")
-    for index, token in enumerate(pattern):
-        if token == ">":
-            return index == len(pattern) - 1 and len(subject) > index
-        if index >= len(subject) or (token != "*" and token != subject[index]):
-            return False
-    return len(pattern) == len(subject)
 
 # %% ../nbs/41_auth.ipynb #d4779a51
 DEFAULT_ROLES: dict[str, tuple[str, ...]] = {"admin": ("*:*",)}

@@ -63,6 +63,7 @@ class GatewaySettings(Section):
     tool_burst: PositiveFloat = 200.0
     call_timeout: PositiveFloat = 30.0
     max_sessions: PositiveInt = 1000
+    allow_internal: bool = True
     local_principal: str = "local"
     local_roles: tuple[str, ...] = ("admin",)
 
@@ -86,8 +87,9 @@ def gateway_settings(app: App) -> GatewaySettings:
 
 
 def app_policy(app: App) -> Policy:
-    """The `[roles]` section as a `Policy` (role = comma list of grants); `admin = *:*` when absent."""
-    roles = app.settings.extra_sections.get("roles")
+    """The roles of `[security]` (`role.NAME = grants`) as a `Policy`; `admin = *:*` when none is defined."""
+    from cellmono.security import security_section
+    roles = security_section(app.settings).roles
     return Policy(roles) if roles else Policy()
 
 # %% ../nbs/40_gateway.ipynb #5b98a677

@@ -22,15 +22,19 @@ from pathlib import Path
 
 from .app import App
 from .auth import ApiKeys, Authenticator, Identity, JwtVerifier
+from .audit import AuditLog
 from .errors import ConfigError
-from .gateway import AuditSink, Gateway, GatewaySettings, JsonlAudit, Minter, gateway_settings
+from .gateway_security import AuditLogSink, GatewayGuard, TokenMinter
+from .security import CapabilityGuard, SecuritySection, security_section
+from .tokens import SigningKeys, TokenIssuer, TokenVerifier
+from .gateway import AuditSink, Gateway, GatewaySettings, Minter, app_policy, gateway_settings
 from .gateway_http import GatewayHTTP
 
 log = logging.getLogger("cellmono.serve")
 
 # %% auto #0
-__all__ = ['log', 'Served', 'state_folder', 'is_loopback', 'build', 'instructions', 'serve_http', 'serve_stdio', 'register_cli',
-           'command_serve']
+__all__ = ['log', 'Served', 'state_folder', 'is_loopback', 'build', 'close', 'instructions', 'serve_http', 'serve_stdio',
+           'register_cli', 'command_serve']
 
 # %% ../nbs/40b_serve.ipynb #14ddb03d
 @dataclass
@@ -44,6 +48,7 @@ class Served:
     state: Path
     api_keys: ApiKeys | None
     new_key: str | None
+    audit_log: AuditLog
 
 
 def state_folder(app: App, settings: GatewaySettings) -> Path:
@@ -92,9 +97,30 @@ def build(app: App, *, port: int | None = None, host: str | None = None, audit: 
                           roles_claim=settings.roles_claim)
     if api_keys is None and jwt is None:
         raise ConfigError(f"{app.settings.source} [gateway]: no way to authenticate (api_keys = false and no jwks)")
-    gateway = Gateway(app, settings=settings, audit=audit or JsonlAudit(state / "gateway-audit.jsonl"), minter=minter)
+    policy = app_policy(app)
+    audit_log, guard, issuer, security = _security(app)
+    app.bus.guard = GatewayGuard(guard, allow_internal=settings.allow_internal)
+    audit = audit or AuditLogSink(audit_log)
+    minter = minter or TokenMinter(issuer, security.audience, policy, ttl=min(security.token_ttl, 900.0))
+    gateway = Gateway(app, settings=settings, policy=policy, audit=audit, minter=minter)
     http = GatewayHTTP(gateway, Authenticator(api_keys=api_keys, jwt=jwt))
-    return Served(app, gateway, http, settings, state, api_keys, new_key)
+    return Served(app, gateway, http, settings, state, api_keys, new_key, audit_log)
+
+
+def _security(app: App) -> tuple[AuditLog, CapabilityGuard, TokenIssuer, SecuritySection]:
+    """The app's audit log, capability guard and token issuer from `[security]` (paths beside settings.ini)."""
+    security = security_section(app.settings)
+    base = Path(app.settings.source).resolve().parent if app.settings.source != "<defaults>" else Path.cwd()
+    audit_log = AuditLog(base / security.audit_path, durability=security.audit_durability)
+    keys = SigningKeys.load_or_create(base / security.signing_keys)
+    guard = CapabilityGuard(TokenVerifier(keys, audience=security.audience), audit_log,
+                            allow_public=security.allow_public)
+    return audit_log, guard, TokenIssuer(keys), security
+
+
+def close(served: Served) -> None:
+    """Flush and close what `build` opened (the audit log)."""
+    served.audit_log.close()
 
 
 def instructions(served: Served, url: str) -> str:
@@ -182,9 +208,7 @@ async def serve_http(served: Served, *, seconds: float | None = None,
             timer.cancel()
         sock.close()
         await served.app.stop()
-        audit = served.gateway.audit
-        if isinstance(audit, JsonlAudit):
-            audit.close()
+        close(served)
         for number in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(number)
@@ -217,9 +241,7 @@ async def serve_stdio(served: Served) -> None:
                 await task
     finally:
         await served.app.stop()
-        audit = served.gateway.audit
-        if isinstance(audit, JsonlAudit):
-            audit.close()
+        close(served)
 
 # %% ../nbs/40b_serve.ipynb #46fcc81b
 def register_cli(parser: argparse.ArgumentParser) -> None:

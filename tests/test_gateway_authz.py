@@ -9,10 +9,14 @@ import httpx
 import pytest
 
 from cellmono.app import App
-from cellmono.auth import ApiKeys, Authenticator
+import tempfile
+from pathlib import Path
+
 from cellmono.config import load_settings
-from cellmono.gateway import Gateway, MemoryAudit
+from cellmono.gateway import MemoryAudit
 from cellmono.gateway_http import GatewayHTTP
+from cellmono.gateway_security import GatewayGuard
+from cellmono.serve import build
 from gateway_support import ROOT, modern_request
 
 pytestmark = pytest.mark.anyio
@@ -35,13 +39,19 @@ def anyio_backend() -> str:
 
 
 def gateway_app(**gateway_options: str) -> tuple[App, GatewayHTTP, dict[str, str], MemoryAudit]:
+    """The example app behind its gateway as `cellmono serve` builds it: policy, minted tokens, bus guard."""
+    folder = Path(tempfile.mkdtemp(prefix="cellmono-authz-"))
     settings = load_settings(ROOT / "settings.ini", environ={})
-    sections = {**settings.extra_sections, "gateway": {**settings.extra_sections.get("gateway", {}), **gateway_options}}
+    sections = {**settings.extra_sections,
+                "gateway": {**settings.extra_sections.get("gateway", {}), "state": str(folder), **gateway_options},
+                "security": {**settings.extra_sections["security"], "audit_path": str(folder / "audit.sqlite"),
+                             "signing_keys": str(folder / "keys.json")}}
     app = App.from_settings(settings.model_copy(update={"extra_sections": sections}))
-    keys = ApiKeys()
-    credentials = {role: keys.create(f"user-{role}", [role] if role != "nobody" else []) for role in MATRIX}
     audit = MemoryAudit()
-    return app, GatewayHTTP(Gateway(app, audit=audit), Authenticator(api_keys=keys)), credentials, audit
+    served = build(app, audit=audit, create_admin=False)
+    assert isinstance(app.bus.guard, GatewayGuard)  # the guard checks every call again on delivery
+    credentials = {role: served.api_keys.create(f"user-{role}", [role] if role != "nobody" else []) for role in MATRIX}
+    return app, served.http, credentials, audit
 
 
 async def legacy_session(client: httpx.AsyncClient, key: str) -> dict[str, str]:

@@ -71,6 +71,8 @@ async def test_sdk_client_without_credentials_is_refused(server, mode: str) -> N
 async def test_roles_limit_what_a_reader_sees_and_calls(server, tmp_path: Path) -> None:
     import subprocess
     env = {**os.environ, "CELLMONO__GATEWAY__STATE": str(server.state)}
+    env.update({"CELLMONO__SECURITY__AUDIT_PATH": str(server.state / "audit.sqlite"),
+                "CELLMONO__SECURITY__SIGNING_KEYS": str(server.state / "signing-keys.json")})
     key = subprocess.run([CELLMONO, "serve", "--new-key", "rita", "--role", "reader"], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True).stdout.strip()
     for mode in ("2026-07-28", "legacy"):
@@ -83,9 +85,11 @@ async def test_roles_limit_what_a_reader_sees_and_calls(server, tmp_path: Path) 
             assert not (await mcp.call_tool("digest.summary", {})).is_error
 
 
-async def test_stdio_serves_the_same_tools() -> None:
+async def test_stdio_serves_the_same_tools(tmp_path: Path) -> None:
     parameters = StdioServerParameters(command=CELLMONO, args=["serve", "--stdio"], cwd=str(ROOT),
-                                       env={**os.environ, "CELLMONO__GATEWAY__STATE": str(ROOT / ".cellmono-stdio-test")})
+                                       env={**os.environ, "CELLMONO__GATEWAY__STATE": str(tmp_path / "state"),
+                                            "CELLMONO__SECURITY__AUDIT_PATH": str(tmp_path / "audit.sqlite"),
+                                            "CELLMONO__SECURITY__SIGNING_KEYS": str(tmp_path / "keys.json")})
     async with Client(parameters, cache=None) as mcp:
         names = {tool.name for tool in (await mcp.list_tools()).tools}
         assert names == {"notes.add", "notes.get", "search.query", "digest.summary"}
@@ -137,7 +141,17 @@ def test_sigterm_stops_cleanly_and_the_audit_log_has_every_request(tmp_path: Pat
             assert http.post(running.url, headers=headers, content=body).status_code == 401
         running.process.send_signal(signal.SIGTERM)
         assert running.process.wait(timeout=15) == 0
-    records = [json.loads(line) for line in (tmp_path / "state" / "gateway-audit.jsonl").read_text().splitlines()]
-    assert [(r["principal"], r["tool"], r["outcome"]) for r in records] == [
-        ("admin", "digest.summary", "ok"), ("anonymous", None, "unauthenticated")]
-    assert records[0]["correlation_id"] and records[0]["latency"] > 0
+    from cellmono.audit import AuditLog
+    with AuditLog(tmp_path / "state" / "audit.sqlite", create=False) as log:
+        assert log.verify().ok  # the hash chain is intact
+        records = [entry.fields for entry in log.entries()]
+    gateway = [(r["actor"], r["action"], r["resource"], r["outcome"]) for r in records if r["action"].startswith("gateway.")]
+    assert gateway == [("admin", "gateway.tools/call", "digest.summary", "ok"),
+                       ("anonymous", "gateway.tools/list", "", "unauthenticated")]
+    call = next(r for r in records if r["action"] == "gateway.tools/call")
+    assert call["correlation_id"] and call["latency"] > 0
+    # the bus guard checked the same call again on delivery, with the caller's token: the tool, then the
+    # notes.get requests the digest made on the caller's behalf (none here: no notes were added yet)
+    deliveries = [r for r in records if r["action"] == "deliver" and r["actor"] == "admin"]
+    assert deliveries and deliveries[0]["resource"] == "digest.summary" and deliveries[0]["decision"] == "allow"
+    assert deliveries[0]["correlation_id"] == call["correlation_id"]
