@@ -186,6 +186,8 @@ class GatewayHTTP:
 
     def _audit(self, identity: Identity, method: str, outcome: str, status: int, reason: str | None,
                started: float, tool: str | None = None) -> None:
+        if tool is not None:  # refusals of a known tool count in its metrics too
+            self.gateway.metrics.observe(tool, outcome, time.perf_counter() - started, identity.principal)
         self.gateway.audit(GatewayRecord.model_construct(
             time=time.time(), principal=identity.principal, tenant=identity.tenant, method=method, tool=tool,
             decision="allow" if outcome == "ok" else "deny", outcome=outcome, status=status,
