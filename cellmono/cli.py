@@ -28,6 +28,7 @@ PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("cellmono.audit:register_cli", "verify, tail or export the audit log"),
     "keys": ("cellmono.store:register_cli", "rotate the encrypted store's keys"),
     "sandbox": ("cellmono.sandbox_native:register_cli", "check which sandbox backends work on this machine"),
+    "serve": ("cellmono.serve:register_cli", "serve the app's tools to MCP clients (HTTP on 127.0.0.1, or --stdio)"),
 }
 
 

@@ -39,12 +39,16 @@ class CellmonoError(Exception):
     ├── AccessDenied (PermissionError)        a capability check refused the call
     │   ├── CapabilityDenied                  the token lacks a required capability (security)
     │   ├── SandboxDenied                     a sandbox policy refused a file, host or call (sandbox)
+    │   ├── Unauthenticated                   no or bad credential at the gateway: HTTP 401 (auth)
+    │   ├── InsufficientScope                 the caller may not use that tool: HTTP 403 (auth)
     │   └── TokenInvalid                      the capability token is unusable (tokens)
     │       ├── TokenMissing, TokenExpired, TokenNotYetValid, TokenRevoked, TokenAudienceMismatch
     │       ├── TokenMalformed
     │       │   └── TokenTooLarge
     │       └── TokenSignatureInvalid
     │           └── UnknownSigningKey
+    ├── RateLimited                           over a token-bucket limit: HTTP 429 + Retry-After (limits)
+    ├── Overloaded                            the gateway sheds load: HTTP 503 (limits)
     ├── CapabilityError (ValueError)          a capability string outside the grammar (capabilities)
     │   └── AttenuationError                  a child token asked for more than its parent
     ├── AuditError                            the audit log (audit)

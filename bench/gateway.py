@@ -1,0 +1,290 @@
+"""Benchmark: cellmono's MCP gateway against FastMCP 4.x with an equivalent security stack.
+
+Both servers expose the same trivial tool (echo a text) over streamable HTTP, protocol revision
+2026-07-28, behind: bearer JWT authentication (RS256, issuer and audience checked), a per-tool
+scope check, a rate limit set high enough never to trip, and request logging to a file (cellmono:
+its audit sink; FastMCP: its LoggingMiddleware). Each server runs alone in its own process, on
+uvicorn with uvloop and httptools; the same lean load generator (raw asyncio sockets, ready-made
+requests, keep-alive connections) runs in another process, checks every response, and measures
+latency. Server CPU per call is the server process's own CPU time over the calls it answered.
+
+    python bench/gateway.py [--quick]       last stdout line: one JSON object
+"""
+
+
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ISSUER = "https://issuer.bench"
+TEXT = "hello"
+
+
+# -- the servers (run as `--serve NAME`) --------------------------------------------------------
+def serve_cellmono(port: int, folder: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    from pydantic import BaseModel
+
+    from cellmono.app import App
+    from cellmono.cell import Cell, tool
+    from cellmono.config import Settings
+    from cellmono.serve import build, serve_http
+
+    class Text(BaseModel):
+        text: str
+
+    class BenchCell(Cell):
+        name = "bench"
+
+        @tool(requires="bench:read")
+        async def echo(self, request: Text) -> Text:
+            """Echo the text."""
+            return Text(text=request.text)
+
+    settings = Settings(source=str(folder / "settings.ini"), extra_sections={
+        "gateway": {"port": str(port), "jwks": str(folder / "jwks.json"), "issuer": ISSUER, "api_keys": "false",
+                    "state": str(folder / "cellmono-state"), "rate": "1e9", "burst": "1e9", "tool_rate": "1e9",
+                    "tool_burst": "1e9", "max_in_flight": "4096"},
+        "roles": {"admin": "*:*"}})
+    served = build(App([BenchCell()], settings=settings))
+    import uvloop
+    uvloop.run(serve_http(served, on_ready=lambda url: print("ready", url, flush=True)))
+
+
+def serve_fastmcp(port: int, folder: Path) -> None:
+    import logging
+
+    import uvicorn
+    from fastmcp import FastMCP
+    from fastmcp.server.auth.providers.jwt import JWTVerifier
+    from fastmcp.server.middleware.logging import LoggingMiddleware
+    from fastmcp.server.middleware.rate_limiting import RateLimitingMiddleware
+    from fastmcp.utilities.authorization import require_scopes
+
+    request_log = logging.getLogger("bench.fastmcp.requests")
+    request_log.addHandler(logging.FileHandler(folder / "fastmcp-requests.log"))
+    request_log.setLevel(logging.INFO)
+    request_log.propagate = False
+    verifier = JWTVerifier(public_key=(folder / "public.pem").read_text(), issuer=ISSUER,
+                           audience=f"http://127.0.0.1:{port}/mcp", algorithm="RS256")
+    mcp = FastMCP("bench", auth=verifier)
+    mcp.add_middleware(RateLimitingMiddleware(max_requests_per_second=1e9, burst_capacity=10**9))
+    mcp.add_middleware(LoggingMiddleware(logger=request_log))
+
+    @mcp.tool(name="bench.echo", auth=require_scopes("bench:read"))
+    def echo(text: str) -> dict:
+        """Echo the text."""
+        return {"text": text}
+
+    app = mcp.http_app(path="/mcp", stateless_http=True, json_response=True)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                            loop="uvloop", http="httptools", server_header=False)
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        print("ready", f"http://127.0.0.1:{port}/mcp", flush=True)
+        await task
+
+    import uvloop
+    uvloop.run(run())
+
+
+# -- the load generator (run as `--load`) -------------------------------------------------------
+def request_bytes(port: int, token: str, request_id: int) -> bytes:
+    body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {
+        "name": "bench.echo", "arguments": {"text": TEXT},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}}).encode()
+    head = (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n"
+            f"Mcp-Method: tools/call\r\nMcp-Name: bench.echo\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            key, value = line.split(":", 1)
+            headers[key.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        return status, await reader.readexactly(int(headers["content-length"]))
+    chunks = []
+    while True:  # chunked
+        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return status, b"".join(chunks)
+        chunks.append(await reader.readexactly(size))
+        await reader.readexactly(2)
+
+
+def check(status: int, body: bytes) -> None:
+    if status != 200:
+        raise AssertionError(f"HTTP {status}: {body[:300]!r}")
+    if body.startswith(b"event:") or body.startswith(b"data:"):
+        body = next(line[5:] for line in body.splitlines() if line.startswith(b"data:"))
+    result = json.loads(body)["result"]
+    if result.get("isError") or result["structuredContent"]["text"] != TEXT:
+        raise AssertionError(f"unexpected result {result}")
+
+
+async def load(port: int, token: str, concurrency: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    payload = request_bytes(port, token, 1)
+    stop_at = 0.0
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while True:
+                started = time.perf_counter()
+                if started >= stop_at:
+                    return
+                writer.write(payload)
+                status, body = await read_response(reader)
+                check(status, body)
+                latencies.append(time.perf_counter() - started)
+        finally:
+            writer.close()
+
+    stop_at = time.perf_counter() + seconds
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    latencies.sort()
+    return {"calls": len(latencies), "seconds": elapsed, "calls_per_s": len(latencies) / elapsed,
+            "p95_ms": latencies[int(0.95 * (len(latencies) - 1))] * 1000 if latencies else float("nan")}
+
+
+# -- the orchestration ----------------------------------------------------------------------------
+def keys(folder: Path) -> None:
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (folder / "private.pem").write_bytes(private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (folder / "public.pem").write_bytes(private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    public = jwt.algorithms.get_default_algorithms()["RS256"].to_jwk(private.public_key(), as_dict=True)
+    (folder / "jwks.json").write_text(json.dumps({"keys": [{**public, "kid": "bench", "alg": "RS256"}]}))
+
+
+def token(folder: Path, port: int) -> str:
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+
+    private = serialization.load_pem_private_key((folder / "private.pem").read_bytes(), password=None)
+    return jwt.encode({"sub": "bench-user", "iss": ISSUER, "aud": f"http://127.0.0.1:{port}/mcp",
+                       "exp": time.time() + 3600, "scope": "tool:call:bench.echo bench:read",
+                       "client_id": "bench"}, private, algorithm="RS256", headers={"kid": "bench"})
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def measure(name: str, folder: Path, seconds: float) -> dict[str, float]:
+    import psutil
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, __file__, "--serve", name, "--port", str(port), "--folder", str(folder)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        if not line.startswith("ready"):
+            raise RuntimeError(f"{name} server did not start: {line}{server.stderr.read() if server.stderr else ''}")
+        bearer = token(folder, port)
+        process = psutil.Process(server.pid)
+
+        def run_load(concurrency: int, duration: float) -> dict[str, float]:
+            done = subprocess.run([sys.executable, __file__, "--load", "--port", str(port), "--token", bearer,
+                                   "--concurrency", str(concurrency), "--seconds", str(duration)],
+                                  capture_output=True, text=True, check=False, cwd=ROOT)
+            if done.returncode != 0:
+                raise RuntimeError(f"load generator failed against {name}: {done.stderr[-2000:]}")
+            return json.loads(done.stdout.strip().splitlines()[-1])
+
+        run_load(8, min(1.0, seconds / 2))  # warm-up: imports, caches, JIT-free steady state
+        cpu_before = sum(process.cpu_times()[:2])
+        one = run_load(1, seconds)
+        many = run_load(150, seconds)
+        cpu = sum(process.cpu_times()[:2]) - cpu_before
+        return {"calls_per_s_1": one["calls_per_s"], "calls_per_s_150": many["calls_per_s"],
+                "p95_ms_150": many["p95_ms"], "cpu_ms_per_call": cpu * 1000 / (one["calls"] + many["calls"])}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs, for CI")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per load phase")
+    parser.add_argument("--serve", choices=["cellmono", "fastmcp"])
+    parser.add_argument("--load", action="store_true")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--folder", type=Path)
+    parser.add_argument("--token")
+    parser.add_argument("--concurrency", type=int, default=1)
+    args = parser.parse_args()
+    if args.serve == "cellmono":
+        serve_cellmono(args.port, args.folder)
+        return
+    if args.serve == "fastmcp":
+        serve_fastmcp(args.port, args.folder)
+        return
+    if args.load:
+        import uvloop
+        print(json.dumps(uvloop.run(load(args.port, args.token, args.concurrency, args.seconds))))
+        return
+    seconds = args.seconds or (1.5 if args.quick else 8.0)
+    with tempfile.TemporaryDirectory(prefix="cellmono-bench-") as temporary:
+        folder = Path(temporary)
+        keys(folder)
+        cellmono = measure("cellmono", folder, seconds)
+        fastmcp = measure("fastmcp", folder, seconds)
+    for label, figures in (("cellmono", cellmono), ("fastmcp", fastmcp)):
+        print(f"{label:9s} 1 client {figures['calls_per_s_1']:8.0f} calls/s   150 clients "
+              f"{figures['calls_per_s_150']:8.0f} calls/s  p95 {figures['p95_ms_150']:7.1f} ms   "
+              f"server CPU {figures['cpu_ms_per_call']:.3f} ms/call", file=sys.stderr)
+    result = {
+        "cellmono_calls_per_s_1": round(cellmono["calls_per_s_1"], 1),
+        "fastmcp_calls_per_s_1": round(fastmcp["calls_per_s_1"], 1),
+        "cellmono_calls_per_s_150": round(cellmono["calls_per_s_150"], 1),
+        "fastmcp_calls_per_s_150": round(fastmcp["calls_per_s_150"], 1),
+        "cellmono_p95_ms_150": round(cellmono["p95_ms_150"], 2),
+        "fastmcp_p95_ms_150": round(fastmcp["p95_ms_150"], 2),
+        "ratio_throughput_150": round(cellmono["calls_per_s_150"] / fastmcp["calls_per_s_150"], 2),
+        "cellmono_server_cpu_ms_per_call": round(cellmono["cpu_ms_per_call"], 3),
+        "fastmcp_server_cpu_ms_per_call": round(fastmcp["cpu_ms_per_call"], 3),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Helpers shared by the gateway tests: start `cellmono serve` as a real process, make clients and tokens."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CELLMONO = str(Path(sys.executable).with_name("cellmono"))
+META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+
+
+@dataclass
+class Running:
+    """A `cellmono serve` process we started: its URL, first admin key, and the process."""
+
+    url: str
+    key: str
+    process: subprocess.Popen[str]
+    state: Path
+    output: list[str]
+
+
+@contextlib.contextmanager
+def serve(state: Path, *extra: str, environment: dict[str, str] | None = None, timeout: float = 30.0
+          ) -> Iterator[Running]:
+    """Run `cellmono serve --port 0` on the example app with its state in `state`; stop it with SIGTERM."""
+    env = {**os.environ, "CELLMONO__GATEWAY__STATE": str(state),
+           "CELLMONO__SECURITY__AUDIT_PATH": str(state / "audit.sqlite"),
+           "CELLMONO__SECURITY__SIGNING_KEYS": str(state / "signing-keys.json"), **(environment or {})}
+    process = subprocess.Popen([CELLMONO, "serve", "--port", "0", *extra], cwd=ROOT, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output: list[str] = []
+    url = key = None
+    deadline = time.monotonic() + timeout
+    try:
+        assert process.stdout is not None
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            found = re.search(r"listening on (http://\S+)", line)
+            if found:
+                url = found.group(1)
+            if line.strip().startswith("cmk_"):
+                key = line.strip()
+            if "stop: Ctrl-C" in line:
+                break
+        if url is None:
+            raise AssertionError("cellmono serve did not start:\n" + "".join(output))
+        yield Running(url, key or "", process, state, output)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def modern_request(method: str, params: dict | None = None, *, key: str | None, request_id: int = 1,
+                   name: str | None = None) -> tuple[dict[str, str], bytes]:
+    """Headers and body of one 2026-07-28 request."""
+    params = {**(params or {}), "_meta": META}
+    headers = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method, "Content-Type": "application/json",
+               "Accept": "application/json, text/event-stream"}
+    if "name" in params or name is not None:
+        headers["Mcp-Name"] = name if name is not None else params["name"]
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers, json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}).encode()
