@@ -1,0 +1,108 @@
+"""The `cellmono` command as a user runs it: real processes, the repository's own settings.ini."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+CELLMONO = [str(Path(sys.executable).parent / "cellmono")]
+
+
+def cellmono(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None,
+             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CELLMONO, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *expected: str) -> None:
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("cellmono: error: ")
+    for text in expected:
+        assert text in result.stderr, result.stderr
+
+
+def test_version() -> None:
+    result = cellmono("--version")
+    assert result.returncode == 0 and result.stdout.startswith("cellmono ")
+
+
+def test_run_does_real_work_through_the_bus() -> None:
+    result = cellmono("run", "--seconds", "2")
+    assert result.returncode == 0, result.stderr
+    assert "imported 5 notes" in result.stdout
+    assert "search 'sandbox' -> Sandboxing risky tools" in result.stdout
+    assert "digest: 5 notes" in result.stdout
+
+
+def test_run_in_serializing_mode_gives_the_same_results() -> None:
+    result = cellmono("run", "--seconds", "2", env={"CELLMONO__BUS__SERIALIZE": "true"})
+    assert result.returncode == 0, result.stderr
+    assert "digest: 5 notes" in result.stdout and "search 'sandbox' -> Sandboxing risky tools" in result.stdout
+
+
+def test_sigterm_drains_and_exits_cleanly() -> None:
+    process = subprocess.Popen([*CELLMONO, "run"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        started = False
+        while time.monotonic() < deadline and not started:
+            line = process.stdout.readline()
+            started = "digest:" in line
+        assert started, "the app did not do its work"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_verify_and_diagram() -> None:
+    verify = cellmono("verify")
+    assert verify.returncode == 0 and verify.stdout.startswith("ok: 4 cells, 4 tools")
+    diagram = cellmono("diagram")
+    assert diagram.returncode == 0 and diagram.stdout.startswith("flowchart LR")
+
+
+def test_verify_names_both_cells_when_one_imports_the_other() -> None:
+    result = cellmono("verify", "--settings", str(FIXTURES / "settings-leaky.ini"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cell 'beta' (module leaky.beta) imports module leaky.alpha of cell 'alpha'" in result.stderr
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[bus]\ntimeout = soon\n", ["[bus] timeout: expected a number", "got 'soon'"]),
+    ("[bus]\nserialize = perhaps\n", ["[bus] serialize: expected true or false"]),
+    ("[bus]\ntimout = 1\n", ["[bus] timout: unknown key (known keys: transport, serialize, timeout"]),
+    ("[app]\ncells = ghost\n", ["[app] cells: cell 'ghost' has no [cell.ghost] section"]),
+    ("[app]\ncells = x\n[cell.x]\nclass = nowhere.at.all:Cell\n", ["[cell.x] class: cannot import 'nowhere.at.all:Cell'"]),
+    ("[app]\ncells = notes\n[cell.notes]\nclass = examples.notes.notes:NotesCell\nmax_notes = lots\n",
+     ["[cell.notes] max_notes: expected an integer"]),
+    ("[app]\ncells = notes\n[cell.notes]\nclass = examples.notes.notes:NotesCell\nmax_note = 3\n",
+     ["[cell.notes] max_note: unknown key (known keys: max_notes)"]),
+    ("this is not ini\n", ["not a valid INI file"]),
+])
+@pytest.mark.parametrize("command", ["run", "verify"])
+def test_bad_settings_get_one_clear_line(tmp_path: Path, command: str, text: str, expected: list[str]) -> None:
+    settings = tmp_path / "settings.ini"
+    settings.write_text(text)
+    env = {"PYTHONPATH": str(ROOT)}
+    assert_one_line_error(cellmono(command, "--settings", str(settings), env=env), str(settings), *expected)
+
+
+def test_missing_settings_file(tmp_path: Path) -> None:
+    assert_one_line_error(cellmono("run", cwd=tmp_path), "settings.ini: settings file not found")
+
+
+def test_bad_environment_override() -> None:
+    assert_one_line_error(cellmono("verify", env={"CELLMONO__BUS__TIMEOUT": "-1"}),
+                          "[bus] timeout: expected a positive value")
