@@ -25,6 +25,7 @@ __all__ = ['PLUGGED_COMMANDS', 'build_parser', 'command_run', 'command_verify', 
 # %% ../nbs/09_cli.ipynb #61280aa5
 PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
     # name: ("module:register function", "help line")
+    "worker": ("cellmono.topology:register_worker", "run one cell out of process, connected to the broker"),
 }
 
 
@@ -85,7 +86,8 @@ async def _run_app(app: App, seconds: float | None) -> None:
 
 def command_run(args: argparse.Namespace) -> int:
     """`cellmono run`: start the app from its settings; drain and exit 0 on Ctrl-C, SIGTERM or --seconds."""
-    app = App.from_settings(args.settings)
+    from cellmono.topology import build_app  # promoted cells run in supervised worker processes over the broker
+    app = build_app(args.settings)
     _configure_logging(app.settings.log.level)
     asyncio.run(_run_app(app, args.seconds))
     unhealthy = {name: health.detail for name, health in app.health().items() if health.status == "unhealthy"}

@@ -76,6 +76,10 @@ class CellSection(Section):
 
     class_path: str = Field(alias="class", pattern=r"^[\w.]+:[\w.]+$")
     options: dict[str, str] = Field(default_factory=dict)
+    # where the cell runs (the topology module): in the app process, or in worker processes on a broker
+    placement: Literal["inprocess", "process"] = "inprocess"
+    transport: Literal["memory", "nats", "redis"] | None = None
+    replicas: PositiveInt = 1
 
 # %% ../nbs/05_config.ipynb #9b7b1437
 SectionModel = TypeVar("SectionModel", bound=BaseModel)
@@ -177,7 +181,8 @@ def load_settings(path: str | os.PathLike[str] | None = "settings.ini",
             values[name] = section_model(source, name, _SECTIONS[name], items)
         elif name.startswith("cell."):
             cell = name[len("cell."):]
-            framework = {key: items.pop(key) for key in ("class",) if key in items}
+            framework = {key: items.pop(key) for key in ("class", "placement", "transport", "replicas")
+                         if key in items}
             values["cells"][cell] = section_model(source, name, CellSection, {**framework, "options": items})
         else:
             values["extra_sections"][name] = items
