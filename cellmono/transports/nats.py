@@ -90,7 +90,7 @@ class NatsTransport:
                  max_bytes: int = DEFAULT_MAX_BYTES, durable: Iterable[str] = (), max_deliver: int = 5,
                  ack_wait: float = 30.0, retry_delay: float = 0.5, dead_letter_prefix: str = "dead",
                  max_in_flight: int = 1000, connect_timeout: float = 2.0, reconnect_wait: float = 0.5,
-                 stream_max_age: float = 7 * 24 * 3600.0, fetch_batch: int = 32,
+                 stream_max_age: float = 7 * 24 * 3600.0, fetch_batch: int = 1,
                  client_name: str | None = None, drain_timeout: float = 5.0) -> None:
         self.url, self.prefix, self.max_bytes = url, prefix, max_bytes
         self.max_deliver, self.ack_wait, self.retry_delay = max_deliver, ack_wait, retry_delay

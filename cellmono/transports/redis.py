@@ -158,7 +158,7 @@ class RedisTransport:
                  ack_wait: float = 30.0, retry_delay: float = 0.5, dead_letter_prefix: str = "dead",
                  max_in_flight: int = 1000, connect_timeout: float = 2.0, reconnect_wait: float = 0.5,
                  stream_max_length: int = 1_000_000, claim_ttl: float = 300.0, dedupe_window: float = 120.0,
-                 fetch_batch: int = 32, capacity: int = 100_000, client_name: str | None = None,
+                 fetch_batch: int = 1, capacity: int = 100_000, client_name: str | None = None,
                  drain_timeout: float = 5.0) -> None:
         self.url, self.prefix, self.max_bytes = url, prefix, max_bytes
         self.max_deliver, self.ack_wait, self.retry_delay = max_deliver, ack_wait, retry_delay
