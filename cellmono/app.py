@@ -15,11 +15,12 @@ import logging
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from .bus import Bus, Guard
+from .bus import Bus, Guard, current_envelope
 from .cell import NAME_PATTERN, Cell, Health, Spec
 from .config import ConfigError, Settings, load_settings
+from .envelope import Envelope
 from .errors import CellmonoError, VerificationError
 from .subjects import is_literal, matches, validate_pattern, validate_subject
 from .transport import MemoryTransport, Transport
@@ -27,9 +28,24 @@ from .transport import MemoryTransport, Transport
 log = logging.getLogger("cellmono.app")
 
 # %% auto #0
-__all__ = ['log', 'StartupError', 'load_cell_class', 'imported_modules', 'App']
+__all__ = ['log', 'Services', 'StartupError', 'load_cell_class', 'imported_modules', 'App']
 
 # %% ../nbs/07_app.ipynb #62d9bfdf
+class Services(Protocol):
+    """What an app gets from its security layer; `cellmono.runtime.Runtime` is the real one."""
+
+    guard: Guard | None
+
+    def attach(self, cell: Cell, roles: tuple[str, ...]) -> None:
+        """Give `cell` its store namespace and its sandbox."""
+
+    def identity(self, cell: Cell, roles: tuple[str, ...]) -> Envelope | None:
+        """A fresh context (service principal and token) for the cell's own work; None for none."""
+
+    async def close(self) -> None:
+        """Release keys, logs and sandboxes."""
+
+
 class StartupError(CellmonoError):
     """A cell failed to start; the cells already started were stopped again."""
 
@@ -74,8 +90,13 @@ class App:
     """Cells composed on one bus: started, supervised, verified and drawn together."""
 
     def __init__(self, cells: Sequence[Cell], *, settings: Settings | None = None,
-                 transport: Transport | None = None, guard: Guard | None = None) -> None:
+                 transport: Transport | None = None, guard: Guard | None = None,
+                 store: Any = None, services: Services | None = None) -> None:
         self.settings = settings or Settings()
+        self.store = store  # an EncryptedStore (cellmono.store); each cell gets its own namespace
+        self.services = services
+        if guard is None and services is not None:
+            guard = services.guard
         self.cells: dict[str, Cell] = {}
         self._duplicates: list[str] = []
         for cell in cells:
@@ -93,7 +114,7 @@ class App:
 
     @classmethod
     def from_settings(cls, settings: Settings | str | Path = "settings.ini", **options: Any) -> App:
-        """The app described by `[app] cells` and the `[cell.NAME]` sections of a settings file."""
+        """The app a settings file describes, secured by its `[security]` section unless `services`/`guard` are given."""
         if not isinstance(settings, Settings):
             settings = load_settings(settings)
         if settings.source != "<defaults>":
@@ -109,6 +130,9 @@ class App:
                                   f"{cell.name!r}, not {name!r}")
             cell.settings = settings.cell_options(name, cell_class.Settings)
             cells.append(cell)
+        if "services" not in options and "guard" not in options:
+            from cellmono.runtime import Runtime  # the layer above: keys, guard, audit, store, sandboxes
+            options["services"] = Runtime.from_settings(settings)
         return cls(cells, settings=settings, **options)
 
     # -- invariants ---------------------------------------------------------------------------
@@ -181,22 +205,38 @@ class App:
     async def _start_cell(self, cell: Cell) -> None:
         cell.set_health("starting")
         cell.bus = self.bus
+        if self.store is not None:
+            cell.store = self.store.namespace(cell.name)
+        if self.services is not None:
+            self.services.attach(cell, self._roles(cell))
         for spec in cell.specs:
             if spec.kind == "listener":
                 await self.bus.subscribe(spec.subject, cell.bind(spec), queue=spec.queue, requires=spec.requires)
             elif spec.kind in ("handler", "tool"):
                 await self.bus.handle(spec.subject, cell.bind(spec), queue=spec.queue, requires=spec.requires)
-        await cell.on_start()
+        scope = current_envelope.set(self._identity(cell))  # the cell's own work acts as the cell
+        try:
+            await cell.on_start()
+        finally:
+            current_envelope.reset(scope)
         self._started.append(cell)
         for spec in cell.specs:
             if spec.kind == "background":
                 self._tasks.append(asyncio.create_task(self._supervise(cell, spec), name=f"{cell.name}.{spec.attribute}"))
         cell.set_health("healthy")
 
+    def _roles(self, cell: Cell) -> tuple[str, ...]:
+        section = self.settings.cells.get(cell.name)
+        return section.roles if section else ()
+
+    def _identity(self, cell: Cell) -> Envelope | None:
+        return self.services.identity(cell, self._roles(cell)) if self.services is not None else None
+
     async def _supervise(self, cell: Cell, spec: Spec) -> None:
         policy = self.settings.supervision
         restarts = 0
         while True:
+            current_envelope.set(self._identity(cell))  # per (re)start: a fresh service token
             try:
                 await getattr(cell, spec.attribute)()
                 return
@@ -231,6 +271,8 @@ class App:
                 log.error("cell %s: on_stop raised %s: %s", cell.name, type(error).__name__, error)
             cell.set_health("stopped")
         self._started.clear()
+        if self.services is not None:
+            await self.services.close()
 
     async def __aenter__(self) -> App:
         await self.start()

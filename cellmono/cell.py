@@ -7,6 +7,7 @@ Docs: https://cellmono.github.io/cellmono/cell.html.md"""
 # %% ../nbs/06_cell.ipynb #b6e17741
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import re
@@ -154,6 +155,7 @@ class Cell:
 
     log: logging.Logger
     settings: Any  # an instance of the cell's `Settings` model
+    store: Any  # the cell's own namespace of the encrypted store (cellmono.store.Namespace) when the app has one
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -173,6 +175,9 @@ class Cell:
         self.settings = self.Settings()
         self._bus: Bus | None = None
         self._health = Health(status="stopped")
+        self.store = None
+        self._sandbox: Any = None
+        self.sandbox_for_call: Callable[[Envelope, str], Any] | None = None
 
     @property
     def bus(self) -> Bus:
@@ -184,6 +189,21 @@ class Cell:
     @bus.setter
     def bus(self, bus: Bus) -> None:
         self._bus = bus
+
+    @property
+    def sandbox(self) -> Any:
+        """The sandbox (cellmono.sandbox.Sandbox) for risky work: inside an `@tool(sandbox=...)` call, scoped to the caller's rights."""
+        scoped = _call_sandbox.get()
+        if scoped is not None:
+            return scoped
+        if self._sandbox is None:
+            raise ContractError(f"cell {self.name!r} has no sandbox: the app provides one when it runs with "
+                                "its security services (App.from_settings) and the sandbox extra is installed")
+        return self._sandbox
+
+    @sandbox.setter
+    def sandbox(self, sandbox: Any) -> None:
+        self._sandbox = sandbox
 
     async def on_start(self) -> None:
         """Called once the cell's handlers are subscribed; override to open resources."""
@@ -222,7 +242,23 @@ class Cell:
                 result = model_out.model_validate(result)
             return result
 
-        return handler
+        if spec.sandbox is None:
+            return handler
+        backend = spec.sandbox
+
+        async def sandboxed(envelope: Envelope) -> Any:
+            if self.sandbox_for_call is None:
+                raise ContractError(f"tool {subject} runs in a sandbox, but the app provides none")
+            scope = _call_sandbox.set(self.sandbox_for_call(envelope, backend))
+            try:
+                return await handler(envelope)
+            finally:
+                _call_sandbox.reset(scope)
+
+        return sandboxed
+
+
+_call_sandbox: contextvars.ContextVar[Any] = contextvars.ContextVar("cellmono_call_sandbox", default=None)
 
 
 def _tool_subject(spec: Spec, cell_name: str) -> Spec:

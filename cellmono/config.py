@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 from .errors import ConfigError
 
 # %% auto #0
-__all__ = ['SectionModel', 'Section', 'AppSection', 'BusSection', 'SupervisionSection', 'LogSection', 'CellSection',
-           'section_model', 'Settings', 'load_settings']
+__all__ = ['SectionModel', 'CELL_FRAMEWORK_KEYS', 'Section', 'AppSection', 'BusSection', 'SupervisionSection', 'LogSection',
+           'CellSection', 'section_model', 'Settings', 'load_settings']
 
 # %% ../nbs/05_config.ipynb #9899e453
 class Section(BaseModel):
@@ -72,17 +72,25 @@ class LogSection(Section):
 
 
 class CellSection(Section):
-    """`[cell.NAME]`: the cell's class as `module:Class`, plus its own settings in `options`."""
+    """`[cell.NAME]`: the cell's class as `module:Class`, the roles its own tasks act with, its own settings in `options`."""
 
     class_path: str = Field(alias="class", pattern=r"^[\w.]+:[\w.]+$")
+    roles: tuple[str, ...] = ()
     options: dict[str, str] = Field(default_factory=dict)
     # where the cell runs (the topology module): in the app process, or in worker processes on a broker
     placement: Literal["inprocess", "process"] = "inprocess"
     transport: Literal["memory", "nats", "redis"] | None = None
     replicas: PositiveInt = 1
 
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return tuple(part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else value
+
 # %% ../nbs/05_config.ipynb #9b7b1437
 SectionModel = TypeVar("SectionModel", bound=BaseModel)
+
+CELL_FRAMEWORK_KEYS = ("class", "roles", "placement", "transport", "replicas")  # keys of [cell.NAME] that belong to cellmono, not to the cell
 
 _SECTIONS: dict[str, type[Section]] = {
     "app": AppSection, "bus": BusSection, "supervision": SupervisionSection, "log": LogSection}
@@ -181,8 +189,7 @@ def load_settings(path: str | os.PathLike[str] | None = "settings.ini",
             values[name] = section_model(source, name, _SECTIONS[name], items)
         elif name.startswith("cell."):
             cell = name[len("cell."):]
-            framework = {key: items.pop(key) for key in ("class", "placement", "transport", "replicas")
-                         if key in items}
+            framework = {key: items.pop(key) for key in CELL_FRAMEWORK_KEYS if key in items}
             values["cells"][cell] = section_model(source, name, CellSection, {**framework, "options": items})
         else:
             values["extra_sections"][name] = items

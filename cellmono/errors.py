@@ -22,24 +22,52 @@ class CellmonoError(Exception):
 
     ```
     CellmonoError
-    ├── ConfigError (ValueError)            settings.ini or environment is invalid
-    ├── ContractError (TypeError)           a cell, handler or tool is declared wrongly
-    │   └── VerificationError               App.verify() found broken invariants
-    ├── SubjectError (ValueError)           a subject or pattern outside the grammar
-    ├── MessageError (ValueError)           a message that cannot cross the bus
-    │   ├── MalformedMessage                bytes that are not an envelope
-    │   ├── MessageTooLarge                 over the configured size limit
-    │   └── PayloadInvalid                  payload failed its contract's validation
-    ├── BusError                            delivery failed
-    │   ├── BusClosed                       publish or request after stop
-    │   ├── NoResponders (LookupError)      nobody handles the subject
-    │   ├── RequestTimeout (TimeoutError)   no reply before the deadline
-    │   └── RemoteError                     the handler raised; carries its type and message
-    └── AccessDenied (PermissionError)      a capability check refused the call
+    ├── ConfigError (ValueError)              settings.ini or environment is invalid
+    ├── ContractError (TypeError)             a cell, handler or tool is declared wrongly
+    │   └── VerificationError                 App.verify() found broken invariants
+    ├── StartupError                          a cell failed to start            (app)
+    ├── SubjectError (ValueError)             a subject or pattern outside the grammar
+    ├── MessageError (ValueError)             a message that cannot cross the bus
+    │   ├── MalformedMessage                  bytes that are not an envelope
+    │   ├── MessageTooLarge                   over the configured size limit
+    │   └── PayloadInvalid                    payload failed its contract's validation
+    ├── BusError                              delivery failed
+    │   ├── BusClosed                         publish or request after stop
+    │   ├── NoResponders (LookupError)        nobody handles the subject
+    │   ├── RequestTimeout (TimeoutError)     no reply before the deadline
+    │   └── RemoteError                       the handler raised; carries its type and message
+    ├── AccessDenied (PermissionError)        a capability check refused the call
+    │   ├── CapabilityDenied                  the token lacks a required capability (security)
+    │   ├── SandboxDenied                     a sandbox policy refused a file, host or call (sandbox)
+    │   └── TokenInvalid                      the capability token is unusable (tokens)
+    │       ├── TokenMissing, TokenExpired, TokenNotYetValid, TokenRevoked, TokenAudienceMismatch
+    │       ├── TokenMalformed
+    │       │   └── TokenTooLarge
+    │       └── TokenSignatureInvalid
+    │           └── UnknownSigningKey
+    ├── CapabilityError (ValueError)          a capability string outside the grammar (capabilities)
+    │   └── AttenuationError                  a child token asked for more than its parent
+    ├── AuditError                            the audit log (audit)
+    │   ├── AuditCorrupted                    the database is not a usable audit log
+    │   └── AuditTampered                     verification found modified, missing or reordered records
+    ├── StoreError                            the encrypted store (store)
+    │   ├── KeyUnavailable (LookupError)      no key-encryption key for the data
+    │   ├── WrongKey (ValueError)             the key-encryption key does not open the data
+    │   ├── StoreCorrupted (ValueError)       a ciphertext or the file is damaged
+    │   ├── StoreBusy (TimeoutError)          another process held the file too long
+    │   └── NamespaceError (ValueError)       a bad namespace or key name
+    └── SandboxError                          running untrusted code (sandbox)
+        ├── PolicyError (ValueError)          a policy or capability the sandbox cannot honour
+        ├── BackendUnavailable                the backend cannot run on this machine
+        ├── LimitExceeded                     fuel, memory, output, processes...: `.limit` says which
+        │   └── DeadlineExceeded (TimeoutError)
+        ├── GuestError                        the guest code raised; carries its type and output
+        └── SandboxCrashed                    the sandbox process died; the app keeps running
     ```
 
-    Modules add leaves (for example the security, sandbox and gateway errors) under these
-    branches. `remote` is true when the error was raised in another handler and re-raised here.
+    Leaves are defined in the module named in brackets; `tests/test_api.py` fails when a
+    `CellmonoError` subclass is missing from this tree. `remote` is true when the error was raised
+    in another handler and re-raised here.
     """
 
     registry: ClassVar[dict[str, type[CellmonoError]]] = {}

@@ -7,7 +7,7 @@ Docs: https://cellmono.github.io/cellmono/sandbox.html.md"""
 # %% ../nbs/20_sandbox.ipynb #8ab88bf3
 from __future__ import annotations
 
-import fnmatch
+import functools
 import hashlib
 import importlib
 import inspect
@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .capabilities import Capability, CapabilityError, parse_capability, parse_requirement
 from .errors import AccessDenied, CellmonoError
 
 # %% auto #0
@@ -127,8 +128,17 @@ class Policy(BaseModel):
 
 
 def _path_granted(path: str, patterns: tuple[str, ...]) -> bool:
-    """True when `path` equals a pattern or matches it as a glob."""
-    return any(path == pattern or fnmatch.fnmatchcase(path, pattern) for pattern in patterns)
+    """True when a grant covers `path` under the capability path grammar (`*` within one segment, `**` below)."""
+    try:
+        required = parse_requirement(f"fs:read:{path}")
+    except CapabilityError:  # not a path the grammar can name (relative, `..`, `//`): never granted
+        return False
+    return any(_path_grant(pattern).matches(required) for pattern in patterns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _path_grant(pattern: str) -> Capability:
+    return parse_capability(f"fs:read:{pattern}")
 
 
 def _split_host(entry: str) -> tuple[str, str, int | None]:
@@ -157,6 +167,10 @@ def parse_capabilities(capabilities: Iterable[str]) -> dict[SandboxCapability, l
                 continue
             if not pattern.startswith("/") or "/../" in pattern + "/" or "\x00" in pattern:
                 raise PolicyError(f"capability {capability!r}: the path must be absolute, without '..'")
+            try:
+                parse_capability(capability)
+            except CapabilityError as error:
+                raise PolicyError(f"capability {capability!r}: {error}") from None
             grants["readable" if action == "read" else "writable"].append(pattern)
         elif kind == "net":
             action, _, host = rest.partition(":")

@@ -202,7 +202,7 @@ async def run_worker(settings_path: str | Path, cell: str, replica: int = 1,
     kind = placement.transport if placement.transport != "memory" else (broker_kind(settings) or "nats")
     inner = build_transport(settings, kind, client_name=f"{cell}-{replica}-{os.getpid()}")
     section = settings.section(kind, BrokerSection)
-    app = WorkerApp([full.cells[cell]], settings=settings,
+    app = WorkerApp([full.cells[cell]], settings=settings, services=full.services,  # the same security layer
                     transport=PlacedTransport(inner, cell, section.durable))  # type: ignore[arg-type]
     await app.bus.start()  # BrokerUnavailable (naming the URL) when the broker is not there
     await check_contract(app.bus, type(full.cells[cell]))
@@ -359,7 +359,7 @@ def build_app(settings: Settings | str | Path = "settings.ini") -> App:
     local = [cell for name, cell in everything.cells.items() if placed[name].where == "inprocess"]
     transport = build_transport(settings, kind, client_name=f"{settings.app.name}-app")
     return PromotedApp(local, everything=everything, placed=placed, settings_path=settings_path,
-                       settings=settings, transport=transport)
+                       settings=settings, transport=transport, services=everything.services)
 
 # %% ../nbs/32_topology.ipynb #629f7a34
 def topology_mermaid(settings: Settings) -> str:

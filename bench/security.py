@@ -1,0 +1,142 @@
+"""Benchmark of the security core: capability checks, token verification, audit log, encrypted store.
+
+Measures cellmono and the plain-sqlite3 baseline in the same run, same data, same durability
+(WAL, synchronous=NORMAL, one commit per put). Last stdout line: one JSON object.
+Usage: python bench/security.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from cellmono.audit import AuditLog, AuditRecord
+from cellmono.envelope import Envelope
+from cellmono.security import CapabilityGuard
+from cellmono.store import EncryptedStore, StaticKeyProvider
+from cellmono.tokens import SigningKeys, TokenIssuer, TokenVerifier
+
+TARGETS = {"capability_check_us": ("<=", 5), "token_verify_us": ("<=", 150), "audit_append_per_s": (">=", 20000),
+           "ratio_store_put_vs_sqlite": (">=", 0.5), "ratio_store_get_vs_sqlite": (">=", 0.5)}
+
+
+def best_rate(function, count: int, rounds: int) -> float:
+    """Operations per second: the median of `rounds` timed runs of `count` calls."""
+    rates = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        function(count)
+        rates.append(count / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small counts for CI (a few seconds)")
+    quick = parser.parse_args().quick
+    scale = 1 if quick else 5
+    rounds = 3 if quick else 5
+    directory = Path(tempfile.mkdtemp(prefix="cellmono-bench-"))
+
+    # capabilities: the guard's decision for a token it has verified before (the steady state)
+    ring = SigningKeys()
+    issuer = TokenIssuer(ring)
+    grants = ["tool:call:notes.*", "store:write:notes", "fs:read:/data/reports/**", "net:fetch:*.example.com"]
+    token = issuer.issue("alice", grants, "bench", tenant="acme")
+    verifier = TokenVerifier(ring, audience="bench")
+    guard = CapabilityGuard(verifier)
+    envelope = Envelope(subject="notes.add", kind="request", capability=token, principal="alice", tenant="acme")
+    requires = ("tool:call:notes.add", "store:write:notes")
+    guard.authorize(envelope, requires)
+
+    def checks(count: int) -> None:
+        for _ in range(count):
+            guard.authorize(envelope, requires)
+    capability_check_us = 1e6 / best_rate(checks, 20000 * scale, rounds)
+
+    # tokens: full Ed25519 verification, no cache (signature, proof, claims, capabilities)
+    def verifications(count: int) -> None:
+        for _ in range(count):
+            verifier.verify(token)
+    token_verify_us = 1e6 / best_rate(verifications, 400 * scale, rounds)
+
+    # audit: synchronous appends, one commit each, at the default durability (WAL, synchronous=NORMAL)
+    record = AuditRecord(actor="alice", tenant="acme", action="tool.call", resource="notes.add", decision="allow",
+                         outcome="ok", latency=0.0012, correlation_id="c0ffee", reason="granted")
+    log = AuditLog(directory / "audit.sqlite")
+
+    def appends(count: int) -> None:
+        for _ in range(count):
+            log.append(record)
+    audit_append_per_s = best_rate(appends, 3000 * scale, rounds)
+    started = time.perf_counter()
+    report = log.verify()
+    audit_verify_per_s = report.records / (time.perf_counter() - started)
+    if not report.ok:
+        raise SystemExit(f"audit log did not verify: {report.problems[:3]}")
+    log.close()
+
+    # store vs plain sqlite3: same keys, same 256-byte values, same pragmas, one commit per put
+    count = 3000 * scale
+    keys = [f"note-{index}" for index in range(count)]
+    value = os.urandom(256)
+    store = EncryptedStore(directory / "store.sqlite", StaticKeyProvider(os.urandom(32)))
+    store.put("notes", "warm-up", value)
+    baseline = sqlite3.connect(directory / "plain.sqlite", isolation_level=None, check_same_thread=False)
+    baseline.execute("PRAGMA journal_mode=WAL")
+    baseline.execute("PRAGMA synchronous=NORMAL")
+    baseline.execute("CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID")
+
+    def store_puts(n: int) -> None:
+        for key in keys[:n]:
+            store.put("notes", key, value)
+
+    def sqlite_puts(n: int) -> None:
+        for key in keys[:n]:
+            baseline.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+
+    def store_gets(n: int) -> None:
+        for key in keys[:n]:
+            store.get("notes", key)
+
+    def sqlite_gets(n: int) -> None:
+        for key in keys[:n]:
+            baseline.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+
+    store_put, sqlite_put, store_get, sqlite_get = [], [], [], []
+    for _ in range(rounds):  # interleaved, so machine noise hits both sides alike
+        store_put.append(best_rate(store_puts, count, 1))
+        sqlite_put.append(best_rate(sqlite_puts, count, 1))
+        store_get.append(best_rate(store_gets, count, 1))
+        sqlite_get.append(best_rate(sqlite_gets, count, 1))
+    if store.get("notes", keys[-1]) != value:
+        raise SystemExit("store returned a wrong value")
+    store.close()
+    baseline.close()
+
+    result = {
+        "capability_check_us": round(capability_check_us, 3),
+        "token_verify_us": round(token_verify_us, 1),
+        "audit_append_per_s": round(audit_append_per_s),
+        "audit_verify_per_s": round(audit_verify_per_s),
+        "store_put_per_s": round(statistics.median(store_put)),
+        "store_get_per_s": round(statistics.median(store_get)),
+        "sqlite_put_per_s": round(statistics.median(sqlite_put)),
+        "sqlite_get_per_s": round(statistics.median(sqlite_get)),
+        "ratio_store_put_vs_sqlite": round(statistics.median(store_put) / statistics.median(sqlite_put), 3),
+        "ratio_store_get_vs_sqlite": round(statistics.median(store_get) / statistics.median(sqlite_get), 3),
+    }
+    for name, (direction, target) in TARGETS.items():
+        met = result[name] <= target if direction == "<=" else result[name] >= target
+        print(f"{name}: {result[name]} (target {direction} {target}: {'met' if met else 'MISSED'})")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
