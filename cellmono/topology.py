@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, field_validator
 
 from .app import App
+from .bus import Bus
 from .cell import Cell
 from .config import ConfigError, Settings, load_settings
 from .envelope import Envelope
@@ -35,8 +36,9 @@ log = logging.getLogger("cellmono.topology")
 
 # %% auto #0
 __all__ = ['log', 'DEFAULT_URLS', 'CONTRACT_SUBJECT', 'PING_SUBJECT', 'BrokerSection', 'Placement', 'placements', 'broker_kind',
-           'build_transport', 'contract_fingerprint', 'PlacedTransport', 'WorkerApp', 'check_contract', 'run_worker',
-           'register_worker', 'command_worker', 'PromotedApp', 'build_app', 'topology_mermaid']
+           'build_transport', 'contract_fingerprint', 'PlacedTransport', 'WorkerApp', 'answer_control',
+           'check_contract', 'run_worker', 'register_worker', 'command_worker', 'PromotedApp', 'build_app',
+           'topology_mermaid']
 
 # %% ../nbs/32_topology.ipynb #88c2aad8
 class BrokerSection(BaseModel):
@@ -168,6 +170,14 @@ class WorkerApp(App):
         return [problem for problem in super().violations() if "but no cell handles it" not in problem]
 
 
+async def answer_control(bus: Bus, subject: str, answer: Any) -> None:
+    """Answer `subject` with a constant, on the transport itself: topology control messages carry no
+    capability token and grant nothing, so they bypass the app's guard (cells never see them)."""
+    async def reply(envelope: Envelope) -> Envelope:
+        return envelope.reply(answer)
+    await bus.transport.subscribe(subject, reply, responder=True)
+
+
 def _load(settings: Settings | str | Path) -> tuple[Settings, App]:
     settings = settings if isinstance(settings, Settings) else load_settings(settings)
     return settings, App.from_settings(settings)
@@ -207,9 +217,8 @@ async def run_worker(settings_path: str | Path, cell: str, replica: int = 1,
     await app.bus.start()  # BrokerUnavailable (naming the URL) when the broker is not there
     await check_contract(app.bus, type(full.cells[cell]))
     await app.start()
-    await app.bus.handle(PING_SUBJECT.format(cell=cell, replica=replica),
-                         lambda envelope: {"cell": cell, "replica": replica, "pid": os.getpid(),
-                                           "contract": contract_fingerprint(type(full.cells[cell]))})
+    ping = {"cell": cell, "replica": replica, "pid": os.getpid(), "contract": contract_fingerprint(type(full.cells[cell]))}
+    await answer_control(app.bus, PING_SUBJECT.format(cell=cell, replica=replica), ping)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
@@ -266,8 +275,7 @@ class PromotedApp(App):
         await self.bus.start()
         for placement in self.promoted():
             fingerprint = contract_fingerprint(type(self.everything.cells[placement.cell]))
-            await self.bus.handle(CONTRACT_SUBJECT.format(cell=placement.cell),
-                                  lambda envelope, fingerprint=fingerprint: fingerprint)
+            await answer_control(self.bus, CONTRACT_SUBJECT.format(cell=placement.cell), fingerprint)
             for replica in range(1, placement.replicas + 1):
                 self._spawn(placement.cell, replica)
                 self._supervisors.append(asyncio.create_task(self._supervise_worker(placement.cell, replica)))

@@ -18,7 +18,7 @@ from brokers import require, start_nats, start_redis
 
 from cellmono.bus import Bus
 from cellmono.config import load_settings
-from cellmono.topology import PING_SUBJECT, CONTRACT_SUBJECT, build_transport, contract_fingerprint
+from cellmono.topology import CONTRACT_SUBJECT, PING_SUBJECT, answer_control, build_transport, contract_fingerprint
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "ha"
 pytestmark = pytest.mark.anyio
@@ -47,6 +47,9 @@ cells = jobs
 drain_timeout = 2
 [log]
 level = WARNING
+[security]
+# the jobs handler requires no capability: deliveries without a token are allowed for it
+allow_public = true
 [cell.jobs]
 class = ha_jobs:JobsCell
 placement = process
@@ -76,7 +79,7 @@ async def app_side(settings_path: Path, kind: str) -> Bus:
     from ha_jobs import JobsCell
     bus = Bus(build_transport(settings, kind), timeout=5)
     await bus.start()
-    await bus.handle(CONTRACT_SUBJECT.format(cell="jobs"), lambda envelope: contract_fingerprint(JobsCell))
+    await answer_control(bus, CONTRACT_SUBJECT.format(cell="jobs"), contract_fingerprint(JobsCell))
     return bus
 
 

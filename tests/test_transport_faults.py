@@ -173,10 +173,10 @@ def test_replica_with_another_contract_version_is_refused(tmp_path: Path) -> Non
 
         async def app_answers_contract():
             from examples.notes.search import SearchCell
-            from cellmono.topology import CONTRACT_SUBJECT, contract_fingerprint
+            from cellmono.topology import CONTRACT_SUBJECT, answer_control, contract_fingerprint
             bus = Bus(NatsTransport(server.url))
             await bus.start()
-            await bus.handle(CONTRACT_SUBJECT.format(cell="search"), lambda envelope: contract_fingerprint(SearchCell))
+            await answer_control(bus, CONTRACT_SUBJECT.format(cell="search"), contract_fingerprint(SearchCell))
             result = await asyncio.to_thread(
                 subprocess.run, [CELLMONO, "worker", "--settings", str(settings), "--cell", "search"],
                 cwd=ROOT, capture_output=True, text=True, timeout=60,
