@@ -308,7 +308,7 @@ class App:
             lines.append('    gateway(["MCP gateway"])')
         for cell in self.cells.values():
             tools = ", ".join(spec.subject.split(".", 1)[1] for spec in cell.tools())
-            label = f"<b>{cell.name}</b>" + (f"<br/>tools: {tools}" if tools else "")
+            label = f"<b>{cell.name}</b>" + (f"<br/>tools: {tools}" if tools else "") + self._placement(cell.name)
             lines.append(f'    {_node(cell.name)}["{label}"]')
         for cell in tool_cells:
             lines.append(f"    gateway -->|tools| {_node(cell.name)}")
@@ -320,6 +320,13 @@ class App:
                 for target in self._cells_handling(subject, kinds=("listener",)):
                     lines.append(f"    {_node(cell.name)} -.->|{subject}| {_node(target)}")
         return "\n".join(lines) + "\n"
+
+    def _placement(self, name: str) -> str:
+        section = self.settings.cells.get(name)
+        if section is None or section.placement == "inprocess":
+            return ""
+        replicas = f"{section.replicas} worker{'s' if section.replicas > 1 else ''}"
+        return f"<br/><i>{replicas} over {section.transport or 'the broker'}</i>"
 
     def _cells_handling(self, subject: str, kinds: Iterable[str]) -> list[str]:
         return [cell.name for cell in self.cells.values()

@@ -145,9 +145,16 @@ class Bus:
         self._valid_subjects.add(subject)
 
     async def subscribe(self, pattern: str, handler: EnvelopeHandler, *, queue: str | None = None,
-                        requires: tuple[str, ...] = ()) -> Subscription:
-        """Call `handler(envelope)` for each event matching `pattern`; its result is ignored."""
-        return await self.transport.subscribe(pattern, self._wrap(handler, requires, pattern), queue=queue)
+                        requires: tuple[str, ...] = (), durable: bool = False) -> Subscription:
+        """Call `handler(envelope)` for each event matching `pattern`; its result is ignored.
+
+        `durable=True`: at-least-once where the transport offers it; a handler that raises gets the
+        message again, up to the transport's limit, then it is dead-lettered (memory ignores it).
+        """
+        wrapped = self._wrap(handler, requires, pattern)
+        if durable:
+            return await self.transport.subscribe(pattern, wrapped, queue=queue, durable=True)
+        return await self.transport.subscribe(pattern, wrapped, queue=queue)
 
     async def handle(self, subject: str, handler: EnvelopeHandler, *, queue: str | None = None,
                      requires: tuple[str, ...] = ()) -> Subscription:
@@ -176,7 +183,7 @@ class Bus:
             except Exception as error:
                 log.error("handler for %s raised %s: %s", envelope.subject, type(error).__name__, error,
                           exc_info=log.isEnabledFor(logging.DEBUG))
-                return envelope.fail(error) if envelope.kind == "request" else None
+                return envelope.fail(error)  # for an event, the error envelope tells a durable transport to retry
             finally:
                 current_envelope.reset(token)
 

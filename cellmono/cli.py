@@ -29,6 +29,7 @@ PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("cellmono.store:register_cli", "rotate the encrypted store's keys"),
     "sandbox": ("cellmono.sandbox_native:register_cli", "check which sandbox backends work on this machine"),
     "serve": ("cellmono.serve:register_cli", "serve the app's tools to MCP clients (HTTP on 127.0.0.1, or --stdio)"),
+    "worker": ("cellmono.topology:register_worker", "run one cell out of process, connected to the broker"),
 }
 
 
@@ -89,7 +90,8 @@ async def _run_app(app: App, seconds: float | None) -> None:
 
 def command_run(args: argparse.Namespace) -> int:
     """`cellmono run`: start the app from its settings; drain and exit 0 on Ctrl-C, SIGTERM or --seconds."""
-    app = App.from_settings(args.settings)
+    from cellmono.topology import build_app  # promoted cells run in supervised worker processes over the broker
+    app = build_app(args.settings)
     _configure_logging(app.settings.log.level)
     asyncio.run(_run_app(app, args.seconds))
     unhealthy = {name: health.detail for name, health in app.health().items() if health.status == "unhealthy"}

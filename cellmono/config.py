@@ -77,6 +77,10 @@ class CellSection(Section):
     class_path: str = Field(alias="class", pattern=r"^[\w.]+:[\w.]+$")
     roles: tuple[str, ...] = ()
     options: dict[str, str] = Field(default_factory=dict)
+    # where the cell runs (the topology module): in the app process, or in worker processes on a broker
+    placement: Literal["inprocess", "process"] = "inprocess"
+    transport: Literal["memory", "nats", "redis"] | None = None
+    replicas: PositiveInt = 1
 
     @field_validator("roles", mode="before")
     @classmethod
@@ -86,7 +90,7 @@ class CellSection(Section):
 # %% ../nbs/05_config.ipynb #9b7b1437
 SectionModel = TypeVar("SectionModel", bound=BaseModel)
 
-CELL_FRAMEWORK_KEYS = ("class", "roles")  # keys of [cell.NAME] that belong to cellmono, not to the cell
+CELL_FRAMEWORK_KEYS = ("class", "roles", "placement", "transport", "replicas")  # keys of [cell.NAME] that belong to cellmono, not to the cell
 
 _SECTIONS: dict[str, type[Section]] = {
     "app": AppSection, "bus": BusSection, "supervision": SupervisionSection, "log": LogSection}

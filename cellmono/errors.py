@@ -24,7 +24,8 @@ class CellmonoError(Exception):
     CellmonoError
     ├── ConfigError (ValueError)              settings.ini or environment is invalid
     ├── ContractError (TypeError)             a cell, handler or tool is declared wrongly
-    │   └── VerificationError                 App.verify() found broken invariants
+    │   ├── VerificationError                 App.verify() found broken invariants
+    │   └── ContractMismatch                  a replica serves another version of a cell's contract (transports)
     ├── StartupError                          a cell failed to start            (app)
     ├── SubjectError (ValueError)             a subject or pattern outside the grammar
     ├── MessageError (ValueError)             a message that cannot cross the bus
@@ -35,7 +36,8 @@ class CellmonoError(Exception):
     │   ├── BusClosed                         publish or request after stop
     │   ├── NoResponders (LookupError)        nobody handles the subject
     │   ├── RequestTimeout (TimeoutError)     no reply before the deadline
-    │   └── RemoteError                       the handler raised; carries its type and message
+    │   ├── RemoteError                       the handler raised; carries its type and message
+    │   └── BrokerUnavailable (ConnectionError)  broker unreachable or lost; names its URL (transports)
     ├── AccessDenied (PermissionError)        a capability check refused the call
     │   ├── CapabilityDenied                  the token lacks a required capability (security)
     │   ├── SandboxDenied                     a sandbox policy refused a file, host or call (sandbox)

@@ -255,7 +255,8 @@ def register_cli(parser: argparse.ArgumentParser) -> None:
 
 def command_serve(args: argparse.Namespace) -> int:
     """`cellmono serve`: serve the app's tools; exit 0 after Ctrl-C, SIGTERM or --seconds."""
-    app = App.from_settings(args.settings)
+    from cellmono.topology import build_app  # promoted cells run in supervised workers over the broker
+    app = build_app(args.settings)
     if args.port is not None and not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: expected 0 to 65535")
     level = app.settings.log.level

@@ -53,8 +53,13 @@ class Transport(Protocol):
         """Deliver a request to one responder and return its reply or error envelope."""
 
     async def subscribe(self, pattern: str, handler: Handler, *, queue: str | None = None,
-                        responder: bool = False) -> Subscription:
-        """Call `handler` for each matching message; responders' returned envelopes are replies."""
+                        responder: bool = False, durable: bool = False) -> Subscription:
+        """Call `handler` for each matching message; responders' returned envelopes are replies.
+
+        `durable=True` asks for at-least-once delivery where the broker offers it (JetStream, Redis
+        Streams): the message is acknowledged only when the handler returns something other than an
+        `error` envelope, redelivered otherwise, and dead-lettered after a bounded number of tries.
+        """
 
     async def close(self, timeout: float = 5.0) -> None:
         """Refuse new messages, finish in-flight work for up to `timeout` seconds, disconnect."""
@@ -275,7 +280,8 @@ class MemoryTransport:
         return self._wire(reply) if self.serialize else reply
 
     async def subscribe(self, pattern: str, handler: Handler, *, queue: str | None = None,
-                        responder: bool = False) -> _MemorySubscription:
+                        responder: bool = False, durable: bool = False) -> _MemorySubscription:
+        """Subscribe `handler`; `durable` is accepted and ignored: memory never outlives the process."""
         if self._closed:
             raise BusClosed(f"cannot subscribe to {pattern!r}: the bus is stopped")
         validate_pattern(pattern)

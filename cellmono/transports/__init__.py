@@ -1,0 +1,3 @@
+"""Broker transports: `transports.nats` (NATS + JetStream) and `transports.redis` (Redis/Valkey + Streams)."""
+
+__all__: list[str] = []
