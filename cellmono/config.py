@@ -169,7 +169,7 @@ def load_settings(path: str | os.PathLike[str] | None = "settings.ini",
                   environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from the INI file at `path` (None: defaults only) and `CELLMONO__SECTION__KEY` variables."""
     environ = os.environ if environ is None else environ
-    parser = configparser.ConfigParser(interpolation=None)
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#",))  # `key = value  # why`
     parser.optionxform = str.lower  # type: ignore[assignment,method-assign]
     source = "<defaults>"
     if path is not None:
