@@ -9,7 +9,7 @@ import pytest
 
 from cellmono.bus import Bus
 from cellmono.errors import (AccessDenied, BusClosed, MessageTooLarge, NoResponders, RemoteError,
-                             RequestTimeout)
+                             RequestTimeout, SubjectError)
 from cellmono.transport import MemoryTransport
 
 from brokers import require, start_nats, start_redis
@@ -109,6 +109,16 @@ async def test_wildcards(make_transport):
     await asyncio.sleep(0.05)
     assert heard == {"star": ["orders.new"], "tail": ["orders.new", "orders.eu.new"], "exact": ["orders.new"]}
     await stop_all(publisher, listener)
+
+
+async def test_invalid_subjects_are_refused(make_transport):
+    (bus,) = await buses(make_transport, 1)
+    for subject in ("", "a..b", "has space", "wild.*"):
+        with pytest.raises(SubjectError):
+            await bus.publish(subject)
+    with pytest.raises(SubjectError):
+        await bus.subscribe("a.>.b", lambda envelope: None)
+    await stop_all(bus)
 
 
 async def test_queue_group_one_member_per_message(make_transport):
@@ -249,7 +259,8 @@ async def test_context_crosses_the_transport(make_transport):
     seen = {}
 
     async def inner(envelope):
-        seen.update(principal=envelope.principal, tenant=envelope.tenant, deadline=envelope.deadline)
+        seen.update(principal=envelope.principal, tenant=envelope.tenant, capability=envelope.capability,
+                    deadline=envelope.deadline)
         return "ok"
 
     async def outer(envelope):
@@ -257,8 +268,9 @@ async def test_context_crosses_the_transport(make_transport):
 
     await server.handle("ctx.inner", inner)
     await server.handle("ctx.outer", outer)
-    assert await caller.request("ctx.outer", principal="ada", tenant="acme", timeout=2) == "ok"
-    assert seen["principal"] == "ada" and seen["tenant"] == "acme" and seen["deadline"] - time.time() < 2.1
+    assert await caller.request("ctx.outer", principal="ada", tenant="acme", capability="ada-token", timeout=2) == "ok"
+    assert seen["principal"] == "ada" and seen["tenant"] == "acme" and seen["capability"] == "ada-token"
+    assert seen["deadline"] - time.time() < 2.1  # the caller's 2 s, not the inner request's 60 s
     await stop_all(caller, server)
 
 
