@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .errors import CellmonoError
+from .subjects import match_tokens
 
 # %% auto #0
 __all__ = ['MAX_CAPABILITY_LENGTH', 'CapabilityError', 'AttenuationError', 'Capability', 'parse_capability', 'parse_requirement',
@@ -59,7 +60,7 @@ class Capability:
         if required.kind != self.kind:
             return False
         if self.kind == "dotted":
-            return _match_dotted(self.parts, required.parts)
+            return match_tokens(self.parts, required.parts)
         return _match_path(self.parts, required.parts)
 
     def covers(self, other: Capability) -> bool:
@@ -78,15 +79,6 @@ class Capability:
 
     def __str__(self) -> str:
         return self.text
-
-
-def _match_dotted(pattern: tuple[str, ...], subject: tuple[str, ...]) -> bool:
-    for position, token in enumerate(pattern):
-        if token == ">":
-            return len(subject) > position
-        if position >= len(subject) or (token != "*" and token != subject[position]):
-            return False
-    return len(pattern) == len(subject)
 
 
 @lru_cache(maxsize=4096)

@@ -7,13 +7,14 @@ Docs: https://cellmono.github.io/cellmono/subjects.html.md"""
 # %% ../nbs/02_subjects.ipynb #3b9c2106
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Generic, TypeVar
 
 from .errors import SubjectError
 
 # %% auto #0
-__all__ = ['MAX_SUBJECT_LENGTH', 'Entry', 'validate_subject', 'validate_pattern', 'is_literal', 'matches', 'SubjectIndex']
+__all__ = ['MAX_SUBJECT_LENGTH', 'Entry', 'validate_subject', 'validate_pattern', 'is_literal', 'matches', 'match_tokens',
+           'SubjectIndex']
 
 # %% ../nbs/02_subjects.ipynb #bcb726c9
 MAX_SUBJECT_LENGTH = 512
@@ -59,16 +60,17 @@ def is_literal(pattern: str) -> bool:
 
 def matches(pattern: str, subject: str) -> bool:
     """True when `subject` is matched by `pattern` under NATS rules."""
-    if pattern == subject:
-        return True
-    pattern_tokens = pattern.split(".")
-    subject_tokens = subject.split(".")
-    for position, token in enumerate(pattern_tokens):
+    return pattern == subject or match_tokens(pattern.split("."), subject.split("."))
+
+
+def match_tokens(pattern: Sequence[str], subject: Sequence[str]) -> bool:
+    """`matches` on already split tokens (the capability grammar's dotted resources use it too)."""
+    for position, token in enumerate(pattern):
         if token == ">":
-            return len(subject_tokens) > position
-        if position >= len(subject_tokens) or (token != "*" and token != subject_tokens[position]):
+            return len(subject) > position
+        if position >= len(subject) or (token != "*" and token != subject[position]):
             return False
-    return len(pattern_tokens) == len(subject_tokens)
+    return len(pattern) == len(subject)
 
 # %% ../nbs/02_subjects.ipynb #4722cfde
 Entry = TypeVar("Entry")
