@@ -34,7 +34,9 @@ __all__ = ['log', 'Services', 'StartupError', 'load_cell_class', 'imported_modul
 class Services(Protocol):
     """What an app gets from its security layer; `cellmono.runtime.Runtime` is the real one."""
 
-    guard: Guard | None
+    @property  # read-only, so an implementation may hold a narrower guard (the runtime's `CapabilityGuard`)
+    def guard(self) -> Guard | None:
+        """The guard the app's bus enforces; None for none."""
 
     def attach(self, cell: Cell, roles: tuple[str, ...]) -> None:
         """Give `cell` its store namespace and its sandbox."""

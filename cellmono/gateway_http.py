@@ -12,7 +12,7 @@ import fnmatch
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,9 +39,10 @@ from .limits import ConcurrencyCap, Overloaded, RateLimited, retry_after_header
 
 log = logging.getLogger("cellmono.gateway.http")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# The ASGI spec's types (as in Starlette and asgiref): a server may pass any mutable mapping.
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # %% auto #0
 __all__ = ['log', 'Scope', 'Receive', 'Send', 'ANONYMOUS', 'Exchange', 'Rejection', 'GatewayHTTP']
@@ -384,7 +385,7 @@ class GatewayHTTP:
                                                       subject=identity.principal))
         replayed = False
 
-        async def replay() -> dict[str, Any]:
+        async def replay() -> MutableMapping[str, Any]:
             nonlocal replayed
             if not replayed and scope["method"] == "POST":
                 replayed = True
@@ -393,7 +394,7 @@ class GatewayHTTP:
 
         status = [0]
 
-        async def counted(message: dict[str, Any]) -> None:
+        async def counted(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
                 self.gateway.metrics.response(status[0])

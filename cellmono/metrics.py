@@ -103,8 +103,8 @@ class GatewayMetrics:
                   "# TYPE cellmono_gateway_call_seconds histogram"]
         for tool, histogram in sorted(self.histograms.items()):
             running = 0.0
-            for bound, count in zip((*BUCKETS, float("inf")), histogram[:-1]):
-                running += count
+            for bound, bucket_count in zip((*BUCKETS, float("inf")), histogram[:-1]):
+                running += bucket_count
                 label = "+Inf" if bound == float("inf") else repr(bound)
                 lines.append(f'cellmono_gateway_call_seconds_bucket{{tool="{tool}",le="{label}"}} {int(running)}')
             lines.append(f'cellmono_gateway_call_seconds_sum{{tool="{tool}"}} {histogram[-1]:.6f}')

@@ -118,7 +118,7 @@ class Runtime:
         self.audit.close()
 
 
-class _SharedBackends(dict):  # type: ignore[type-arg]
+class _SharedBackends(dict[str, Any]):
     """The runtime's backend pool seen through a `Sandbox`: backends it creates are kept for all."""
 
     def __init__(self, pool: dict[str, Any]) -> None:

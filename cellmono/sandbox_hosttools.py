@@ -39,14 +39,22 @@ def system_resolver(host: str, port: int) -> list[str]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
         raise SandboxDenied(f"fetch: cannot resolve {host!r}: {error}") from None
-    return list(dict.fromkeys(info[4][0] for info in infos))
+    addresses: list[str] = []
+    for info in infos:
+        address = info[4][0]
+        if not isinstance(address, str):  # an IPv6 result on a Python built without IPv6: cannot be checked
+            raise SandboxDenied(f"fetch: {host!r} resolved to an address this Python cannot represent")
+        addresses.append(address)
+    return list(dict.fromkeys(addresses))
 
 
 def is_public_address(address: str) -> bool:
     """False for private, loopback, link-local, multicast, reserved, unspecified and mapped forms of them."""
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and (ip.ipv4_mapped or ip.sixtofour):
-        ip = ip.ipv4_mapped or ip.sixtofour  # type: ignore[assignment]
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is not None:
+            ip = embedded
     return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
                 or ip.is_unspecified or getattr(ip, "is_site_local", False) or not ip.is_global)
 

@@ -231,7 +231,10 @@ def worker_main() -> None:
         started = time.perf_counter()
         try:
             instance = linker.instantiate(store, guest)
-            report = instance.get_func(store, "run")(store, job["code"], json.dumps(job["request"]))
+            guest_run = instance.get_func(store, "run")
+            if guest_run is None:  # a guest built from another WIT: the worker dies in its warm-up
+                raise BackendUnavailable("wasm: the guest component exports no `run` function")
+            report = guest_run(store, job["code"], json.dumps(job["request"]))
         except wasmtime.WasmtimeError as error:
             kind, explanation = classify_trap(str(error))
             return {"op": "trap", "kind": kind, "message": explanation, "tool_calls": state["tool_calls"],

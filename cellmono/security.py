@@ -138,6 +138,8 @@ class CapabilityGuard:
     def check(self, token: str | None, requires: tuple[str, ...], *, principal: str | None = None,
               tenant: str | None = None) -> VerifiedToken:
         """The token's claims when it grants every requirement and matches the labels; else `AccessDenied`."""
+        if not token:
+            raise TokenMissing("no capability token on the message")
         claims = self.verified(token)
         if self.bind_identity:
             if principal is not None and principal != claims.subject:

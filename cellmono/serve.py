@@ -107,9 +107,12 @@ def build(app: App, *, port: int | None = None, host: str | None = None, audit: 
 
 def _runtime(app: App) -> Runtime:
     """The app's security runtime (keys, guard, audit log), built now for an app assembled in code."""
-    if not isinstance(app.services, Runtime):
-        app.services = Runtime.from_settings(app.settings)
-    return app.services
+    services = app.services
+    if isinstance(services, Runtime):
+        return services
+    runtime = Runtime.from_settings(app.settings)
+    app.services = runtime
+    return runtime
 
 
 def close(served: Served) -> None:
@@ -285,7 +288,7 @@ def command_serve(args: argparse.Namespace) -> int:
     runner = asyncio.run
     try:
         import uvloop
-        runner = uvloop.run  # type: ignore[assignment]
+        runner = uvloop.run
     except ImportError:
         pass
     runner(serve_http(served, seconds=args.seconds, on_ready=ready))

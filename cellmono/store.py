@@ -292,8 +292,8 @@ class EncryptedStore:
         self.keys = keys
         self.key_cache_seconds = key_cache_seconds
         self._lock = threading.RLock()
-        self._ciphers: dict[str, AESGCM] = {}
-        self._active: dict[str, tuple[str, AESGCM, float]] = {}
+        self._ciphers: dict[int, AESGCM] = {}  # by data-key id (the INTEGER primary key)
+        self._active: dict[str, tuple[int, AESGCM, float]] = {}  # namespace -> (data-key id, cipher, when cached)
         self._keys_checked = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:

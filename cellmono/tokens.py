@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from .capabilities import AttenuationError, CapabilityError, CapabilitySet
+from .capabilities import AttenuationError, Capability, CapabilityError, CapabilitySet
 from .errors import AccessDenied, ConfigError
 
 # %% auto #0
@@ -222,8 +222,8 @@ class VerifiedToken:
     expires: float
     capability_sets: tuple[CapabilitySet, ...]
 
-    def allows(self, requirement: str) -> bool:
-        """True when every block of the chain allows the literal `requirement`."""
+    def allows(self, requirement: str | Capability) -> bool:
+        """True when every block of the chain allows the literal `requirement` (text or parsed)."""
         return all(capabilities.allows(requirement) for capabilities in self.capability_sets)
 
     def allows_all(self, requirements: Iterable[str]) -> bool:

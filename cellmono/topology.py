@@ -213,7 +213,7 @@ async def run_worker(settings_path: str | Path, cell: str, replica: int = 1,
     inner = build_transport(settings, kind, client_name=f"{cell}-{replica}-{os.getpid()}")
     section = settings.section(kind, BrokerSection)
     app = WorkerApp([full.cells[cell]], settings=settings, services=full.services,  # the same security layer
-                    transport=PlacedTransport(inner, cell, section.durable))  # type: ignore[arg-type]
+                    transport=PlacedTransport(inner, cell, section.durable))
     await app.bus.start()  # BrokerUnavailable (naming the URL) when the broker is not there
     await check_contract(app.bus, type(full.cells[cell]))
     await app.start()

@@ -41,7 +41,9 @@ class Subscription(Protocol):
 class Transport(Protocol):
     """What a broker must offer the bus: five methods, envelopes in and out."""
 
-    max_bytes: int
+    @property  # read-only, so a wrapper may delegate it (`topology.PlacedTransport`)
+    def max_bytes(self) -> int:
+        """The largest encoded envelope the transport carries."""
 
     async def start(self) -> None:
         """Connect; raise a `CellmonoError` naming the broker when it cannot."""

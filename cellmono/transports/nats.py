@@ -414,8 +414,10 @@ class NatsTransport:
             return
         try:
             result = await handler(envelope)
-            failed = isinstance(result, Envelope) and result.kind == "error"
-            reason = f"{result.payload.get('type')}: {result.payload.get('message')}" if failed else ""
+            if isinstance(result, Envelope) and result.kind == "error":
+                failed, reason = True, f"{result.payload.get('type')}: {result.payload.get('message')}"
+            else:
+                failed, reason = False, ""
         except Exception as error:
             failed, reason = True, f"{type(error).__name__}: {error}"
         try:

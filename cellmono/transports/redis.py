@@ -206,8 +206,8 @@ class RedisTransport:
                                     f"{type(error).__name__}: {error}") from None
         self._client = client
         self._script = client.register_script(DURABLE_PUBLISH)
-        for pattern in known:
-            self._learn_durable(pattern.decode())
+        for pattern in known:  # bytes: the client does not decode responses
+            self._learn_durable(pattern.decode() if isinstance(pattern, bytes) else pattern)
         self._inbox = f"{self.prefix}.inbox.{os.urandom(8).hex()}"
         loop = asyncio.get_running_loop()
         confirmations = [self._expect(channel) for channel in (self._inbox, self._control)]
@@ -299,21 +299,22 @@ class RedisTransport:
                 continue
             if not matches(subscription.pattern, subject):
                 continue
+            mailbox = subscription.mailbox
             if subscription.queue is not None:  # one local member per group competes for the claim
                 if subscription.queue in groups:
                     continue
                 groups.add(subscription.queue)
-                subscription = self._rotate(subscription, subscriptions)
-            subscription.mailbox.put(channel, data)
+                mailbox = self._rotate(subscription.queue, mailbox, subscriptions)
+            mailbox.put(channel, data)
 
-    def _rotate(self, first: _RedisSubscription, subscriptions: Iterable[_RedisSubscription]) -> _RedisSubscription:
-        """Round-robin among this transport's members of `first`'s queue group on the same channel."""
-        members = [item for item in subscriptions if item.queue == first.queue and not item.closed
-                   and item.mailbox is not None]
-        if len(members) == 1:
-            return first
+    def _rotate(self, queue: str, mailbox: _Mailbox, subscriptions: Iterable[_RedisSubscription]) -> _Mailbox:
+        """Round-robin: the mailbox whose turn it is among this transport's members of `queue` on the channel."""
+        mailboxes = [item.mailbox for item in subscriptions if item.queue == queue and not item.closed
+                     and item.mailbox is not None]
+        if len(mailboxes) <= 1:
+            return mailbox
         self._turn += 1
-        return members[self._turn % len(members)]
+        return mailboxes[self._turn % len(mailboxes)]
 
     def _fail_pending(self, reason: str) -> None:
         for future in list(self._pending.values()):
@@ -599,8 +600,10 @@ class RedisTransport:
             return not await self._give_up(key, group, entry, letter)
         try:
             result = await subscription.handler(envelope)
-            failed = isinstance(result, Envelope) and result.kind == "error"
-            reason = f"{result.payload.get('type')}: {result.payload.get('message')}" if failed else ""
+            if isinstance(result, Envelope) and result.kind == "error":
+                failed, reason = True, f"{result.payload.get('type')}: {result.payload.get('message')}"
+            else:
+                failed, reason = False, ""
         except Exception as error:
             failed, reason = True, f"{type(error).__name__}: {error}"
         if not failed:

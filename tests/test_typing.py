@@ -1,0 +1,16 @@
+"""The package type-checks: mypy reports no errors on `cellmono` (settings in pyproject.toml's [tool.mypy])."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_mypy_reports_no_errors() -> None:
+    # A missing mypy makes `-m mypy` exit non-zero too, so this fails rather than skips.
+    completed = subprocess.run([sys.executable, "-m", "mypy", "cellmono", "--ignore-missing-imports"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert completed.returncode == 0, f"mypy reports errors:\n{completed.stdout}{completed.stderr}"
