@@ -29,8 +29,9 @@ from .sandbox import (BACKENDS, GUEST_CORE_SOURCE, BackendStatus, BackendUnavail
                               ToolHandler, Usage, load_backend, result_from_guest)
 
 # %% auto #0
-__all__ = ['RUNNER_SOURCE', 'find_python', 'grant_roots', 'NativeBackend', 'find_bwrap', 'BubblewrapBackend', 'GvisorBackend',
-           'doctor', 'format_report', 'register_cli']
+__all__ = ['RUNNER_SOURCE', 'RUNSC_BASE_TASKS', 'RUNSC_TASKS_PER_PROCESS', 'find_python', 'grant_roots', 'NativeBackend',
+           'find_bwrap', 'BubblewrapBackend', 'runsc_task_limit', 'GvisorBackend', 'doctor', 'format_report',
+           'register_cli']
 
 # %% ../nbs/23_native.ipynb #054a5bf9
 RUNNER_SOURCE = GUEST_CORE_SOURCE + r'''
@@ -281,15 +282,26 @@ class BubblewrapBackend(NativeBackend):
                              "cleared env, rlimits (as, data, cpu, nproc, fsize, nofile)"}
 
 # %% ../nbs/23_native.ipynb #e5868086
+RUNSC_BASE_TASKS = 64  # sentry + gofer threads and the first stub; 39 measured with two grants
+RUNSC_TASKS_PER_PROCESS = 8  # host tasks per guest process on the ptrace platform; ~7.5 measured
+
+
+def runsc_task_limit(processes: int) -> int:
+    """The pids cgroup limit for a gVisor box: runsc's own tasks plus room for the guest's processes."""
+    return RUNSC_BASE_TASKS + RUNSC_TASKS_PER_PROCESS * max(1, processes)
+
+# %% ../nbs/23_native.ipynb #78ff358a
 class GvisorBackend(NativeBackend):
     """Boxes under gVisor's user-space kernel (runsc, ptrace platform, root only), network none."""
 
     name = "gvisor"
 
-    def __init__(self, python: str | None = None, runsc: str | None = None, platform: str = "ptrace") -> None:
+    def __init__(self, python: str | None = None, runsc: str | None = None, platform: str = "ptrace",
+                 debug_log: str | None = None) -> None:
         super().__init__(python)
         self.runsc = runsc or shutil.which("runsc") or (os.path.exists("/usr/bin/runsc") and "/usr/bin/runsc") or None
         self.platform = platform
+        self.debug_log = debug_log
         self.state = tempfile.mkdtemp(prefix="cellmono-runsc-state-")
 
     def unavailable_reason(self) -> str:
@@ -326,16 +338,18 @@ class GvisorBackend(NativeBackend):
             "hostname": "sandbox",
             "mounts": mounts,
             "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
-                      "resources": {"pids": {"limit": policy.processes + 8}}},
+                      "resources": {"pids": {"limit": runsc_task_limit(policy.processes)}}},
         }
         (Path(workdir) / "config.json").write_text(json.dumps(config))
-        return [str(self.runsc), "--root", self.state, f"--platform={self.platform}", "--network=none",
+        debug = ["--debug", f"--debug-log={self.debug_log.rstrip('/')}/"] if self.debug_log else []
+        return [str(self.runsc), *debug, "--root", self.state, f"--platform={self.platform}", "--network=none",
                 "run", "--bundle", workdir, f"cellmono-{secrets.token_hex(6)}"]
 
     def details(self) -> dict[str, Any]:
         return {"runsc": self.runsc, "platform": self.platform,
                 "isolation": "gVisor sentry, network none, ro rootfs and /usr, tmpfs /tmp, uid nobody, "
-                             "no_new_privs, no capabilities, pids limit, rlimits"}
+                             "no_new_privs, no capabilities, pids cgroup (runsc's tasks + guest processes), "
+                             "rlimits (as, data, cpu, nproc, fsize, nofile)"}
 
     async def close(self) -> None:
         shutil.rmtree(self.state, ignore_errors=True)
