@@ -211,17 +211,17 @@ class App:
             cell.store = self.store.namespace(cell.name)
         if self.services is not None:
             self.services.attach(cell, self._roles(cell))
+        scope = current_envelope.set(self._identity(cell))  # the cell's own work acts as the cell
+        try:
+            await cell.on_start()  # before subscribing: no message may arrive before its resources exist
+        finally:
+            current_envelope.reset(scope)
+        self._started.append(cell)
         for spec in cell.specs:
             if spec.kind == "listener":
                 await self.bus.subscribe(spec.subject, cell.bind(spec), queue=spec.queue, requires=spec.requires)
             elif spec.kind in ("handler", "tool"):
                 await self.bus.handle(spec.subject, cell.bind(spec), queue=spec.queue, requires=spec.requires)
-        scope = current_envelope.set(self._identity(cell))  # the cell's own work acts as the cell
-        try:
-            await cell.on_start()
-        finally:
-            current_envelope.reset(scope)
-        self._started.append(cell)
         for spec in cell.specs:
             if spec.kind == "background":
                 self._tasks.append(asyncio.create_task(self._supervise(cell, spec), name=f"{cell.name}.{spec.attribute}"))

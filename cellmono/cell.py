@@ -206,7 +206,7 @@ class Cell:
         self._sandbox = sandbox
 
     async def on_start(self) -> None:
-        """Called once the cell's handlers are subscribed; override to open resources."""
+        """Called before the cell's handlers are subscribed; override to open the resources they use."""
 
     async def on_stop(self) -> None:
         """Called after the cell's handlers are drained; override to release resources."""

@@ -67,9 +67,18 @@ max_deliver = 3
 
 
 def spawn_worker(settings: Path, replica: int) -> subprocess.Popen:
-    return subprocess.Popen([str(Path(sys.executable).parent / "cellmono"), "worker", "--settings", str(settings),
-                             "--cell", "jobs", "--replica", str(replica)], cwd=settings.parent,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    """A worker replica; its output goes to a log file beside the settings (a pipe nobody reads could fill)."""
+    log = open(settings.parent / f"worker-{replica}-{time.monotonic_ns()}.log", "wb")
+    with log:
+        return subprocess.Popen([str(Path(sys.executable).parent / "cellmono"), "worker", "--settings", str(settings),
+                                 "--cell", "jobs", "--replica", str(replica)], cwd=settings.parent,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+
+def worker_logs(folder: Path) -> str:
+    """Every worker's output, for failure messages."""
+    return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+                     for path in sorted(folder.glob("worker-*.log")))
 
 
 async def app_side(settings_path: Path, kind: str) -> Bus:
@@ -83,16 +92,16 @@ async def app_side(settings_path: Path, kind: str) -> Bus:
     return bus
 
 
-async def wait_ready(bus: Bus, replicas) -> None:
-    give_up = time.monotonic() + 30
+async def wait_ready(bus: Bus, replicas, folder: Path) -> None:
+    give_up = time.monotonic() + 60  # worker processes start slowly on a loaded 2-core machine
     for replica in replicas:
         while True:
             try:
                 await bus.request(PING_SUBJECT.format(cell="jobs", replica=replica), timeout=1)
                 break
-            except Exception:
+            except Exception as error:
                 if time.monotonic() > give_up:
-                    raise
+                    raise AssertionError(f"replica {replica} not ready: {error}\n{worker_logs(folder)}") from None
                 await asyncio.sleep(0.05)
 
 
@@ -129,7 +138,7 @@ async def test_kill_one_of_three_replicas_while_2000_jobs_flow(broker, tmp_path:
     bus = await app_side(settings, kind)
     workers = [spawn_worker(settings, replica) for replica in (1, 2, 3)]
     try:
-        await wait_ready(bus, (1, 2, 3))
+        await wait_ready(bus, (1, 2, 3), tmp_path)
         victim = workers[1]
         for number in range(2000):
             await bus.publish("jobs.run", {"key": f"job-{number}"}, idempotency_key=f"job-{number}")
@@ -160,7 +169,7 @@ async def test_worker_crashing_in_a_loop_dead_letters_the_poison(broker, tmp_pat
     await bus.subscribe("dead.>", lambda envelope: dead.append(envelope.payload), durable=True, queue="ops")
     workers = [spawn_worker(settings, 1)]
     try:
-        await wait_ready(bus, (1,))
+        await wait_ready(bus, (1,), tmp_path)
         await bus.publish("jobs.run", {"key": "before"})
         await bus.publish("jobs.run", {"key": "poison", "poison": True})
         for number in range(5):
