@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import CellmonoError, ConfigError
+from .files import retry_while_locked
 from .security import Decision
 from .tokens import SigningKeys
 
@@ -166,21 +167,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-def _retry_while_locked(operation: Any, timeout: float) -> Any:
-    """Run a schema or journal-mode statement, retrying while another process initialises the same file.
-
-    SQLite does not call the busy handler for every lock these statements need, so two processes
-    opening a new file at once can see "database is locked" immediately."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return operation()
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error) and "busy" not in str(error) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
 class AuditLog:
     """The hash-chained audit log in one SQLite file; safe for concurrent threads and processes."""
 
@@ -206,13 +192,13 @@ class AuditLog:
         try:
             self._connection = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
                                                check_same_thread=False)
-            _retry_while_locked(lambda: self._connection.execute("PRAGMA journal_mode=WAL"), busy_timeout)
+            retry_while_locked(lambda: self._connection.execute("PRAGMA journal_mode=WAL"), busy_timeout)
             self._connection.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
             if not create and self._connection.execute(
                     "SELECT 1 FROM sqlite_master WHERE type='table' AND name='audit'").fetchone() is None:
                 self._connection.close()
                 raise AuditCorrupted(f"{str(self.path)!r} is a SQLite database but not a cellmono audit log")
-            _retry_while_locked(lambda: self._connection.executescript(_SCHEMA), busy_timeout)
+            retry_while_locked(lambda: self._connection.executescript(_SCHEMA), busy_timeout)
             self._connection.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('log_id', ?)",
                                      (secrets.token_hex(8),))
             self.log_id: str = self._connection.execute("SELECT value FROM meta WHERE key='log_id'").fetchone()[0]

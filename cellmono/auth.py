@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .capabilities import CapabilityError, parse_capability, parse_requirement
 from .errors import AccessDenied, ConfigError
+from .files import write_private
 
 # %% auto #0
 __all__ = ['Method', 'DEFAULT_ROLES', 'API_KEY_PREFIX', 'ALGORITHMS', 'Unauthenticated', 'InsufficientScope', 'Identity',
@@ -200,11 +201,7 @@ class ApiKeys:
     def _save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"keys": self._keys}, indent=1), encoding="utf-8")
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, self.path)
+        write_private(self.path, json.dumps({"keys": self._keys}, indent=1))
         self._mtime = self.path.stat().st_mtime
 
 # %% ../nbs/41_auth.ipynb #168c5c34

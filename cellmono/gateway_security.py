@@ -8,7 +8,6 @@ Docs: https://cellmono.github.io/cellmono/gateway_security.html.md"""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from .audit import AuditLog, AuditRecord
 from .auth import Identity, Policy

@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path

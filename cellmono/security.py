@@ -8,7 +8,7 @@ Docs: https://cellmono.github.io/cellmono/security.html.md"""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, m
 from .capabilities import CapabilitySet, Roles, parse_requirement
 from .config import Section, Settings, load_settings
 from .errors import AccessDenied
-from .tokens import TokenInvalid, TokenIssuer, TokenMissing, TokenVerifier, VerifiedToken
+from .tokens import TokenIssuer, TokenMissing, TokenVerifier, VerifiedToken
 
 # %% auto #0
 __all__ = ['PrincipalKind', 'CapabilityDenied', 'Principal', 'Authority', 'Decision', 'DecisionSink', 'MemoryDecisions',

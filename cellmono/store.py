@@ -19,7 +19,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -27,6 +27,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import CellmonoError, ConfigError
+from .files import create_private, retry_while_locked, write_private
 
 # %% auto #0
 __all__ = ['KEY_BYTES', 'MAX_KEY_LENGTH', 'Durability', 'StoreError', 'KeyUnavailable', 'WrongKey', 'StoreCorrupted', 'StoreBusy',
@@ -163,9 +164,9 @@ class FileKeyProvider(StaticKeyProvider):
 
     def __init__(self, path: str | Path, *, create: bool = False) -> None:
         self.path = Path(path)
-        if create and not self.path.exists():
+        if create and not self.path.exists():  # processes starting together: one creates, all use its key
             key = os.urandom(KEY_BYTES)
-            self._save({fingerprint(key): key}, fingerprint(key))
+            create_private(self.path, self._text({fingerprint(key): key}, fingerprint(key)))
         super().__init__(*self._load())
 
     def _load(self) -> tuple[dict[str, bytes], str]:
@@ -181,15 +182,12 @@ class FileKeyProvider(StaticKeyProvider):
             raise ConfigError(f"key file {str(self.path)!r} is not a valid key file: {error}") from None
 
     def _save(self, keys: Mapping[str, bytes], current: str) -> None:
-        data = {"current": current,
-                "keys": {key_id: base64.urlsafe_b64encode(key).decode().rstrip("=") for key_id, key in keys.items()}}
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(data, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.path)
+        write_private(self.path, self._text(keys, current))
+
+    @staticmethod
+    def _text(keys: Mapping[str, bytes], current: str) -> str:
+        return json.dumps({"current": current, "keys": {
+            key_id: base64.urlsafe_b64encode(key).decode().rstrip("=") for key_id, key in keys.items()}}, indent=1)
 
     def reload(self) -> None:
         """Re-read the key file (another process may have rotated it)."""
@@ -268,21 +266,6 @@ def _check_key(key: str) -> str:
     return key
 
 
-def _retry_while_locked(operation: Any, timeout: float) -> Any:
-    """Run a schema or journal-mode statement, retrying while another process initialises the same file.
-
-    SQLite does not call the busy handler for every lock these statements need, so two processes
-    opening a new file at once can see "database is locked" immediately."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return operation()
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error) and "busy" not in str(error) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
 class EncryptedStore:
     """Encrypted key-value items per namespace in one SQLite file; safe for several threads and processes."""
 
@@ -299,9 +282,9 @@ class EncryptedStore:
         try:
             self._connection = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
                                                check_same_thread=False)
-            _retry_while_locked(lambda: self._connection.execute("PRAGMA journal_mode=WAL"), busy_timeout)
+            retry_while_locked(lambda: self._connection.execute("PRAGMA journal_mode=WAL"), busy_timeout)
             self._connection.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
-            _retry_while_locked(lambda: self._connection.executescript(_SCHEMA), busy_timeout)
+            retry_while_locked(lambda: self._connection.executescript(_SCHEMA), busy_timeout)
         except sqlite3.OperationalError as error:
             raise self._translate(error) from None
         except sqlite3.DatabaseError as error:

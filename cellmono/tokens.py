@@ -11,7 +11,6 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from .capabilities import AttenuationError, Capability, CapabilityError, CapabilitySet
 from .errors import AccessDenied, ConfigError
+from .files import create_private, write_private
 
 # %% auto #0
 __all__ = ['TOKEN_PREFIX', 'MAX_TOKEN_BYTES', 'MAX_BLOCKS', 'TokenInvalid', 'TokenMissing', 'TokenMalformed', 'TokenTooLarge',
@@ -149,15 +149,11 @@ class SigningKeys:
 
     def save(self, path: str | Path) -> None:
         """Write the ring to a JSON key file readable only by its owner (atomic replace)."""
-        path = Path(path)
+        write_private(path, self._text())
+
+    def _text(self) -> str:
         data = {"active": self.active, "keys": {kid: _b64encode(_raw_private(key)) for kid, key in self.keys.items()}}
-        temporary = path.with_name(path.name + ".tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(data, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        return json.dumps(data, indent=1)
 
     @classmethod
     def load(cls, path: str | Path) -> SigningKeys:
@@ -173,12 +169,11 @@ class SigningKeys:
 
     @classmethod
     def load_or_create(cls, path: str | Path) -> SigningKeys:
-        """The ring at `path`, created (and saved) when the file does not exist yet."""
+        """The ring at `path`, created when missing; processes starting together all get the same ring."""
         if Path(path).exists():
             return cls.load(path)
         ring = cls()
-        ring.save(path)
-        return ring
+        return ring if create_private(path, ring._text()) else cls.load(path)  # lost the race: use the winner's
 
 # %% ../nbs/10a_tokens.ipynb #b8add330
 class Revocations(Protocol):

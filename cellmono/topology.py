@@ -30,7 +30,7 @@ from .config import ConfigError, Settings, load_settings
 from .envelope import Envelope
 from .errors import BusError, NoResponders, RequestTimeout
 from .transport import Handler, Subscription, Transport
-from .transports.brokers import BrokerUnavailable, ContractMismatch
+from .transports.brokers import ContractMismatch
 
 log = logging.getLogger("cellmono.topology")
 

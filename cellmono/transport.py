@@ -11,7 +11,7 @@ import asyncio
 import logging
 import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, runtime_checkable
 
 from .envelope import DEFAULT_MAX_BYTES, Envelope, decode, encode

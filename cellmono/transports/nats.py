@@ -19,7 +19,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 
 from ..envelope import DEFAULT_MAX_BYTES, Envelope, decode, encode
 from ..errors import (BusClosed, ConfigError, MessageError, NoResponders, RequestTimeout)
-from ..subjects import SubjectIndex, matches, validate_pattern
+from ..subjects import SubjectIndex, validate_pattern
 from ..transport import Handler
 from .brokers import (BrokerUnavailable, ResponderRunner, bus_subject, dead_letter,
                                          event_subject, redact, request_subject, safe_name)
