@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import CellmonoError, ConfigError
-from .files import retry_while_locked
+from .files import immediate_transaction, open_shared_database, retry_while_locked
 from .security import Decision
 from .tokens import SigningKeys
 
@@ -188,12 +188,8 @@ class AuditLog:
         self._writer: threading.Thread | None = None
         self._closed = False
         self._writer_error: BaseException | None = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._connection = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
-                                               check_same_thread=False)
-            retry_while_locked(lambda: self._connection.execute("PRAGMA journal_mode=WAL"), busy_timeout)
-            self._connection.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+            self._connection = open_shared_database(self.path, durability=durability, busy_timeout=busy_timeout)
             if not create and self._connection.execute(
                     "SELECT 1 FROM sqlite_master WHERE type='table' AND name='audit'").fetchone() is None:
                 self._connection.close()
@@ -216,10 +212,8 @@ class AuditLog:
         if not records:
             return []
         with self._lock:
-            connection = self._connection
             try:
-                connection.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate_transaction(self._connection) as connection:
                     row = connection.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
                     seq, prev = row if row else (0, GENESIS)
                     entries, rows = [], []
@@ -231,10 +225,6 @@ class AuditLog:
                         entries.append(AuditEntry(seq, prev, digest, json.loads(body)))
                         prev = digest
                     connection.executemany("INSERT INTO audit(seq, body, hash) VALUES (?, ?, ?)", rows)
-                    connection.execute("COMMIT")
-                except BaseException:
-                    connection.execute("ROLLBACK")
-                    raise
             except sqlite3.OperationalError as error:
                 raise AuditError(f"audit append to {str(self.path)!r} failed: {error}") from None
             except sqlite3.DatabaseError as error:

@@ -11,14 +11,15 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 Result = TypeVar("Result")
 
 # %% auto #0
-__all__ = ['Result', 'write_private', 'create_private', 'retry_while_locked']
+__all__ = ['Result', 'write_private', 'create_private', 'retry_while_locked', 'open_shared_database', 'immediate_transaction']
 
 # %% ../nbs/09b_files.ipynb #9b880d5e
 def _private_temporary(path: Path, text: str) -> Path:
@@ -70,3 +71,26 @@ def retry_while_locked(operation: Callable[[], Result], timeout: float) -> Resul
             if ("locked" not in str(error) and "busy" not in str(error)) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+# %% ../nbs/09b_files.ipynb #559d89a1
+def open_shared_database(path: str | os.PathLike[str], *, durability: Literal["normal", "full"] = "normal",
+                         busy_timeout: float = 30.0) -> sqlite3.Connection:
+    """A connection to a SQLite file several processes write: WAL, autocommit, `durability`, busy timeout."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(target, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    retry_while_locked(lambda: connection.execute("PRAGMA journal_mode=WAL"), busy_timeout)
+    connection.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+    return connection
+
+
+@contextmanager
+def immediate_transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """`BEGIN IMMEDIATE` ... `COMMIT`; `ROLLBACK` when the block raises, which then propagates."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise

@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import CellmonoError, ConfigError
-from .files import create_private, retry_while_locked, write_private
+from .files import create_private, immediate_transaction, open_shared_database, retry_while_locked, write_private
 
 # %% auto #0
 __all__ = ['KEY_BYTES', 'MAX_KEY_LENGTH', 'Durability', 'StoreError', 'KeyUnavailable', 'WrongKey', 'StoreCorrupted', 'StoreBusy',
@@ -278,12 +278,8 @@ class EncryptedStore:
         self._ciphers: dict[int, AESGCM] = {}  # by data-key id (the INTEGER primary key)
         self._active: dict[str, tuple[int, AESGCM, float]] = {}  # namespace -> (data-key id, cipher, when cached)
         self._keys_checked = False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._connection = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
-                                               check_same_thread=False)
-            retry_while_locked(lambda: self._connection.execute("PRAGMA journal_mode=WAL"), busy_timeout)
-            self._connection.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+            self._connection = open_shared_database(self.path, durability=durability, busy_timeout=busy_timeout)
             retry_while_locked(lambda: self._connection.executescript(_SCHEMA), busy_timeout)
         except sqlite3.OperationalError as error:
             raise self._translate(error) from None
@@ -337,22 +333,15 @@ class EncryptedStore:
         data_key = os.urandom(KEY_BYTES)
         dek_id = secrets.randbits(62) + 1
         kek_id, wrapped = self.keys.wrap(data_key, _dek_aad(dek_id, namespace))
-        connection = self._connection
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate_transaction(self._connection) as connection:
             row = connection.execute("SELECT id FROM data_keys WHERE namespace = ? AND active = 1",
                                      (namespace,)).fetchone()
             if row is not None and not replace:  # another process created it meanwhile
-                connection.execute("COMMIT")
-                return row[0]
+                return int(row[0])
             connection.execute("UPDATE data_keys SET active = 0, deactivated = ? WHERE namespace = ? AND active = 1",
                                (time.time(), namespace))
             connection.execute("INSERT INTO data_keys(id, namespace, kek_id, wrapped, created, active) "
                                "VALUES (?, ?, ?, ?, ?, 1)", (dek_id, namespace, kek_id, wrapped, time.time()))
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
         self._ciphers[dek_id] = AESGCM(data_key)
         return dek_id
 
@@ -367,19 +356,13 @@ class EncryptedStore:
         with self._lock:
             try:
                 dek_id, cipher = self._active_key(namespace)
-                connection = self._connection
-                connection.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate_transaction(self._connection) as connection:
                     row = connection.execute("SELECT version FROM items WHERE namespace = ? AND key = ?",
                                              (namespace, key)).fetchone()
                     version = row[0] + 1 if row else 1
                     sealed = _seal(cipher, namespace, key, version, dek_id, bytes(value))
                     connection.execute("INSERT OR REPLACE INTO items(namespace, key, version, dek_id, value) "
                                        "VALUES (?, ?, ?, ?, ?)", (namespace, key, version, dek_id, sealed))
-                    connection.execute("COMMIT")
-                except BaseException:
-                    connection.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as error:
                 raise self._translate(error) from None
         return version
@@ -439,15 +422,10 @@ class EncryptedStore:
                     data_key = self.keys.unwrap(kek_id, wrapped, _dek_aad(dek_id, namespace))
                     new_kek, new_wrapped = self.keys.wrap(data_key, _dek_aad(dek_id, namespace))
                     updates.append((new_kek, new_wrapped, dek_id, kek_id))
-                connection.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate_transaction(connection):
                     changed = sum(connection.execute(
                         "UPDATE data_keys SET kek_id = ?, wrapped = ? WHERE id = ? AND kek_id = ?", update).rowcount
                         for update in updates)
-                    connection.execute("COMMIT")
-                except BaseException:
-                    connection.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as error:
                 raise self._translate(error) from None
         return changed
@@ -479,8 +457,7 @@ class EncryptedStore:
                         (batch,)).fetchall()
                     if not rows:
                         return moved
-                    connection.execute("BEGIN IMMEDIATE")
-                    try:
+                    with immediate_transaction(connection):
                         for namespace, key, version, dek_id, sealed in rows:
                             _, old_dek, nonce = _HEADER.unpack_from(sealed)
                             value = self._cipher(old_dek).decrypt(
@@ -491,10 +468,6 @@ class EncryptedStore:
                                 "AND version = ? AND dek_id = ?",
                                 (new_dek, _seal(cipher, namespace, key, version, new_dek, value), namespace, key,
                                  version, dek_id)).rowcount
-                        connection.execute("COMMIT")
-                    except BaseException:
-                        connection.execute("ROLLBACK")
-                        raise
                 except InvalidTag:
                     raise StoreCorrupted("a value failed authentication during re-encryption; nothing was changed "
                                          "in that batch") from None
