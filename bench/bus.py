@@ -18,8 +18,8 @@ import time
 
 from pydantic import BaseModel
 
-from cellmono.bus import Bus
-from cellmono.transport import MemoryTransport
+from cellmono.core.bus import Bus
+from cellmono.core.transport import MemoryTransport
 
 
 class Ping(BaseModel):

@@ -33,10 +33,10 @@ def serve_cellmono(port: int, folder: Path) -> None:
     sys.path.insert(0, str(ROOT))
     from pydantic import BaseModel
 
-    from cellmono.app import App
-    from cellmono.cell import Cell, tool
-    from cellmono.config import Settings
-    from cellmono.serve import build, serve_http
+    from cellmono.core.app import App
+    from cellmono.core.cell import Cell, tool
+    from cellmono.core.config import Settings
+    from cellmono.runtime.serve import build, serve_http
 
     class Text(BaseModel):
         text: str

@@ -15,9 +15,9 @@ import time
 
 import anyio
 
-from cellmono.sandbox import Policy, RunRequest
-from cellmono.sandbox_native import BubblewrapBackend, GvisorBackend, _refuse_tools
-from cellmono.sandbox_wasm import WasmBackend, ensure_guest
+from cellmono.sandbox.runner import Policy, RunRequest
+from cellmono.sandbox.native import BubblewrapBackend, GvisorBackend, _refuse_tools
+from cellmono.sandbox.wasm import WasmBackend, ensure_guest
 
 SNIPPET = "sum(i * i for i in range(100))"
 

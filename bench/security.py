@@ -16,11 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from cellmono.audit import AuditLog, AuditRecord
-from cellmono.envelope import Envelope
-from cellmono.security import CapabilityGuard
-from cellmono.store import EncryptedStore, StaticKeyProvider
-from cellmono.tokens import SigningKeys, TokenIssuer, TokenVerifier
+from cellmono.security.audit import AuditLog, AuditRecord
+from cellmono.core.envelope import Envelope
+from cellmono.security.guard import CapabilityGuard
+from cellmono.security.store import EncryptedStore, StaticKeyProvider
+from cellmono.security.tokens import SigningKeys, TokenIssuer, TokenVerifier
 
 TARGETS = {"capability_check_us": ("<=", 5), "token_verify_us": ("<=", 150), "audit_append_per_s": (">=", 20000),
            "ratio_store_put_vs_sqlite": (">=", 0.5), "ratio_store_get_vs_sqlite": (">=", 0.5)}

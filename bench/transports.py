@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from brokers import start_nats, start_redis  # noqa: E402
 
-from cellmono.bus import Bus  # noqa: E402
+from cellmono.core.bus import Bus  # noqa: E402
 from cellmono.transports.nats import NatsTransport  # noqa: E402
 from cellmono.transports.redis import RedisTransport  # noqa: E402
 
@@ -261,7 +261,7 @@ async def raw_redis(url: str, requests: int, events: int):
 # -- promoted: app to a worker process over NATS ----------------------------------------------------
 WORKER = """
 import asyncio, sys
-from cellmono.bus import Bus
+from cellmono.core.bus import Bus
 from cellmono.transports.nats import NatsTransport
 async def main():
     bus = Bus(NatsTransport(sys.argv[1]))

@@ -16,15 +16,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cellmono.audit import AuditLog, AuditRecord
-from cellmono.tokens import SigningKeys
+from cellmono.security.audit import AuditLog, AuditRecord
+from cellmono.security.tokens import SigningKeys
 
 PYTHON = sys.executable
 CELLMONO = str(Path(sys.executable).with_name("cellmono"))
 
 WRITER = textwrap.dedent("""
     import sys
-    from cellmono.audit import AuditLog, AuditRecord
+    from cellmono.security.audit import AuditLog, AuditRecord
     log = AuditLog(sys.argv[1])
     name, count = sys.argv[2], int(sys.argv[3])
     for index in range(count):

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellmono.app import App
-from cellmono.cell import Empty
-from cellmono.config import Settings
-from cellmono.envelope import Envelope, decode, encode
-from cellmono.errors import (BusClosed, CellmonoError, MalformedMessage, MessageTooLarge, NoResponders,
+from cellmono.core.app import App
+from cellmono.core.cell import Empty
+from cellmono.core.config import Settings
+from cellmono.core.envelope import Envelope, decode, encode
+from cellmono.core.errors import (BusClosed, CellmonoError, MalformedMessage, MessageTooLarge, NoResponders,
                              PayloadInvalid, RemoteError, RequestTimeout)
 from examples.notes.contracts import Digest, NewNote, Note, NoteRef
 from examples.notes.digest import DigestCell

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cellmono.app import App
+from cellmono.core.app import App
+from cellmono.topology.services import app_from_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,12 +19,12 @@ def fenced_diagram(path: Path, marker: str) -> str:
 
 
 def test_readme_shows_the_example_apps_real_topology() -> None:
-    generated = App.from_settings(ROOT / "settings.ini").to_mermaid()
+    generated = app_from_settings(ROOT / "settings.ini").to_mermaid()
     committed = fenced_diagram(ROOT / "README.md", "diagram: cellmono diagram")
     assert committed == generated, "README diagram drifted: paste the output of `cellmono diagram`"
 
 
 def test_example_readme_shows_the_same_topology() -> None:
-    generated = App.from_settings(ROOT / "settings.ini").to_mermaid()
+    generated = app_from_settings(ROOT / "settings.ini").to_mermaid()
     committed = fenced_diagram(ROOT / "examples" / "notes" / "README.md", "diagram: cellmono diagram")
     assert committed == generated, "examples/notes/README.md diagram drifted: paste `cellmono diagram`"

@@ -8,15 +8,16 @@ import asyncio
 import httpx
 import pytest
 
-from cellmono.app import App
+from cellmono.core.app import App
+from cellmono.topology.services import app_from_settings
 import tempfile
 from pathlib import Path
 
-from cellmono.config import load_settings
-from cellmono.gateway import MemoryAudit
-from cellmono.gateway_http import GatewayHTTP
-from cellmono.gateway_security import GatewayGuard
-from cellmono.serve import build
+from cellmono.core.config import load_settings
+from cellmono.gateway.server import MemoryAudit
+from cellmono.gateway.http import GatewayHTTP
+from cellmono.gateway.bridge import GatewayGuard
+from cellmono.runtime.serve import build
 from gateway_support import ROOT, modern_request
 
 pytestmark = pytest.mark.anyio
@@ -46,7 +47,7 @@ def gateway_app(**gateway_options: str) -> tuple[App, GatewayHTTP, dict[str, str
                 "gateway": {**settings.extra_sections.get("gateway", {}), "state": str(folder), **gateway_options},
                 "security": {**settings.extra_sections["security"], "audit_path": str(folder / "audit.sqlite"),
                              "signing_keys": str(folder / "keys.json")}}
-    app = App.from_settings(settings.model_copy(update={"extra_sections": sections}))
+    app = app_from_settings(settings.model_copy(update={"extra_sections": sections}))
     audit = MemoryAudit()
     served = build(app, audit=audit, create_admin=False)
     assert isinstance(app.bus.guard, GatewayGuard)  # the guard checks every call again on delivery

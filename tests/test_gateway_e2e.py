@@ -141,7 +141,7 @@ def test_sigterm_stops_cleanly_and_the_audit_log_has_every_request(tmp_path: Pat
             assert http.post(running.url, headers=headers, content=body).status_code == 401
         running.process.send_signal(signal.SIGTERM)
         assert running.process.wait(timeout=15) == 0
-    from cellmono.audit import AuditLog
+    from cellmono.security.audit import AuditLog
     with AuditLog(tmp_path / "state" / "audit.sqlite", create=False) as log:
         assert log.verify().ok  # the hash chain is intact
         records = [entry.fields for entry in log.entries()]

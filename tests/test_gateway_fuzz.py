@@ -15,11 +15,13 @@ import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from cellmono.app import App
-from cellmono.auth import ApiKeys, Authenticator
-from cellmono.config import load_settings
-from cellmono.gateway import Gateway, MemoryAudit
-from cellmono.gateway_http import GatewayHTTP
+from cellmono.core.app import App
+from cellmono.topology.services import app_from_settings
+from cellmono.gateway.auth import ApiKeys, Authenticator
+from cellmono.core.config import load_settings
+from cellmono.gateway.server import Gateway, MemoryAudit
+from cellmono.gateway.http import GatewayHTTP
+from cellmono.runtime.serve import runtime_of, token_minter
 from gateway_support import META, ROOT, modern_request, serve
 
 EXAMPLES = int(os.environ.get("CELLMONO_FUZZ_EXAMPLES", "10000"))
@@ -107,9 +109,11 @@ def test_ten_thousand_malformed_requests_in_process() -> None:
     settings_ = load_settings(ROOT / "settings.ini", environ={})
     sections = {**settings_.extra_sections, "gateway": {"max_body_bytes": str(MAX_BODY), "rate": "1e9", "burst": "1e9",
                                                         "tool_rate": "1e9", "tool_burst": "1e9", "max_sessions": "200"}}
-    app = App.from_settings(settings_.model_copy(update={"extra_sections": sections}))
+    app = app_from_settings(settings_.model_copy(update={"extra_sections": sections}))
     audit = MemoryAudit(limit=1000)
-    http_app = GatewayHTTP(Gateway(app, audit=audit), Authenticator(api_keys=KEYS))
+    gateway = Gateway(app, audit=audit)
+    gateway.minter = token_minter(runtime_of(app), gateway.policy)
+    http_app = GatewayHTTP(gateway, Authenticator(api_keys=KEYS))
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=http_app), base_url="http://127.0.0.1:8765")
     stop, ready = asyncio.Event(), asyncio.Event()
 

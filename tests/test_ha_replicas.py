@@ -16,9 +16,9 @@ import pytest
 
 from brokers import require, start_nats, start_redis
 
-from cellmono.bus import Bus
-from cellmono.config import load_settings
-from cellmono.topology import CONTRACT_SUBJECT, PING_SUBJECT, answer_control, build_transport, contract_fingerprint
+from cellmono.core.bus import Bus
+from cellmono.core.config import load_settings
+from cellmono.topology.workers import CONTRACT_SUBJECT, PING_SUBJECT, answer_control, build_transport, contract_fingerprint
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "ha"
 pytestmark = pytest.mark.anyio

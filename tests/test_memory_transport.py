@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from cellmono.bus import Bus
-from cellmono.envelope import Envelope
-from cellmono.transport import MemoryTransport
+from cellmono.core.bus import Bus
+from cellmono.core.envelope import Envelope
+from cellmono.core.transport import MemoryTransport
 
 pytestmark = pytest.mark.anyio
 

@@ -51,8 +51,8 @@ def test_same_results_wherever_search_runs(placement: str, servers) -> None:
         assert "spawned worker" not in out
     else:  # the search cell really ran in two worker processes, each hearing every note
         for replica in (1, 2):
-            assert f"[search#{replica}] cellmono.topology: worker search #{replica}" in out, out[-3000:]
-            assert out.count(f"[search#{replica}] cellmono.cell.search: indexed note") == 5
+            assert f"[search#{replica}] cellmono.topology.workers: worker search #{replica}" in out, out[-3000:]
+            assert out.count(f"[search#{replica}] cellmono.core.cell.search: indexed note") == 5
         assert "app notes started with cells: notes, digest, importer" in out
     assert hashlib.sha256(SEARCH_SOURCE.read_bytes()).hexdigest() == source_before
 
@@ -62,8 +62,8 @@ def test_diagram_shows_where_cells_run(servers) -> None:
                             env={**os.environ, **promoted("nats", servers["nats"].url)})
     assert result.returncode == 0, result.stderr
     # `cellmono diagram` draws the cells; the topology module draws placements (see its notebook)
-    from cellmono.config import load_settings
-    from cellmono.topology import topology_mermaid
+    from cellmono.core.config import load_settings
+    from cellmono.topology.workers import topology_mermaid
     settings = load_settings(ROOT / "settings.ini", environ=promoted("nats", servers["nats"].url))
     diagram = topology_mermaid(settings)
     assert 'subgraph workers_search["search: 2 worker replicas"]' in diagram and "nats broker" in diagram

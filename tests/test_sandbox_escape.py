@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from cellmono.errors import CellmonoError
-from cellmono.sandbox import (DeadlineExceeded, GuestError, LimitExceeded, Policy, Sandbox, SandboxCrashed,
+from cellmono.core.errors import CellmonoError
+from cellmono.sandbox.runner import (DeadlineExceeded, GuestError, LimitExceeded, Policy, Sandbox, SandboxCrashed,
                               SandboxDenied, SandboxError)
 
 SECRET = "cellmono-escape-canary-7f3a9c"

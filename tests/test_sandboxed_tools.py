@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from cellmono.app import App
-from cellmono.cell import Cell, tool
-from cellmono.config import load_settings
-from cellmono.errors import AccessDenied
-from cellmono.runtime import Runtime
-from cellmono.security import Principal
+from cellmono.core.app import App
+from cellmono.core.cell import Cell, tool
+from cellmono.core.config import load_settings
+from cellmono.core.errors import AccessDenied
+from cellmono.topology.services import Runtime
+from cellmono.security.guard import Principal
 
 pytestmark = pytest.mark.anyio
 

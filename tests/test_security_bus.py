@@ -8,13 +8,13 @@ import os
 import pytest
 from pydantic import BaseModel
 
-from cellmono.app import App
-from cellmono.audit import AuditLog
-from cellmono.capabilities import AttenuationError
-from cellmono.cell import Cell, handles, tool
-from cellmono.security import Authority, CapabilityDenied, CapabilityGuard, Principal
-from cellmono.store import EncryptedStore, StaticKeyProvider
-from cellmono.tokens import SigningKeys, TokenExpired, TokenIssuer, TokenMissing, TokenVerifier, attenuate
+from cellmono.core.app import App
+from cellmono.security.audit import AuditLog
+from cellmono.security.capabilities import AttenuationError
+from cellmono.core.cell import Cell, handles, tool
+from cellmono.security.guard import Authority, CapabilityDenied, CapabilityGuard, Principal
+from cellmono.security.store import EncryptedStore, StaticKeyProvider
+from cellmono.security.tokens import SigningKeys, TokenExpired, TokenIssuer, TokenMissing, TokenVerifier, attenuate
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cellmono.capabilities import (AttenuationError, CapabilityError, CapabilitySet, parse_capability,
+from cellmono.security.capabilities import (AttenuationError, CapabilityError, CapabilitySet, parse_capability,
                                    parse_requirement)
-from cellmono.tokens import SigningKeys, TokenInvalid, TokenIssuer, TokenVerifier, attenuate
+from cellmono.security.tokens import SigningKeys, TokenInvalid, TokenIssuer, TokenVerifier, attenuate
 
 NAMES = st.sampled_from(["fs", "tool", "net", "store"])
 VERBS = st.sampled_from(["read", "write", "call"])
@@ -140,7 +140,7 @@ def test_attenuated_token_never_exceeds_its_parent(parent_grants, child_grants, 
 @settings(max_examples=100, deadline=None)
 def test_a_forged_wider_block_still_cannot_widen(parent_grants, wider_grants, probes):
     """Even a block listing wider grants (signed correctly, bypassing attenuate's check) is intersected."""
-    import cellmono.tokens as tokens_module
+    import cellmono.security.tokens as tokens_module
     parent = TokenIssuer(RING).issue("alice", parent_grants, "app")
     original = tokens_module.CapabilitySet.uncovered
     tokens_module.CapabilitySet.uncovered = lambda self, other: []  # disable the early refusal

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cellmono.audit import AuditLog
-from cellmono.store import (EncryptedStore, EnvKeyProvider, FileKeyProvider, KeyUnavailable, StaticKeyProvider,
+from cellmono.security.audit import AuditLog
+from cellmono.security.store import (EncryptedStore, EnvKeyProvider, FileKeyProvider, KeyUnavailable, StaticKeyProvider,
                             StoreBusy, StoreCorrupted, WrongKey, new_key_text)
 
 PYTHON = sys.executable
@@ -23,7 +23,7 @@ CELLMONO = str(Path(sys.executable).with_name("cellmono"))
 
 WORKER = textwrap.dedent("""
     import sys, time
-    from cellmono.store import EncryptedStore, FileKeyProvider
+    from cellmono.security.store import EncryptedStore, FileKeyProvider
     path, kek, name, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     store = EncryptedStore(path, FileKeyProvider(kek), key_cache_seconds=0.05)
     shared = store.namespace("shared")
@@ -70,7 +70,7 @@ def test_a_lock_held_too_long_is_a_typed_busy_error(tmp_path):
 
 ROTATION_WORKER = textwrap.dedent("""
     import sys, time
-    from cellmono.store import EncryptedStore, FileKeyProvider
+    from cellmono.security.store import EncryptedStore, FileKeyProvider
     path, kek, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
     store = EncryptedStore(path, FileKeyProvider(kek), key_cache_seconds=0.05)
     notes = store.namespace("notes")

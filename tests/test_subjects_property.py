@@ -7,7 +7,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cellmono.subjects import SubjectIndex, matches, validate_pattern, validate_subject
+from cellmono.core.subjects import SubjectIndex, matches, validate_pattern, validate_subject
 
 tokens = st.sampled_from(["a", "b", "orders", "x1", "é", "-"])
 subjects = st.lists(tokens, min_size=1, max_size=5).map(".".join)

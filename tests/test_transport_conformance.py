@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from cellmono.bus import Bus
-from cellmono.errors import (AccessDenied, BusClosed, MessageTooLarge, NoResponders, RemoteError,
+from cellmono.core.bus import Bus
+from cellmono.core.errors import (AccessDenied, BusClosed, MessageTooLarge, NoResponders, RemoteError,
                              RequestTimeout, SubjectError)
-from cellmono.transport import MemoryTransport
+from cellmono.core.transport import MemoryTransport
 
 from brokers import require, start_nats, start_redis
 

@@ -13,7 +13,7 @@ import pytest
 
 from brokers import free_port, require, start_nats, start_redis
 
-from cellmono.bus import Bus
+from cellmono.core.bus import Bus
 from cellmono.transports.brokers import BrokerUnavailable
 from cellmono.transports.nats import NatsTransport
 from cellmono.transports.redis import RedisTransport
@@ -173,7 +173,7 @@ def test_replica_with_another_contract_version_is_refused(tmp_path: Path) -> Non
 
         async def app_answers_contract():
             from examples.notes.search import SearchCell
-            from cellmono.topology import CONTRACT_SUBJECT, answer_control, contract_fingerprint
+            from cellmono.topology.workers import CONTRACT_SUBJECT, answer_control, contract_fingerprint
             bus = Bus(NatsTransport(server.url))
             await bus.start()
             await answer_control(bus, CONTRACT_SUBJECT.format(cell="search"), contract_fingerprint(SearchCell))

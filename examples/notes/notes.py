@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cellmono.cell import Cell, tool
-from cellmono.errors import CellmonoError
+from cellmono.core.cell import Cell, tool
+from cellmono.core.errors import CellmonoError
 
 from .contracts import NewNote, Note, NoteAdded, NoteRef
 

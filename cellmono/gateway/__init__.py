@@ -1,0 +1,3 @@
+"""The DMZ gateway: MCP over HTTP and stdio, authentication, limits, metrics and its bridge to the security layer."""
+
+__all__: list[str] = []
