@@ -19,11 +19,12 @@ from .core.errors import (AccessDenied, BusClosed, BusError, CellmonoError, Conf
                              MalformedMessage, MessageError, MessageTooLarge, NoResponders, PayloadInvalid,
                              RemoteError, RequestTimeout, SubjectError, VerificationError)
 from .core.transport import MemoryTransport, Transport
+from .topology.workers import build_app
 
 __all__ = [
     "App", "Bus", "Guard", "current_envelope", "Cell", "Empty", "Health", "background", "handles", "tool",
     "Settings", "load_settings", "Envelope", "decode", "encode", "MemoryTransport", "Transport",
     "AccessDenied", "BusClosed", "BusError", "CellmonoError", "ConfigError", "ContractError",
     "MalformedMessage", "MessageError", "MessageTooLarge", "NoResponders", "PayloadInvalid", "RemoteError",
-    "RequestTimeout", "SubjectError", "VerificationError",
+    "RequestTimeout", "SubjectError", "VerificationError", "build_app",
 ]

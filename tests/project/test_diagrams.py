@@ -8,7 +8,7 @@ from pathlib import Path
 from cellmono.core.app import App
 from cellmono.topology.services import app_from_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fenced_diagram(path: Path, marker: str) -> str:

@@ -13,7 +13,7 @@ import pytest
 
 from gateway_support import serve
 
-INSPECTOR = Path(__file__).parent / "tools" / "inspector" / "node_modules" / ".bin" / "mcp-inspector"
+INSPECTOR = Path(__file__).resolve().parents[1] / "tools" / "inspector" / "node_modules" / ".bin" / "mcp-inspector"
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from cellmono.core.bus import Bus
 from cellmono.core.config import load_settings
 from cellmono.topology.workers import CONTRACT_SUBJECT, PING_SUBJECT, answer_control, build_transport, contract_fingerprint
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "ha"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ha"
 pytestmark = pytest.mark.anyio
 
 

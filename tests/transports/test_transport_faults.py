@@ -18,7 +18,7 @@ from cellmono.transports.brokers import BrokerUnavailable
 from cellmono.transports.nats import NatsTransport
 from cellmono.transports.redis import RedisTransport
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CELLMONO = str(Path(sys.executable).parent / "cellmono")
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,7 @@ import pytest
 
 from brokers import require, start_nats, start_redis
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CELLMONO = str(Path(sys.executable).parent / "cellmono")
 SEARCH_SOURCE = ROOT / "examples" / "notes" / "search.py"
 
