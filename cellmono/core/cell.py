@@ -13,7 +13,7 @@ import logging
 import re
 import typing
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -119,7 +119,7 @@ def background(function: Callable[..., Awaitable[None]]) -> Callable[..., Awaita
 def _tuple(requires: tuple[str, ...] | str) -> tuple[str, ...]:
     return (requires,) if isinstance(requires, str) else tuple(requires)
 
-# %% ../../nbs/06_cell.ipynb #f0e7da42
+# %% ../../nbs/06_cell.ipynb #1c0d0d89
 class Empty(BaseModel):
     """The message of a request that needs no data."""
 
@@ -144,7 +144,7 @@ class Health(BaseModel):
     detail: str = ""
     restarts: int = 0
 
-
+# %% ../../nbs/06_cell.ipynb #f0e7da42
 class Cell:
     """Base class of cells: declare handlers, tools and background loops; get bus, log and settings injected."""
 
@@ -262,5 +262,4 @@ _call_sandbox: contextvars.ContextVar[Any] = contextvars.ContextVar("cellmono_ca
 
 
 def _tool_subject(spec: Spec, cell_name: str) -> Spec:
-    from dataclasses import replace
     return replace(spec, subject=f"{cell_name}.{spec.subject}")
