@@ -19,22 +19,22 @@ from typing import Any, Protocol
 
 from .bus import Bus, Guard, current_envelope
 from .cell import NAME_PATTERN, Cell, Health, Spec
-from .config import ConfigError, Settings, load_settings
+from .config import Settings, load_settings
 from .envelope import Envelope
-from .errors import CellmonoError, VerificationError
+from .errors import CellmonoError, ConfigError, VerificationError
 from .subjects import is_literal, matches, validate_pattern, validate_subject
 from .transport import MemoryTransport, Transport
 
-log = logging.getLogger("cellmono.app")
+_log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'Services', 'StartupError', 'load_cell_class', 'cells_from_settings', 'imported_modules', 'App']
+__all__ = ['Services', 'StartupError', 'load_cell_class', 'cells_from_settings', 'imported_modules', 'App']
 
 # %% ../../nbs/07_app.ipynb #62d9bfdf
 class Services(Protocol):
     """What an app gets from its security layer; `cellmono.topology.services.Runtime` is the real one."""
 
-    @property  # read-only, so an implementation may hold a narrower guard (the runtime's `CapabilityGuard`)
+    @property  # read-only, so an implementation may hold a narrower guard (`Runtime` holds a `CapabilityGuard`)
     def guard(self) -> Guard | None:
         """The guard the app's bus enforces; None for none."""
 
@@ -51,7 +51,7 @@ class Services(Protocol):
 class StartupError(CellmonoError):
     """A cell failed to start; the cells already started were stopped again."""
 
-
+# %% ../../nbs/07_app.ipynb #ac24f112
 def load_cell_class(path: str, source: str = "settings", section: str = "?") -> type[Cell]:
     """The `Cell` subclass named by `package.module:Class`; a `ConfigError` naming the section otherwise."""
     module_name, _, class_name = path.partition(":")
@@ -65,7 +65,7 @@ def load_cell_class(path: str, source: str = "settings", section: str = "?") -> 
         raise ConfigError(f"{source} [{section}] class: {path!r} is not a Cell subclass")
     return target
 
-
+# %% ../../nbs/07_app.ipynb #1b4dd276
 def cells_from_settings(settings: Settings | str | Path = "settings.ini") -> tuple[Settings, list[Cell]]:
     """The settings and a fresh instance of every cell they name, each with its own `[cell.NAME]` options."""
     if not isinstance(settings, Settings):
@@ -84,7 +84,6 @@ def cells_from_settings(settings: Settings | str | Path = "settings.ini") -> tup
         cell.settings = settings.cell_options(name, cell_class.Settings)
         cells.append(cell)
     return settings, cells
-
 
 # %% ../../nbs/07_app.ipynb #12dbadc5
 def imported_modules(module_name: str) -> set[str]:
@@ -201,7 +200,7 @@ class App:
                 raise
             raise StartupError(f"cell {cell.name!r} failed to start: {type(error).__name__}: {error}") from None
         self.running = True
-        log.info("app %s started with cells: %s", self.settings.app.name, ", ".join(self.cells))
+        _log.info("app %s started with cells: %s", self.settings.app.name, ", ".join(self.cells))
 
     async def _start_cell(self, cell: Cell) -> None:
         cell.set_health("starting")
@@ -247,13 +246,13 @@ class App:
                 if restarts >= policy.max_restarts:
                     cell.set_health("unhealthy", f"{spec.attribute} crashed {restarts + 1} times; last: "
                                     f"{type(error).__name__}: {error}", restarts)
-                    log.error("cell %s: %s gave up after %d restarts: %s", cell.name, spec.attribute, restarts, error)
+                    _log.error("cell %s: %s gave up after %d restarts: %s", cell.name, spec.attribute, restarts, error)
                     return
                 delay = min(policy.initial_backoff * 2 ** restarts, policy.max_backoff)
                 restarts += 1
                 cell.set_health("degraded", f"{spec.attribute} crashed: {type(error).__name__}: {error}; "
                                 f"restart {restarts} in {delay:.2g} s", restarts)
-                log.warning("cell %s: %s crashed (%s: %s); restart %d in %.2g s",
+                _log.warning("cell %s: %s crashed (%s: %s); restart %d in %.2g s",
                             cell.name, spec.attribute, type(error).__name__, error, restarts, delay)
                 await asyncio.sleep(delay)
 
@@ -269,7 +268,7 @@ class App:
             try:
                 await cell.on_stop()
             except Exception as error:
-                log.error("cell %s: on_stop raised %s: %s", cell.name, type(error).__name__, error)
+                _log.error("cell %s: on_stop raised %s: %s", cell.name, type(error).__name__, error)
             cell.set_health("stopped")
         self._started.clear()
         if self.services is not None:

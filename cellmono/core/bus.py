@@ -21,10 +21,10 @@ from .errors import BusClosed, PayloadInvalid, rebuild_error, validation_summary
 from .subjects import validate_subject
 from .transport import Handler, MemoryTransport, Subscription, Transport
 
-log = logging.getLogger("cellmono.bus")
+_log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'current_envelope', 'EnvelopeHandler', 'Model', 'Guard', 'Bus']
+__all__ = ['current_envelope', 'EnvelopeHandler', 'Model', 'Guard', 'Bus']
 
 # %% ../../nbs/04_bus.ipynb #23e71c72
 class Guard(Protocol):
@@ -181,8 +181,8 @@ class Bus:
                         result = await result
                 return envelope.reply(result) if envelope.kind == "request" else None
             except Exception as error:
-                log.error("handler for %s raised %s: %s", envelope.subject, type(error).__name__, error,
-                          exc_info=log.isEnabledFor(logging.DEBUG))
+                _log.error("handler for %s raised %s: %s", envelope.subject, type(error).__name__, error,
+                           exc_info=_log.isEnabledFor(logging.DEBUG))
                 return envelope.fail(error)  # for an event, the error envelope tells a durable transport to retry
             finally:
                 current_envelope.reset(token)

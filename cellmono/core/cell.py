@@ -13,8 +13,8 @@ import logging
 import re
 import typing
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -76,10 +76,13 @@ def _contracts(function: Callable[..., Any]) -> tuple[type[BaseModel] | None, ty
     return model_in, model_out, returned is type(None) or returned is None, takes_envelope, problems
 
 # %% ../../nbs/06_cell.ipynb #dba81ed1
+_Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])  # a decorator gives back the method it marks
+
+
 def handles(subject: str, *, queue: str | None = None, requires: tuple[str, ...] | str = ()
-            ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+            ) -> Callable[[_Method], _Method]:
     """Mark a method as the handler of `subject`: a responder, or a listener when annotated `-> None`."""
-    def mark(function: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def mark(function: _Method) -> _Method:
         model_in, model_out, listener, takes_envelope, problems = _contracts(function)
         setattr(function, _MARK, Spec(
             kind="listener" if listener else "handler", attribute=function.__name__, subject=subject,
@@ -89,10 +92,16 @@ def handles(subject: str, *, queue: str | None = None, requires: tuple[str, ...]
     return mark
 
 
-def tool(function: Callable[..., Awaitable[Any]] | None = None, *, requires: tuple[str, ...] | str | None = None,
-         name: str | None = None, description: str | None = None, sandbox: str | None = None) -> Any:
+@overload
+def tool(function: _Method, /) -> _Method: ...
+@overload
+def tool(*, requires: tuple[str, ...] | str | None = None, name: str | None = None,
+         description: str | None = None, sandbox: str | None = None) -> Callable[[_Method], _Method]: ...
+def tool(function: _Method | None = None, *, requires: tuple[str, ...] | str | None = None,
+         name: str | None = None, description: str | None = None, sandbox: str | None = None
+         ) -> _Method | Callable[[_Method], _Method]:
     """Mark a method as an LLM-callable tool: typed pydantic input and output, declared capabilities."""
-    def mark(function: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def mark(function: _Method) -> _Method:
         model_in, model_out, _, takes_envelope, problems = _contracts(function)
         if model_in is None:
             problems.append("a tool's message parameter must be annotated with a pydantic model")
@@ -109,7 +118,7 @@ def tool(function: Callable[..., Awaitable[Any]] | None = None, *, requires: tup
     return mark(function) if function is not None else mark
 
 
-def background(function: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+def background(function: _Method) -> _Method:
     """Mark a long-running coroutine method; the app runs and supervises it while the cell lives."""
     problems = () if inspect.iscoroutinefunction(function) else ("must be `async def`",)
     setattr(function, _MARK, Spec(kind="background", attribute=function.__name__, problems=problems))
@@ -119,7 +128,7 @@ def background(function: Callable[..., Awaitable[None]]) -> Callable[..., Awaita
 def _tuple(requires: tuple[str, ...] | str) -> tuple[str, ...]:
     return (requires,) if isinstance(requires, str) else tuple(requires)
 
-# %% ../../nbs/06_cell.ipynb #f0e7da42
+# %% ../../nbs/06_cell.ipynb #b3566105
 class Empty(BaseModel):
     """The message of a request that needs no data."""
 
@@ -144,7 +153,7 @@ class Health(BaseModel):
     detail: str = ""
     restarts: int = 0
 
-
+# %% ../../nbs/06_cell.ipynb #f0e7da42
 class Cell:
     """Base class of cells: declare handlers, tools and background loops; get bus, log and settings injected."""
 
@@ -262,5 +271,4 @@ _call_sandbox: contextvars.ContextVar[Any] = contextvars.ContextVar("cellmono_ca
 
 
 def _tool_subject(spec: Spec, cell_name: str) -> Spec:
-    from dataclasses import replace
     return replace(spec, subject=f"{cell_name}.{spec.subject}")

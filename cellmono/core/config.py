@@ -77,7 +77,7 @@ class CellSection(Section):
     class_path: str = Field(alias="class", pattern=r"^[\w.]+:[\w.]+$")
     roles: tuple[str, ...] = ()
     options: dict[str, str] = Field(default_factory=dict)
-    # where the cell runs (the topology module): in the app process, or in worker processes on a broker
+    # where the cell runs (`cellmono.topology`): in the app process, or in worker processes on a broker
     placement: Literal["inprocess", "process"] = "inprocess"
     transport: Literal["memory", "nats", "redis"] | None = None
     replicas: PositiveInt = 1

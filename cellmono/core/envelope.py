@@ -32,7 +32,7 @@ def new_id() -> str:
     """A process-unique, globally unlikely-to-collide message id (random prefix + counter)."""
     return _id_prefix + str(next(_id_counter))
 
-
+# %% ../../nbs/01_envelope.ipynb #4d3d4958
 _new_object = object.__new__
 _set_dict = BaseModel.__dict__["__dict__"].__set__
 _set_fields = BaseModel.__dict__["__pydantic_fields_set__"].__set__

@@ -26,7 +26,7 @@ class CellmonoError(Exception):
     ├── ContractError (TypeError)             a cell, handler or tool is declared wrongly
     │   ├── VerificationError                 App.verify() found broken invariants
     │   └── ContractMismatch                  a replica serves another version of a cell's contract (transports)
-    ├── StartupError                          a cell failed to start            (app)
+    ├── StartupError                          a cell failed to start (core.app)
     ├── SubjectError (ValueError)             a subject or pattern outside the grammar
     ├── MessageError (ValueError)             a message that cannot cross the bus
     │   ├── MalformedMessage                  bytes that are not an envelope
@@ -41,22 +41,22 @@ class CellmonoError(Exception):
     ├── AccessDenied (PermissionError)        a capability check refused the call
     │   ├── CapabilityDenied                  the token lacks a required capability (security)
     │   ├── SandboxDenied                     a sandbox policy refused a file, host or call (sandbox)
-    │   ├── Unauthenticated                   no or bad credential at the gateway: HTTP 401 (auth)
-    │   ├── InsufficientScope                 the caller may not use that tool: HTTP 403 (auth)
-    │   └── TokenInvalid                      the capability token is unusable (tokens)
+    │   ├── Unauthenticated                   no or bad credential: HTTP 401 (gateway)
+    │   ├── InsufficientScope                 the caller may not use that tool: HTTP 403 (gateway)
+    │   └── TokenInvalid                      the capability token is unusable (security)
     │       ├── TokenMissing, TokenExpired, TokenNotYetValid, TokenRevoked, TokenAudienceMismatch
     │       ├── TokenMalformed
     │       │   └── TokenTooLarge
     │       └── TokenSignatureInvalid
     │           └── UnknownSigningKey
-    ├── RateLimited                           over a token-bucket limit: HTTP 429 + Retry-After (limits)
-    ├── Overloaded                            the gateway sheds load: HTTP 503 (limits)
-    ├── CapabilityError (ValueError)          a capability string outside the grammar (capabilities)
+    ├── RateLimited                           over a token-bucket limit: HTTP 429 + Retry-After (gateway)
+    ├── Overloaded                            the gateway sheds load: HTTP 503 (gateway)
+    ├── CapabilityError (ValueError)          a capability string outside the grammar (security)
     │   └── AttenuationError                  a child token asked for more than its parent
-    ├── AuditError                            the audit log (audit)
+    ├── AuditError                            the audit log (security)
     │   ├── AuditCorrupted                    the database is not a usable audit log
     │   └── AuditTampered                     verification found modified, missing or reordered records
-    ├── StoreError                            the encrypted store (store)
+    ├── StoreError                            the encrypted store (security)
     │   ├── KeyUnavailable (LookupError)      no key-encryption key for the data
     │   ├── WrongKey (ValueError)             the key-encryption key does not open the data
     │   ├── StoreCorrupted (ValueError)       a ciphertext or the file is damaged
@@ -71,9 +71,12 @@ class CellmonoError(Exception):
         └── SandboxCrashed                    the sandbox process died; the app keeps running
     ```
 
-    Leaves are defined in the module named in brackets; `tests/test_api.py` fails when a
-    `CellmonoError` subclass is missing from this tree. `remote` is true when the error was raised
-    in another handler and re-raised here.
+    A bracket beside a name is the built-in the error also is. A bracket at the end of a line
+    names the subpackage that defines that error and those under it (the layer that raises them;
+    importing it registers them); the rest live here, in `cellmono.core.errors`.
+    `tests/project/test_api.py` fails when a `CellmonoError` subclass is missing from this tree.
+
+    `remote` is true when the error was raised in another handler and re-raised here.
     """
 
     registry: ClassVar[dict[str, type[CellmonoError]]] = {}
@@ -111,7 +114,7 @@ class VerificationError(ContractError):
 class SubjectError(CellmonoError, ValueError):
     """A subject or subscription pattern outside the subject grammar."""
 
-
+# %% ../../nbs/00_errors.ipynb #5f3aeb93
 class MessageError(CellmonoError, ValueError):
     """A message that cannot cross the bus."""
 
@@ -127,7 +130,7 @@ class MessageTooLarge(MessageError):
 class PayloadInvalid(MessageError):
     """A payload that fails its contract's validation."""
 
-
+# %% ../../nbs/00_errors.ipynb #ddf24fe1
 class BusError(CellmonoError):
     """Delivery over the bus failed."""
 
@@ -152,7 +155,7 @@ class RemoteError(BusError):
         self.remote = True
         super().__init__(f"{remote_type}: {message}")
 
-
+# %% ../../nbs/00_errors.ipynb #2d2b73a6
 class AccessDenied(CellmonoError, PermissionError):
     """A capability check refused the call."""
 

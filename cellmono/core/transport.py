@@ -18,10 +18,10 @@ from .envelope import DEFAULT_MAX_BYTES, Envelope, decode, encode
 from .errors import BusClosed, NoResponders, RequestTimeout
 from .subjects import SubjectIndex, validate_pattern
 
-log = logging.getLogger("cellmono.transport")
+_log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'Handler', 'Subscription', 'Transport', 'call_with_deadline', 'MemoryTransport']
+__all__ = ['Handler', 'Subscription', 'Transport', 'call_with_deadline', 'MemoryTransport']
 
 # %% ../../nbs/03_transport.ipynb #bbb0ba9f
 Handler = Callable[[Envelope], Coroutine[Any, Any, "Envelope | None"]]
@@ -165,7 +165,7 @@ class _MemorySubscription:
             try:
                 await self.handler(envelope)
             except Exception:  # the bus wrapper already turns handler errors into replies and logs
-                log.exception("subscription %s: handler failed outside the bus wrapper", self.pattern)
+                _log.exception("subscription %s: handler failed outside the bus wrapper", self.pattern)
             finally:
                 self.in_flight -= 1
 
@@ -183,8 +183,10 @@ class _MemorySubscription:
             try:  # eager start: most handlers answer without suspending, and then no timer is needed
                 yielded = coroutine.send(None)
             except StopIteration as stop:
-                return stop.value
-            return await _finish(coroutine, yielded, timeout, envelope.subject)
+                answer: Envelope | None = stop.value  # a `Handler` returns the reply envelope or None
+                return answer
+            answer = await _finish(coroutine, yielded, timeout, envelope.subject)
+            return answer
         finally:
             self.in_flight -= 1
             if self._slot_waiters:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 
-from cellmono.core.cell import Cell, Empty, handles, tool
+from cellmono import Cell, Empty, handles, tool
 
 from .contracts import Digest, NoteAdded, Note, NoteRef
 

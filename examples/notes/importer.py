@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from cellmono.core.cell import Cell, Empty, background
+from cellmono import Cell, Empty, background
 
 from .contracts import Digest, NewNote, Note, Query, Results
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cellmono.core.cell import Cell, tool
-from cellmono.core.errors import CellmonoError
+from cellmono import Cell, CellmonoError, tool
 
 from .contracts import NewNote, Note, NoteAdded, NoteRef
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 
-from cellmono.core.cell import Cell, handles, tool
+from cellmono import Cell, handles, tool
 
 from .contracts import Hit, NoteAdded, Query, Results
 
