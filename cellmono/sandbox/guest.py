@@ -13,9 +13,8 @@ import textwrap
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from cellmono.sandbox.policy import (
-    GuestError, LimitExceeded, PolicyError, SandboxCrashed, SandboxDenied, SandboxResult, Usage,
-)
+from .policy import (
+    GuestError, LimitExceeded, PolicyError, SandboxCrashed, SandboxDenied, SandboxResult, Usage)
 
 # %% auto #0
 __all__ = ['GUEST_CORE_SOURCE', 'ToolHandler', 'refuse_tools', 'result_from_guest', 'function_source']

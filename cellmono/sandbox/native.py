@@ -23,10 +23,9 @@ import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .guest import GUEST_CORE_SOURCE, ToolHandler, refuse_tools, result_from_guest
-from cellmono.sandbox.policy import (
+from .policy import (
     BackendStatus, BackendUnavailable, DeadlineExceeded, LimitExceeded, Policy, RunRequest, SandboxCrashed,
-    SandboxError, SandboxResult, Usage,
-)
+    SandboxError, SandboxResult, Usage)
 
 # %% auto #0
 __all__ = ['RUNNER_SOURCE', 'RUNSC_BASE_TASKS', 'RUNSC_TASKS_PER_PROCESS', 'find_python', 'grant_roots', 'NativeBackend',

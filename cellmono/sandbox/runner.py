@@ -16,9 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 from ..core.errors import CellmonoError
 from .guest import ToolHandler, function_source
 from .hosttools import HostTools
-from cellmono.sandbox.policy import (
-    AuditSink, BackendStatus, BackendUnavailable, Policy, RunRequest, SandboxError, SandboxResult,
-)
+from .policy import (
+    AuditSink, BackendStatus, BackendUnavailable, Policy, RunRequest, SandboxError, SandboxResult)
 
 # %% auto #0
 __all__ = ['BACKENDS', 'Backend', 'load_backend', 'Sandbox', 'doctor']

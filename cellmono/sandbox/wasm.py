@@ -23,10 +23,9 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .guest import ToolHandler, refuse_tools, result_from_guest
-from cellmono.sandbox.policy import (
+from .policy import (
     BackendStatus, BackendUnavailable, DeadlineExceeded, LimitExceeded, RunRequest, SandboxCrashed,
-    SandboxDenied, SandboxError, SandboxResult, Usage,
-)
+    SandboxDenied, SandboxError, SandboxResult, Usage)
 from .wasm_build import ensure_guest, extra_version
 
 # %% auto #0

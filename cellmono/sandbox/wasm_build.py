@@ -99,8 +99,8 @@ def extra_version(distribution: str) -> str:
 
 def guest_key() -> str:
     """Hash of everything the compiled guest depends on: sources, tool versions, engine settings, machine."""
-    parts = [GUEST_WIT, GUEST_APP_SOURCE, GUEST_CORE_SOURCE, extra_version("componentize-py"), extra_version("wasmtime"),
-             json.dumps(ENGINE_SETTINGS, sort_keys=True), platform.machine(), sys.platform]
+    parts = [GUEST_WIT, GUEST_APP_SOURCE, GUEST_CORE_SOURCE, extra_version("componentize-py"),
+             extra_version("wasmtime"), json.dumps(ENGINE_SETTINGS, sort_keys=True), platform.machine(), sys.platform]
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:20]
 
 
