@@ -68,7 +68,7 @@ class _Worker:
                 return file.read().decode(errors="replace")
         return ""
 
-
+# %% ../../nbs/26_wasm.ipynb #990d256c
 class WasmBackend:
     """The default backend: a pool of hardened wasmtime worker processes, a fresh instance per call."""
 
