@@ -15,9 +15,11 @@ import time
 
 import anyio
 
-from cellmono.sandbox.runner import Policy, RunRequest
-from cellmono.sandbox.native import BubblewrapBackend, GvisorBackend, _refuse_tools
-from cellmono.sandbox.wasm import WasmBackend, ensure_guest
+from cellmono.sandbox.guest import refuse_tools
+from cellmono.sandbox.native import BubblewrapBackend, GvisorBackend
+from cellmono.sandbox.policy import Policy, RunRequest
+from cellmono.sandbox.wasm import WasmBackend
+from cellmono.sandbox.wasm_build import ensure_guest
 
 SNIPPET = "sum(i * i for i in range(100))"
 
@@ -29,11 +31,11 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 async def sequential(backend, count: int) -> list[float]:
     request = RunRequest(code=SNIPPET, policy=Policy())
-    await backend.run(request, _refuse_tools)  # warm: worker started, artifact loaded
+    await backend.run(request, refuse_tools)  # warm: worker started, artifact loaded
     samples = []
     for _ in range(count):
         started = time.perf_counter()
-        result = await backend.run(request, _refuse_tools)
+        result = await backend.run(request, refuse_tools)
         samples.append((time.perf_counter() - started) * 1000)
         if result.value != 328350:
             raise SystemExit(f"wrong result from {backend.name}: {result.value}")
@@ -48,7 +50,7 @@ async def sustained(backend: WasmBackend, seconds: float) -> float:
     async def client() -> None:
         nonlocal done
         while time.perf_counter() < deadline:
-            await backend.run(request, _refuse_tools)
+            await backend.run(request, refuse_tools)
             done += 1
 
     started = time.perf_counter()

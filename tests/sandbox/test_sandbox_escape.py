@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from cellmono.core.errors import CellmonoError
-from cellmono.sandbox.runner import (DeadlineExceeded, GuestError, LimitExceeded, Policy, Sandbox, SandboxCrashed,
-                              SandboxDenied, SandboxError)
+from cellmono.sandbox.policy import (DeadlineExceeded, GuestError, LimitExceeded, Policy, SandboxCrashed, SandboxDenied,
+                                     SandboxError)
+from cellmono.sandbox.runner import Sandbox
 
 SECRET = "cellmono-escape-canary-7f3a9c"
 os.environ["CELLMONO_TEST_SECRET"] = SECRET  # set before any backend starts: guests must not see it
