@@ -14,18 +14,19 @@ from typing import Any
 
 from mcp_types.jsonrpc import INVALID_REQUEST
 
+JSON_CONTENT = (b"content-type", b"application/json")
+PROMETHEUS_CONTENT = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+
+# %% auto #0
+__all__ = ['JSON_CONTENT', 'PROMETHEUS_CONTENT', 'Rejection', 'json_bytes', 'rejection_body', 'request_headers', 'header_matches',
+           'accepts_json', 'send_response', 'read_body']
+
+# %% ../../nbs/44_asgi.ipynb #7bf465f7
 # The ASGI spec's types (as in Starlette and asgiref): a server may pass any mutable mapping.
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
-
-JSON_CONTENT = (b"content-type", b"application/json")
-PROMETHEUS_CONTENT = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-
-# %% auto #0
-__all__ = ['Scope', 'Receive', 'Send', 'Headers', 'JSON_CONTENT', 'PROMETHEUS_CONTENT', 'Rejection', 'json_bytes',
-           'rejection_body', 'request_headers', 'header_matches', 'accepts_json', 'send_response', 'read_body']
 
 # %% ../../nbs/44_asgi.ipynb #0c9b96e8
 class Rejection(Exception):
