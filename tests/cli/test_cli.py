@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,10 +20,18 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CELLMONO = [str(Path(sys.executable).parent / "cellmono")]
 
 
+# Key material, audit log and store of every app these tests run live in a temporary folder, never in the work tree.
+STATE = Path(tempfile.mkdtemp(prefix="cellmono-cli-"))
+STATE_ENV = {"CELLMONO__GATEWAY__STATE": str(STATE), "CELLMONO__SECURITY__AUDIT_PATH": str(STATE / "audit.sqlite"),
+             "CELLMONO__SECURITY__SIGNING_KEYS": str(STATE / "signing-keys.json"),
+             "CELLMONO__SECURITY__STORE_PATH": str(STATE / "store.sqlite"),
+             "CELLMONO__SECURITY__KEK_FILE": str(STATE / "kek.json")}
+
+
 def cellmono(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None,
              timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CELLMONO, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **STATE_ENV, **(env or {})})
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *expected: str) -> None:
@@ -53,7 +62,8 @@ def test_run_in_serializing_mode_gives_the_same_results() -> None:
 
 
 def test_sigterm_drains_and_exits_cleanly() -> None:
-    process = subprocess.Popen([*CELLMONO, "run"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([*CELLMONO, "run"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, **STATE_ENV})
     try:
         deadline = time.monotonic() + 30
         started = False
@@ -164,7 +174,8 @@ def test_a_group_that_cannot_load_is_one_clear_line(tmp_path: Path, module: str,
              "from cellmono.cli import main\n"
              f"main.PLUGGED_COMMANDS['ghost'] = ({module + ':register'!r}, 'a group that cannot load')\n"
              "sys.exit(main.main(['ghost', '--anything']))\n")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, **STATE_ENV})
     assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("cellmono: error: ") and expected in result.stderr, result.stderr
     assert cellmono("verify").returncode == 0  # every other command keeps working
