@@ -30,13 +30,19 @@ class Running:
     output: list[str]
 
 
+def state_environment(state: Path) -> dict[str, str]:
+    """Environment overrides that put every file an app keeps (keys, KEK, audit log, store) under `state`."""
+    return {"CELLMONO__GATEWAY__STATE": str(state), "CELLMONO__SECURITY__AUDIT_PATH": str(state / "audit.sqlite"),
+            "CELLMONO__SECURITY__SIGNING_KEYS": str(state / "signing-keys.json"),
+            "CELLMONO__SECURITY__STORE_PATH": str(state / "store.sqlite"),
+            "CELLMONO__SECURITY__KEK_FILE": str(state / "kek.json")}
+
+
 @contextlib.contextmanager
 def serve(state: Path, *extra: str, environment: dict[str, str] | None = None, timeout: float = 30.0
           ) -> Iterator[Running]:
     """Run `cellmono serve --port 0` on the example app with its state in `state`; stop it with SIGTERM."""
-    env = {**os.environ, "CELLMONO__GATEWAY__STATE": str(state),
-           "CELLMONO__SECURITY__AUDIT_PATH": str(state / "audit.sqlite"),
-           "CELLMONO__SECURITY__SIGNING_KEYS": str(state / "signing-keys.json"), **(environment or {})}
+    env = {**os.environ, **state_environment(state), **(environment or {})}
     process = subprocess.Popen([CELLMONO, "serve", "--port", "0", *extra], cwd=ROOT, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output: list[str] = []

@@ -1,4 +1,4 @@
-"""The `cellmono` command: `run`, `verify`, `diagram`, `--version`, and the subcommands other modules plug in.
+"""The `cellmono` command: `run`, `verify`, `diagram`, `--version`, and the command groups listed in one table, each in its own module under `cellmono.cli`.
 
 Docs: https://cellmono.github.io/cellmono/cli.html.md"""
 
@@ -13,7 +13,8 @@ import importlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import NoReturn
 
 from .. import __version__
 from ..core.app import App
@@ -22,17 +23,49 @@ from ..topology.services import app_from_settings
 from ..topology.workers import build_app  # promoted cells run in supervised worker processes over the broker
 
 # %% auto #0
-__all__ = ['PLUGGED_COMMANDS', 'build_parser', 'command_run', 'command_verify', 'command_diagram', 'main']
+__all__ = ['PLUGGED_COMMANDS', 'load_command', 'build_parser', 'command_run', 'command_verify', 'command_diagram', 'main']
 
 # %% ../../nbs/61_cli.ipynb #5cad1ac5
 PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
-    # name: ("module:register function", "help line")
-    "audit": ("cellmono.security.audit:register_cli", "verify, tail or export the audit log"),
-    "keys": ("cellmono.security.store:register_cli", "rotate the encrypted store's keys"),
-    "sandbox": ("cellmono.sandbox.native:register_cli", "check which sandbox backends work on this machine"),
-    "serve": ("cellmono.runtime.serve:register_cli", "serve the app's tools to MCP clients (HTTP on 127.0.0.1, or --stdio)"),
-    "worker": ("cellmono.topology.workers:register_worker", "run one cell out of process, connected to the broker"),
+    # name: ("module:register function", "help line"); a module is imported only when its command runs
+    "audit": ("cellmono.cli.audit:register", "verify, tail or export the audit log"),
+    "keys": ("cellmono.cli.keys:register", "rotate the encrypted store's keys"),
+    "sandbox": ("cellmono.cli.sandbox:register", "check which sandbox backends work on this machine"),
+    "worker": ("cellmono.cli.worker:register", "run one cell out of process, connected to the broker"),
+    "serve": ("cellmono.cli.serve:register", "serve the app's tools to MCP clients (HTTP on 127.0.0.1, or --stdio)"),
+    "docs": ("cellmono.cli.docs:register", "build the documentation site offline, or serve it on loopback"),
 }
+
+# The optional extra that brings each third-party package a command group may need.
+_EXTRAS = {"mcp": "gateway", "uvicorn": "gateway", "jwt": "gateway", "wasmtime": "sandbox", "nats": "nats",
+           "redis": "redis"}
+
+
+def load_command(name: str, parser: argparse.ArgumentParser) -> None:
+    """Import command group `name` and let its `register` fill `parser`; `CellmonoError` saying what is missing otherwise."""
+    target = PLUGGED_COMMANDS[name][0]
+    module_name, _, function_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        missing = (error.name or "").partition(".")[0]
+        if missing and missing != "cellmono":  # a third-party optional extra is not installed
+            extra = _EXTRAS.get(missing)
+            how = f": pip install 'cellmono[{extra}]'" if extra else ""
+            raise CellmonoError(f"'cellmono {name}' needs {missing!r}, which is not installed{how}") from None
+        raise CellmonoError(f"'cellmono {name}' is broken: {module_name} (listed as {target}) cannot be imported "
+                            f"({error}); reinstall cellmono") from None
+    register = getattr(module, function_name, None)
+    if not callable(register):
+        raise CellmonoError(f"'cellmono {name}' is broken: {module_name} has no {function_name}(parser)")
+    register(parser)
+
+# %% ../../nbs/61_cli.ipynb #2f261a9a
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one line on stderr, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +73,9 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
                         help="the app's settings file (default: ./settings.ini)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `cellmono` argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="cellmono", description="Run and inspect a cellmono app.")
+def build_parser(plugged: Iterable[str] = ()) -> argparse.ArgumentParser:
+    """The `cellmono` argument parser with every command; the groups named in `plugged` get their arguments now."""
+    parser = _Parser(prog="cellmono", description="Run and inspect a cellmono app.")
     parser.add_argument("--version", action="version", version=f"cellmono {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -59,20 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(diagram)
     diagram.set_defaults(handler=command_diagram)
 
-    for name, (target, help_text) in PLUGGED_COMMANDS.items():
-        module_name, _, function_name = target.partition(":")
+    wanted = set(plugged)
+    for name, (_, help_text) in PLUGGED_COMMANDS.items():
         sub = commands.add_parser(name, help=help_text)
-        try:
-            getattr(importlib.import_module(module_name), function_name)(sub)
-        except ImportError as error:  # an optional extra is not installed
-            sub.set_defaults(handler=_missing_extra(name, error))
+        if name in wanted:
+            load_command(name, sub)
     return parser
-
-
-def _missing_extra(name: str, error: ImportError) -> object:
-    def handler(args: argparse.Namespace) -> int:
-        raise CellmonoError(f"'cellmono {name}' needs an optional dependency that is not installed: {error}")
-    return handler
 
 # %% ../../nbs/61_cli.ipynb #760b4588
 def _configure_logging(level: str) -> None:
@@ -116,15 +141,23 @@ def command_diagram(args: argparse.Namespace) -> int:
     return 0
 
 # %% ../../nbs/61_cli.ipynb #4fe0cd4d
+def _chosen(arguments: Sequence[str]) -> list[str]:
+    """The plugged group named on the command line, if any (the top-level options take no values)."""
+    command = next((argument for argument in arguments if not argument.startswith("-")), None)
+    return [command] if command in PLUGGED_COMMANDS else []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `cellmono` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "handler", None) is None:
-        parser.print_help()
-        return 2
+    arguments = list(sys.argv[1:] if argv is None else argv)
     try:
-        return int(args.handler(args) or 0)
+        parser = build_parser(_chosen(arguments))
+        args = parser.parse_args(arguments)
+        handler = getattr(args, "handler", None)
+        if handler is None:
+            parser.print_help()
+            return 2
+        return int(handler(args) or 0)
     except CellmonoError as error:
         print(f"cellmono: error: {error}", file=sys.stderr)
         return 2

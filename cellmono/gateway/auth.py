@@ -26,8 +26,8 @@ from ..core.errors import AccessDenied, ConfigError
 from ..security.files import write_private
 
 # %% auto #0
-__all__ = ['Method', 'DEFAULT_ROLES', 'API_KEY_PREFIX', 'ALGORITHMS', 'Unauthenticated', 'InsufficientScope', 'Identity',
-           'is_capability', 'grant_allows', 'Policy', 'tool_requirements', 'ApiKeys', 'JwtVerifier', 'Authenticator',
+__all__ = ['DEFAULT_ROLES', 'API_KEY_PREFIX', 'ALGORITHMS', 'Unauthenticated', 'InsufficientScope', 'Identity', 'is_capability',
+           'grant_allows', 'Policy', 'tool_requirements', 'ApiKeys', 'JwtVerifier', 'Authenticator',
            'resource_metadata', 'metadata_url', 'www_authenticate']
 
 # %% ../../nbs/40_auth.ipynb #9f2084b4
@@ -46,10 +46,10 @@ class InsufficientScope(AccessDenied):
         super().__init__(message)
         self.scopes = tuple(scopes)
 
+# %% ../../nbs/40_auth.ipynb #a6ba958e
+Method = Literal["jwt", "api_key", "local"]  # how a caller authenticated (an alias: not in __all__)
+
 # %% ../../nbs/40_auth.ipynb #dc9fb786
-Method = Literal["jwt", "api_key", "local"]
-
-
 class Identity(BaseModel):
     """An authenticated caller: principal, tenant, roles, OAuth scopes, how it authenticated, until when."""
 
@@ -219,7 +219,7 @@ class JwtVerifier:
         self.source = jwks
         self.issuer, self.audience, self.leeway = issuer, audience, leeway
         self.roles_claim, self.cache_size, self.refresh_interval = roles_claim, cache_size, refresh_interval
-        self._keys: dict[str, Any] = {}
+        self._keys: dict[str, tuple[Any, str, str | None]] = {}
         self._loaded_at = 0.0
         self._cache: dict[str, Identity] = {}
         self._load()

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -23,7 +24,6 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.jsonrpc import INVALID_PARAMS
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 
-from .. import __version__
 from ..core.app import App
 from .auth import Identity, InsufficientScope, Policy, tool_requirements
 from ..core.cell import Spec
@@ -31,11 +31,19 @@ from ..core.config import Section
 from ..core.errors import AccessDenied, CellmonoError, PayloadInvalid, RequestTimeout
 from .limits import RateLimited, RateLimiter
 from .metrics import GatewayMetrics
+from ..security.guard import security_section
 
-log = logging.getLogger("cellmono.gateway")
+_log = logging.getLogger("cellmono.gateway")
+
+# The version the MCP handshake reports, read from the installed distribution: `cellmono.__version__`
+# would import the package's top level, which imports the topology layer beside this one.
+try:
+    _VERSION = version("cellmono")
+except PackageNotFoundError:  # a source tree used without installing it
+    _VERSION = "0+unknown"
 
 # %% auto #0
-__all__ = ['log', 'Outcome', 'AuditSink', 'FORBIDDEN', 'RATE_LIMITED', 'GatewaySettings', 'gateway_settings', 'app_policy',
+__all__ = ['Outcome', 'AuditSink', 'FORBIDDEN', 'RATE_LIMITED', 'GatewaySettings', 'gateway_settings', 'app_policy',
            'GatewayRecord', 'MemoryAudit', 'JsonlAudit', 'Minter', 'NoMinter', 'ToolEntry', 'CallContext',
            'tool_entries', 'Gateway']
 
@@ -88,7 +96,6 @@ def gateway_settings(app: App) -> GatewaySettings:
 
 def app_policy(app: App) -> Policy:
     """The roles of `[security]` (`role.NAME = grants`) as a `Policy`; `admin = *:*` when none is defined."""
-    from cellmono.security.guard import security_section
     roles = security_section(app.settings).roles
     return Policy(roles) if roles else Policy()
 
@@ -331,7 +338,7 @@ class Gateway:
             self.record(context, "tools/call", tool_name, "error", reason=text, correlation_id=correlation)
             return _error_result(text)
         except Exception as error:  # a bug must not become a 5xx or leak internals
-            log.exception("tool %s failed in the gateway (correlation %s)", tool_name, correlation)
+            _log.exception("tool %s failed in the gateway (correlation %s)", tool_name, correlation)
             self.record(context, "tools/call", tool_name, "error", reason=f"{type(error).__name__}: {error}",
                         correlation_id=correlation)
             return _error_result(f"internal error (correlation id {correlation})")
@@ -351,8 +358,9 @@ class Gateway:
             if isinstance(request, CallContext):
                 return request
             scope = getattr(request, "scope", None)
-            if scope is not None and isinstance(scope.get("cellmono.context"), CallContext):
-                return scope["cellmono.context"]  # a session request, authenticated by gateway_http
+            context = scope.get("cellmono.context") if scope is not None else None
+            if isinstance(context, CallContext):
+                return context  # a session request, authenticated by cellmono.gateway.http
             if request is None and local is not None:
                 return CallContext(local, "stdio", ctx.protocol_version)
             raise MCPError(FORBIDDEN, "unauthenticated request")  # never reached through the gateway's own paths
@@ -363,7 +371,7 @@ class Gateway:
         async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
             return await self.call_tool(context_of(ctx), params.name, params.arguments)
 
-        return Server(self.app.settings.app.name, version=__version__, on_list_tools=on_list_tools,
+        return Server(self.app.settings.app.name, version=_VERSION, on_list_tools=on_list_tools,
                       on_call_tool=on_call_tool,
                       instructions=f"Tools of the cellmono app {self.app.settings.app.name!r}.")
 

@@ -1,4 +1,4 @@
-"""`cellmono serve`: the app behind its gateway in one command, over HTTP on 127.0.0.1 or over stdio; secure by default, usable at once.
+"""What `cellmono serve` runs: the app behind its gateway, assembled (settings, state folder, credentials, audit, token minter, bus guard) and served over HTTP on 127.0.0.1 or over stdio; secure by default, usable at once.
 
 Docs: https://cellmono.github.io/cellmono/serve.html.md"""
 
@@ -7,33 +7,30 @@ Docs: https://cellmono.github.io/cellmono/serve.html.md"""
 # %% ../../nbs/60_serve.ipynb #19fb15c8
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ipaddress
-import logging
 import os
 import signal
 import socket
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.app import App
-from ..gateway.auth import ApiKeys, Authenticator, Identity, JwtVerifier, Policy
-from ..security.audit import AuditLog
-from ..core.errors import ConfigError
-from ..gateway.bridge import AuditLogSink, GatewayGuard, TokenMinter, TokenMinter
-from ..topology.services import Runtime
-from ..gateway.server import AuditSink, Gateway, GatewaySettings, Minter, app_policy, gateway_settings
-from ..gateway.http import GatewayHTTP
+from mcp.server.stdio import stdio_server
 
-log = logging.getLogger("cellmono.serve")
+from ..core.app import App
+from ..core.errors import ConfigError
+from ..gateway.auth import ApiKeys, Authenticator, Identity, JwtVerifier, Policy, metadata_url
+from ..gateway.bridge import AuditLogSink, GatewayGuard, TokenMinter
+from ..gateway.http import GatewayHTTP
+from ..gateway.server import AuditSink, Gateway, GatewaySettings, Minter, app_policy, gateway_settings
+from ..security.audit import AuditLog
+from ..topology.services import Runtime
 
 # %% auto #0
-__all__ = ['log', 'Served', 'state_folder', 'is_loopback', 'build', 'runtime_of', 'token_minter', 'close', 'instructions',
-           'serve_http', 'serve_stdio', 'register_cli', 'command_serve']
+__all__ = ['Served', 'state_folder', 'is_loopback', 'build', 'runtime_of', 'token_minter', 'close', 'instructions', 'serve_http',
+           'serve_stdio', 'new_api_key']
 
 # %% ../../nbs/60_serve.ipynb #14ddb03d
 @dataclass
@@ -100,8 +97,6 @@ def build(app: App, *, port: int | None = None, host: str | None = None, audit: 
     runtime = runtime_of(app)
     app.bus.guard = GatewayGuard(runtime.guard, allow_internal=settings.allow_internal)
     audit = audit or AuditLogSink(runtime.audit)
-    minter = minter or TokenMinter(runtime.authority.issuer, runtime.section.audience, policy,
-                                   ttl=min(runtime.section.token_ttl, 900.0))
     gateway = Gateway(app, settings=settings, policy=policy, audit=audit, minter=minter or token_minter(runtime, policy))
     http = GatewayHTTP(gateway, Authenticator(api_keys=api_keys, jwt=jwt))
     return Served(app, gateway, http, settings, state, api_keys, new_key, runtime.audit)
@@ -168,7 +163,7 @@ def _bind(host: str, port: int) -> socket.socket:
 async def serve_http(served: Served, *, seconds: float | None = None,
                      on_ready: Callable[[str], None] | None = None) -> None:
     """Run the app and its HTTP gateway until SIGINT/SIGTERM (or `seconds`), then stop both cleanly."""
-    import uvicorn
+    import uvicorn  # the gateway extra's server, loaded only when serving over HTTP
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -182,7 +177,6 @@ async def serve_http(served: Served, *, seconds: float | None = None,
         served.settings = settings = settings.model_copy(update={"port": port})
         served.gateway.settings = settings
         served.http.resource = settings.resource()
-        from cellmono.gateway.auth import metadata_url
         served.http.metadata_url = metadata_url(served.http.resource)
         jwt = served.http.authenticator.jwt
         if jwt is not None and not settings.public_url:
@@ -229,8 +223,6 @@ def _has(module: str) -> bool:
 
 async def serve_stdio(served: Served) -> None:
     """Run the app and serve its tools over stdin/stdout as the local principal until stdin closes or a signal."""
-    from mcp.server.stdio import stdio_server
-
     settings = served.settings
     identity = Identity(principal=settings.local_principal, roles=settings.local_roles, method="local")
     server = served.gateway.server(local=identity)
@@ -249,55 +241,13 @@ async def serve_stdio(served: Served) -> None:
         close(served)
 
 # %% ../../nbs/60_serve.ipynb #46fcc81b
-def register_cli(parser: argparse.ArgumentParser) -> None:
-    """Add `cellmono serve`'s arguments to its subparser."""
-    parser.add_argument("--settings", default="settings.ini", metavar="FILE",
-                        help="the app's settings file (default: ./settings.ini)")
-    parser.add_argument("--host", default=None, help="address to listen on (default: [gateway] host, 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None, help="port (default: [gateway] port, 8765; 0 picks one)")
-    parser.add_argument("--stdio", action="store_true", help="serve over stdin/stdout as the local principal")
-    parser.add_argument("--seconds", type=float, default=None, metavar="N", help="stop after N seconds")
-    parser.add_argument("--new-key", metavar="PRINCIPAL", default=None,
-                        help="create an API key for PRINCIPAL, print it and exit")
-    parser.add_argument("--role", action="append", default=None, metavar="ROLE",
-                        help="role of the key made by --new-key (repeatable; default: the local roles)")
-    parser.set_defaults(handler=command_serve)
-
-
-def command_serve(args: argparse.Namespace) -> int:
-    """`cellmono serve`: serve the app's tools; exit 0 after Ctrl-C, SIGTERM or --seconds."""
-    from cellmono.topology.workers import build_app  # promoted cells run in supervised workers over the broker
-    app = build_app(args.settings)
-    if args.port is not None and not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port {args.port}: expected 0 to 65535")
-    level = app.settings.log.level
-    logging.basicConfig(level=level, stream=sys.stderr if args.stdio else sys.stdout, force=True,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("mcp").setLevel(max(logging.WARNING, logging.getLevelName(level)))
-    served = build(app, port=args.port, host=args.host, create_admin=args.new_key is None and not args.stdio)
-    if args.new_key is not None:
-        if served.api_keys is None:
-            raise ConfigError(f"{app.settings.source} [gateway] api_keys is false: API keys are disabled")
-        roles = tuple(args.role or served.settings.local_roles)
-        unknown = [role for role in roles if role not in served.gateway.policy.roles]
-        if unknown:
-            raise ConfigError(f"unknown role {unknown[0]!r}; roles in [roles]: {', '.join(served.gateway.policy.roles)}")
-        print(served.api_keys.create(args.new_key, roles))
-        return 0
-    if args.stdio:
-        asyncio.run(serve_stdio(served))
-        return 0
-    if not is_loopback(served.settings.host):
-        log.warning("listening on %s: the gateway is reachable from other machines", served.settings.host)
-
-    def ready(url: str) -> None:
-        print(instructions(served, url), flush=True)
-
-    runner = asyncio.run
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:
-        pass
-    runner(serve_http(served, seconds=args.seconds, on_ready=ready))
-    return 0
+def new_api_key(served: Served, principal: str, roles: Iterable[str] | None = None) -> str:
+    """A new API key for `principal` with `roles` (default: the local roles), returned once; `ConfigError` when keys are off or a role is unknown."""
+    app = served.app
+    if served.api_keys is None:
+        raise ConfigError(f"{app.settings.source} [gateway] api_keys is false: API keys are disabled")
+    roles = tuple(roles or served.settings.local_roles)
+    unknown = [role for role in roles if role not in served.gateway.policy.roles]
+    if unknown:
+        raise ConfigError(f"unknown role {unknown[0]!r}; roles in [roles]: {', '.join(served.gateway.policy.roles)}")
+    return served.api_keys.create(principal, roles)

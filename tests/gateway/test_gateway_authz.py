@@ -46,7 +46,8 @@ def gateway_app(**gateway_options: str) -> tuple[App, GatewayHTTP, dict[str, str
     sections = {**settings.extra_sections,
                 "gateway": {**settings.extra_sections.get("gateway", {}), "state": str(folder), **gateway_options},
                 "security": {**settings.extra_sections["security"], "audit_path": str(folder / "audit.sqlite"),
-                             "signing_keys": str(folder / "keys.json")}}
+                             "signing_keys": str(folder / "keys.json"), "store_path": str(folder / "store.sqlite"),
+                             "kek_file": str(folder / "kek.json")}}
     app = app_from_settings(settings.model_copy(update={"extra_sections": sections}))
     audit = MemoryAudit()
     served = build(app, audit=audit, create_admin=False)

@@ -18,7 +18,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from gateway_support import CELLMONO, ROOT, serve
+from gateway_support import CELLMONO, ROOT, serve, state_environment
 
 pytestmark = pytest.mark.anyio
 
@@ -70,9 +70,7 @@ async def test_sdk_client_without_credentials_is_refused(server, mode: str) -> N
 
 async def test_roles_limit_what_a_reader_sees_and_calls(server, tmp_path: Path) -> None:
     import subprocess
-    env = {**os.environ, "CELLMONO__GATEWAY__STATE": str(server.state)}
-    env.update({"CELLMONO__SECURITY__AUDIT_PATH": str(server.state / "audit.sqlite"),
-                "CELLMONO__SECURITY__SIGNING_KEYS": str(server.state / "signing-keys.json")})
+    env = {**os.environ, **state_environment(server.state)}
     key = subprocess.run([CELLMONO, "serve", "--new-key", "rita", "--role", "reader"], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True).stdout.strip()
     for mode in ("2026-07-28", "legacy"):
@@ -87,9 +85,7 @@ async def test_roles_limit_what_a_reader_sees_and_calls(server, tmp_path: Path) 
 
 async def test_stdio_serves_the_same_tools(tmp_path: Path) -> None:
     parameters = StdioServerParameters(command=CELLMONO, args=["serve", "--stdio"], cwd=str(ROOT),
-                                       env={**os.environ, "CELLMONO__GATEWAY__STATE": str(tmp_path / "state"),
-                                            "CELLMONO__SECURITY__AUDIT_PATH": str(tmp_path / "audit.sqlite"),
-                                            "CELLMONO__SECURITY__SIGNING_KEYS": str(tmp_path / "keys.json")})
+                                       env={**os.environ, **state_environment(tmp_path / "state")})
     async with Client(parameters, cache=None) as mcp:
         names = {tool.name for tool in (await mcp.list_tools()).tools}
         assert names == {"notes.add", "notes.get", "search.query", "digest.summary"}
