@@ -18,14 +18,15 @@ from ..core.app import App, cells_from_settings
 from ..core.cell import Cell
 from ..core.config import Settings
 from ..core.envelope import Envelope
+from ..sandbox.runner import Policy, Sandbox  # Policy moves to cellmono.sandbox.policy
 from ..security.guard import Authority, CapabilityGuard, Principal, SecuritySection, security_section
 from ..security.store import EncryptedStore, open_store
 from ..security.tokens import SigningKeys, TokenIssuer, TokenVerifier, VerifiedToken
 
-log = logging.getLogger("cellmono.runtime")
+_log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'effective_grants', 'Runtime', 'app_from_settings']
+__all__ = ['effective_grants', 'Runtime', 'app_from_settings']
 
 # %% ../../nbs/35_services.ipynb #b2f191aa
 def effective_grants(claims: VerifiedToken) -> tuple[str, ...]:
@@ -45,7 +46,7 @@ class Runtime:
         if section.kek_file is None and not os.environ.get(section.kek_env):
             kek_file = Path(section.store_path).parent / "kek.json"
             if not kek_file.exists():
-                log.warning("no key-encryption key configured: creating %s; set %s or [security] kek_file "
+                _log.warning("no key-encryption key configured: creating %s; set %s or [security] kek_file "
                             "for anything but development", kek_file, section.kek_env)
             section = section.model_copy(update={"kek_file": str(kek_file)})
         for name in ("signing_keys", "audit_path", "store_path", "anchor_file", "kek_file"):
@@ -86,14 +87,13 @@ class Runtime:
         return self.authority.token_for(principal)
 
     # -- sandboxes ----------------------------------------------------------------------------
-    def sandbox(self, grants: tuple[str, ...] | list[str], *, principal: str, backend: str = "wasm") -> Any:
+    def sandbox(self, grants: tuple[str, ...] | list[str], *, principal: str, backend: str = "wasm") -> Sandbox:
         """A sandbox whose file and host grants are `grants`, sharing this runtime's backends."""
-        from cellmono.sandbox.runner import Policy, Sandbox  # optional extra: only loaded when used
         backends = _SharedBackends(self._backends)
         return Sandbox(backend=backend, policy=Policy.from_capabilities(grants), audit=self._audit_sandbox,
                        principal=principal, backends=backends)
 
-    def sandbox_for_call(self, envelope: Envelope, backend: str) -> Any:
+    def sandbox_for_call(self, envelope: Envelope, backend: str) -> Sandbox:
         """A sandbox for one tool call: the caller's effective grants, the tool's backend."""
         claims = self.guard.verified(envelope.capability)
         return self.sandbox(effective_grants(claims), principal=claims.subject, backend=backend)

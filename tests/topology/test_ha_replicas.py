@@ -18,7 +18,8 @@ from brokers import require, start_nats, start_redis
 
 from cellmono.core.bus import Bus
 from cellmono.core.config import load_settings
-from cellmono.topology.workers import CONTRACT_SUBJECT, PING_SUBJECT, answer_control, build_transport, contract_fingerprint
+from cellmono.topology.placement import build_transport
+from cellmono.topology.workers import CONTRACT_SUBJECT, PING_SUBJECT, answer_control, contract_fingerprint
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ha"
 pytestmark = pytest.mark.anyio
@@ -70,7 +71,7 @@ def spawn_worker(settings: Path, replica: int) -> subprocess.Popen:
     """A worker replica; its output goes to a log file beside the settings (a pipe nobody reads could fill)."""
     log = open(settings.parent / f"worker-{replica}-{time.monotonic_ns()}.log", "wb")
     with log:
-        return subprocess.Popen([str(Path(sys.executable).parent / "cellmono"), "worker", "--settings", str(settings),
+        return subprocess.Popen([sys.executable, "-m", "cellmono.cli.worker", "--settings", str(settings),
                                  "--cell", "jobs", "--replica", str(replica)], cwd=settings.parent,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 

@@ -14,13 +14,22 @@ import pytest
 from brokers import free_port, require, start_nats, start_redis
 
 from cellmono.core.bus import Bus
+from cellmono.topology.workers import CONTRACT_SUBJECT, answer_control, contract_fingerprint
 from cellmono.transports.brokers import BrokerUnavailable
 from cellmono.transports.nats import NatsTransport
 from cellmono.transports.redis import RedisTransport
 
 ROOT = Path(__file__).resolve().parents[2]
 CELLMONO = str(Path(sys.executable).parent / "cellmono")
+WORKER = [sys.executable, "-m", "cellmono.cli.worker"]  # how a promoted app spawns its workers
 pytestmark = pytest.mark.anyio
+
+
+def private_state(folder: Path) -> dict[str, str]:
+    """Environment overrides that keep the app's keys, audit log and store in `folder`, out of the work tree."""
+    files = {"SIGNING_KEYS": "signing-keys.json", "AUDIT_PATH": "audit.sqlite", "STORE_PATH": "store.sqlite",
+             "KEK_FILE": "kek.json"}
+    return {f"CELLMONO__SECURITY__{key}": str(folder / name) for key, name in files.items()}
 
 
 @pytest.fixture
@@ -29,13 +38,15 @@ def anyio_backend():
 
 
 @pytest.mark.parametrize("kind", ["nats", "redis"])
-def test_unreachable_broker_is_exit_2_naming_the_url(kind: str) -> None:
+def test_unreachable_broker_is_exit_2_naming_the_url(kind: str, tmp_path: Path) -> None:
     url = f"{'nats' if kind == 'nats' else 'redis'}://127.0.0.1:{free_port()}"
     env = {**os.environ, "CELLMONO__CELL_SEARCH__PLACEMENT": "process", "CELLMONO__CELL_SEARCH__TRANSPORT": kind,
-           f"CELLMONO__{kind.upper()}__URL": url, f"CELLMONO__{kind.upper()}__CONNECT_TIMEOUT": "0.5"}
-    for command in (["run", "--seconds", "1"], ["worker", "--cell", "search"]):
+           f"CELLMONO__{kind.upper()}__URL": url, f"CELLMONO__{kind.upper()}__CONNECT_TIMEOUT": "0.5",
+           **private_state(tmp_path)}
+    for command in ([CELLMONO, "run", "--seconds", "1"], [CELLMONO, "worker", "--cell", "search"],
+                    [*WORKER, "--cell", "search"]):
         started = time.monotonic()
-        result = subprocess.run([CELLMONO, *command], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
         assert result.returncode == 2, (command, result.stdout[-1000:], result.stderr[-1000:])
         assert "Traceback" not in result.stderr and url in result.stderr, result.stderr
         assert result.stderr.startswith("cellmono: error: cannot connect to")
@@ -172,13 +183,12 @@ def test_replica_with_another_contract_version_is_refused(tmp_path: Path) -> Non
             f"class = search_v2:SearchCellV2\nplacement = process\n") + f"\n[nats]\nurl = {server.url}\n")
 
         async def app_answers_contract():
-            from examples.notes.search import SearchCell
-            from cellmono.topology.workers import CONTRACT_SUBJECT, answer_control, contract_fingerprint
+            from examples.notes.search import SearchCell  # the repository's example, importable from ROOT
             bus = Bus(NatsTransport(server.url))
             await bus.start()
             await answer_control(bus, CONTRACT_SUBJECT.format(cell="search"), contract_fingerprint(SearchCell))
             result = await asyncio.to_thread(
-                subprocess.run, [CELLMONO, "worker", "--settings", str(settings), "--cell", "search"],
+                subprocess.run, [*WORKER, "--settings", str(settings), "--cell", "search"],
                 cwd=ROOT, capture_output=True, text=True, timeout=60,
                 env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
             await bus.stop()
