@@ -18,7 +18,8 @@ from ..core.app import App, cells_from_settings
 from ..core.cell import Cell
 from ..core.config import Settings
 from ..core.envelope import Envelope
-from ..sandbox.runner import Policy, Sandbox  # Policy moves to cellmono.sandbox.policy
+from ..sandbox.policy import Policy
+from ..sandbox.runner import Sandbox
 from ..security.guard import Authority, CapabilityGuard, Principal, SecuritySection, security_section
 from ..security.store import EncryptedStore, open_store
 from ..security.tokens import SigningKeys, TokenIssuer, TokenVerifier, VerifiedToken
