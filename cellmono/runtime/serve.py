@@ -278,10 +278,7 @@ def command_serve(args: argparse.Namespace) -> int:
     if args.new_key is not None:
         if served.api_keys is None:
             raise ConfigError(f"{app.settings.source} [gateway] api_keys is false: API keys are disabled")
-        roles = tuple(args.role or served.settings.local_roles)
-        unknown = [role for role in roles if role not in served.gateway.policy.roles]
-        if unknown:
-            raise ConfigError(f"unknown role {unknown[0]!r}; roles in [roles]: {', '.join(served.gateway.policy.roles)}")
+        roles = served.gateway.policy.roles.check(args.role or served.settings.local_roles)  # unknown: refused
         print(served.api_keys.create(args.new_key, roles))
         return 0
     if args.stdio:
