@@ -60,7 +60,8 @@ def _rotate(args: argparse.Namespace) -> int:
     section = security_section(args.settings if Path(args.settings).is_file() else None)
     updates = {name: value for name, value in (("store_path", args.store), ("kek_file", args.kek_file)) if value}
     section = section.model_copy(update=updates)
-    actor, started, facts = os.environ.get("USER") or "cli", time.perf_counter(), {}
+    actor, started = os.environ.get("USER") or "cli", time.perf_counter()
+    facts: dict[str, Any] = {}
     try:
         lines = _rotate_store(section, args, facts)
     except CellmonoError as error:

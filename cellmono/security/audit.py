@@ -15,24 +15,22 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..core.errors import ConfigError
 from .chain import (GENESIS, Anchor, AuditCorrupted, AuditEntry, AuditError, VerifyReport, link_hash,
                                      read_anchor_file, record_body, sign_anchor, verify_chain)
-from .files import immediate_transaction, open_shared_database, retry_while_locked
+from .files import Durability, immediate_transaction, open_shared_database, retry_while_locked
 from .guard import Decision
 from .records import AuditRecord, from_decision
 from .signing import SigningKeys
 
 # %% auto #0
-__all__ = ['Durability', 'AuditLog']
+__all__ = ['AuditLog']
 
 # %% ../../nbs/17_audit.ipynb #e2a5f739
-Durability = Literal["normal", "full"]
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, body TEXT NOT NULL, hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS anchors (seq INTEGER PRIMARY KEY, anchor TEXT NOT NULL);

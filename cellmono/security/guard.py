@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, m
 from ..core.config import Section, Settings, load_settings
 from ..core.errors import AccessDenied
 from .capabilities import CapabilitySet, Roles, parse_requirement
+from .files import Durability
 from .tokens import TokenIssuer, TokenMissing, TokenVerifier, VerifiedToken
 
 # %% auto #0
@@ -198,7 +199,7 @@ class SecuritySection(Section):
     token_ttl: PositiveFloat = 3600.0
     allow_public: bool = False
     audit_path: str = "var/audit.sqlite"
-    audit_durability: Literal["normal", "full"] = "normal"
+    audit_durability: Durability = "normal"
     anchor_file: str | None = None
     anchor_every: PositiveInt | None = None
     store_path: str = "var/store.sqlite"

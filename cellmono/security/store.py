@@ -16,18 +16,17 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .files import immediate_transaction, open_shared_database, retry_while_locked
+from .files import Durability, immediate_transaction, open_shared_database, retry_while_locked
 from .guard import SecuritySection
 from .keys import KEY_BYTES, EnvKeyProvider, FileKeyProvider, KeyProvider, StoreError
 
 # %% auto #0
-__all__ = ['MAX_KEY_LENGTH', 'Durability', 'StoreCorrupted', 'StoreBusy', 'NamespaceError', 'EncryptedStore', 'Namespace',
-           'open_store']
+__all__ = ['MAX_KEY_LENGTH', 'StoreCorrupted', 'StoreBusy', 'NamespaceError', 'EncryptedStore', 'Namespace', 'open_store']
 
 # %% ../../nbs/19_store.ipynb #8fbd7b37
 class StoreCorrupted(StoreError, ValueError):
@@ -44,7 +43,6 @@ class NamespaceError(StoreError, ValueError):
 # %% ../../nbs/19_store.ipynb #b79539b5
 _NAMESPACE = re.compile(r"[a-z][a-z0-9_.-]{0,63}\Z")
 MAX_KEY_LENGTH = 1024
-Durability = Literal["normal", "full"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS data_keys (
