@@ -12,6 +12,7 @@ import time
 from ..core.envelope import Envelope
 from .auth import Identity, Policy
 from ..security.audit import AuditLog
+from ..security.capabilities import CapabilityError
 from ..security.guard import CapabilityGuard
 from ..security.records import GatewayRecord, from_gateway
 from ..security.tokens import TokenIssuer
@@ -34,7 +35,10 @@ class TokenMinter:
         cached = self._tokens.get(identity)
         if cached is not None and cached[1] - now > self.ttl / 5:
             return cached[0]
-        grants = self.policy.grants(identity)
+        try:
+            grants = self.policy.grants(identity)
+        except CapabilityError:  # an unknown role: the policy refuses the call, and no token is minted for it
+            return None
         if not grants:
             return None  # nothing to grant: the guard will deny, as it should
         ttl = self.ttl if identity.expires is None else max(1.0, min(self.ttl, identity.expires - now))
