@@ -16,11 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from cellmono.security.audit import AuditLog, AuditRecord
+from cellmono.security.audit import AuditLog
 from cellmono.core.envelope import Envelope
 from cellmono.security.guard import CapabilityGuard
-from cellmono.security.store import EncryptedStore, StaticKeyProvider
-from cellmono.security.tokens import SigningKeys, TokenIssuer, TokenVerifier
+from cellmono.security.keys import StaticKeyProvider
+from cellmono.security.records import AuditRecord
+from cellmono.security.signing import SigningKeys
+from cellmono.security.store import EncryptedStore
+from cellmono.security.tokens import TokenIssuer, TokenVerifier
 
 TARGETS = {"capability_check_us": ("<=", 5), "token_verify_us": ("<=", 150), "audit_append_per_s": (">=", 20000),
            "ratio_store_put_vs_sqlite": (">=", 0.5), "ratio_store_get_vs_sqlite": (">=", 0.5)}

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..security.capabilities import CapabilityError, parse_capability, parse_requirement
+from ..security.capabilities import CapabilityError, Roles, parse_capability, parse_requirement
 from ..core.errors import AccessDenied, ConfigError
 from ..security.files import write_private
 
@@ -85,48 +85,60 @@ DEFAULT_ROLES: dict[str, tuple[str, ...]] = {"admin": ("*:*",)}
 
 
 class Policy:
-    """Maps an identity's roles and capability-shaped scopes to grants; decides per tool."""
+    """Maps an identity's roles (through `Roles`) and capability-shaped scopes to grants; decides per tool."""
 
-    def __init__(self, roles: Mapping[str, Iterable[str] | str] | None = None, *, cache_size: int = 65536) -> None:
-        roles = DEFAULT_ROLES if roles is None else roles
-        self.roles: dict[str, tuple[str, ...]] = {}
-        for role, grants in roles.items():
-            grants = [part.strip() for part in grants.split(",")] if isinstance(grants, str) else list(grants)
-            bad = [grant for grant in grants if grant and not is_capability(grant)]
-            if bad:
-                raise ConfigError(f"role {role!r}: {bad[0]!r} is not a capability (domain:verb[:resource])")
-            self.roles[role] = tuple(grant for grant in grants if grant)
+    def __init__(self, roles: Roles | Mapping[str, Iterable[str] | str] | None = None, *,
+                 cache_size: int = 65536) -> None:
+        try:
+            self.roles = roles if isinstance(roles, Roles) else Roles(DEFAULT_ROLES if roles is None else roles)
+        except CapabilityError as error:
+            raise ConfigError(str(error)) from None
         self.cache_size = cache_size
-        self._decisions: dict[tuple[Identity, tuple[str, ...]], str | None] = {}
+        self._decisions: dict[tuple[Identity, tuple[str, ...]], tuple[str | None, str]] = {}
+
+    def roles_of(self, identity: Identity) -> tuple[str, ...]:
+        """The identity's roles: a JWT's roles the app does not define are dropped; any other unknown role is refused."""
+        return self.roles.known(identity.roles) if identity.method == "jwt" else self.roles.check(identity.roles)
 
     def grants(self, identity: Identity) -> tuple[str, ...]:
-        """The capability grants of an identity: its roles' grants, then its capability-shaped scopes."""
-        found: list[str] = []
-        for role in identity.roles:
-            found.extend(self.roles.get(role, ()))  # unknown roles grant nothing (a token may carry others' roles)
+        """The identity's grants: its roles' grants, then its capability-shaped scopes; `CapabilityError` for an
+        unknown role of an API key or the local principal."""
+        found = list(self.roles.grants(self.roles_of(identity)))
         found.extend(scope for scope in identity.scopes if is_capability(scope))
         return tuple(dict.fromkeys(found))
 
-    def missing(self, identity: Identity, requires: tuple[str, ...]) -> str | None:
-        """The first requirement the identity's grants do not allow, or None when all are allowed."""
+    def _decide(self, identity: Identity, requires: tuple[str, ...]) -> tuple[str | None, str]:
+        """(the first requirement not allowed or None, the refusal's message), cached."""
         key = (identity, requires)
         try:
             return self._decisions[key]
         except KeyError:
             pass
-        grants = self.grants(identity)
-        result = next((requirement for requirement in requires
-                       if not any(grant_allows(grant, requirement) for grant in grants)), None)
+        try:
+            grants = self.grants(identity)
+        except CapabilityError as error:
+            result: tuple[str | None, str] = (requires[0] if requires else None, f"{identity.principal!r}: {error}")
+        else:
+            lacking = next((requirement for requirement in requires
+                            if not any(grant_allows(grant, requirement) for grant in grants)), None)
+            dropped = [role for role in identity.roles if role not in self.roles]
+            note = f" (roles this app does not define, ignored: {', '.join(dropped)}; known roles: " \
+                   f"{', '.join(self.roles.names)})" if dropped else ""
+            result = (lacking, f"{identity.principal!r} lacks {lacking!r}{note}")
         if len(self._decisions) >= self.cache_size:
             self._decisions.clear()
         self._decisions[key] = result
         return result
 
+    def missing(self, identity: Identity, requires: tuple[str, ...]) -> str | None:
+        """The first requirement the identity's grants do not allow, or None when all are allowed."""
+        return self._decide(identity, requires)[0]
+
     def check(self, identity: Identity, requires: tuple[str, ...]) -> None:
         """Return when every requirement is allowed; else `InsufficientScope` naming all of `requires`."""
-        lacking = self.missing(identity, requires)
+        lacking, message = self._decide(identity, requires)
         if lacking is not None:
-            raise InsufficientScope(f"{identity.principal!r} lacks {lacking!r}", requires)
+            raise InsufficientScope(message, requires)
 
 
 def tool_requirements(tool_name: str, requires: Iterable[str]) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""The gateway wired to `cellmono.security` and `cellmono.security.audit`: per-caller capability tokens for calls, the bus guard that checks them on delivery, gateway records in the hash-chained audit log.
+"""The gateway wired to `cellmono.security`: per-caller capability tokens for calls, the bus guard that checks them on delivery, gateway records in the hash-chained audit log.
 
 Docs: https://cellmono.github.io/cellmono/bridge.html.md"""
 
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 
-from ..security.audit import AuditLog, AuditRecord
-from .auth import Identity, Policy
 from ..core.envelope import Envelope
-from .server import GatewayRecord
+from .auth import Identity, Policy
+from ..security.audit import AuditLog
+from ..security.capabilities import CapabilityError
 from ..security.guard import CapabilityGuard
+from ..security.records import GatewayRecord, from_gateway
 from ..security.tokens import TokenIssuer
 
 # %% auto #0
@@ -34,7 +35,10 @@ class TokenMinter:
         cached = self._tokens.get(identity)
         if cached is not None and cached[1] - now > self.ttl / 5:
             return cached[0]
-        grants = self.policy.grants(identity)
+        try:
+            grants = self.policy.grants(identity)
+        except CapabilityError:  # an unknown role: the policy refuses the call, and no token is minted for it
+            return None
         if not grants:
             return None  # nothing to grant: the guard will deny, as it should
         ttl = self.ttl if identity.expires is None else max(1.0, min(self.ttl, identity.expires - now))
@@ -66,11 +70,7 @@ class AuditLogSink:
         self.log = log
 
     def __call__(self, record: GatewayRecord) -> None:
-        self.log.submit(AuditRecord(
-            actor=record.principal, action=f"gateway.{record.method}", resource=record.tool or "",
-            tenant=record.tenant, decision=record.decision, outcome=record.outcome, latency=record.latency,
-            correlation_id=record.correlation_id, reason=record.reason, time=record.time,
-            details={"status": record.status, "transport": record.transport}))
+        self.log.submit(from_gateway(record))
 
     def close(self) -> None:
         """Flush and close the log."""

@@ -22,7 +22,7 @@ import mcp_types as types
 from mcp.server import Server
 from mcp.shared.exceptions import MCPError
 from mcp_types.jsonrpc import INVALID_PARAMS
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, field_validator
 
 from ..core.app import App
 from .auth import Identity, InsufficientScope, Policy, tool_requirements
@@ -32,6 +32,8 @@ from ..core.errors import AccessDenied, CellmonoError, PayloadInvalid, RequestTi
 from .limits import RateLimited, RateLimiter
 from .metrics import GatewayMetrics
 from ..security.guard import security_section
+from ..security.records import GatewayRecord as GatewayRecord  # gateway.http imports it from here
+from ..security.records import Outcome, from_gateway
 
 _log = logging.getLogger("cellmono.gateway")
 
@@ -43,9 +45,8 @@ except PackageNotFoundError:  # a source tree used without installing it
     _VERSION = "0+unknown"
 
 # %% auto #0
-__all__ = ['Outcome', 'AuditSink', 'FORBIDDEN', 'RATE_LIMITED', 'GatewaySettings', 'gateway_settings', 'app_policy',
-           'GatewayRecord', 'MemoryAudit', 'JsonlAudit', 'Minter', 'NoMinter', 'ToolEntry', 'CallContext',
-           'tool_entries', 'Gateway']
+__all__ = ['AuditSink', 'FORBIDDEN', 'RATE_LIMITED', 'GatewaySettings', 'gateway_settings', 'app_policy', 'MemoryAudit',
+           'JsonlAudit', 'Minter', 'NoMinter', 'ToolEntry', 'CallContext', 'tool_entries', 'Gateway']
 
 # %% ../../nbs/43_server.ipynb #4a1b8829
 class GatewaySettings(Section):
@@ -100,29 +101,6 @@ def app_policy(app: App) -> Policy:
     return Policy(roles) if roles else Policy()
 
 # %% ../../nbs/43_server.ipynb #5b98a677
-Outcome = Literal["ok", "error", "invalid", "timeout", "denied", "unauthenticated", "rate_limited",
-                  "overloaded", "rejected", "unknown_tool"]
-
-
-class GatewayRecord(BaseModel):
-    """One audited gateway request: who, which MCP method and tool, the decision, outcome, latency, ids."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    time: float
-    principal: str
-    tenant: str | None = None
-    method: str
-    tool: str | None = None
-    decision: Literal["allow", "deny"]
-    outcome: Outcome
-    status: int = 200
-    latency: float = 0.0
-    correlation_id: str | None = None
-    reason: str | None = None
-    transport: Literal["http", "stdio"] = "http"
-
-
 AuditSink = Callable[[GatewayRecord], None]
 
 
@@ -139,7 +117,7 @@ class MemoryAudit:
 
 
 class JsonlAudit:
-    """An `AuditSink` appending JSON lines to a file, written in batches by a background thread."""
+    """An `AuditSink` appending audit records as JSON lines to a file, written in batches by a background thread."""
 
     def __init__(self, path: str | Path, flush_interval: float = 0.2) -> None:
         self.path = Path(path)
@@ -165,7 +143,7 @@ class JsonlAudit:
             pending, self._pending = self._pending, []
         if pending:
             with self.path.open("a", encoding="utf-8") as file:
-                file.writelines(record.model_dump_json() + "\n" for record in pending)
+                file.writelines(from_gateway(record).model_dump_json() + "\n" for record in pending)
 
     def close(self) -> None:
         """Stop the writer and flush."""

@@ -246,8 +246,5 @@ def new_api_key(served: Served, principal: str, roles: Iterable[str] | None = No
     app = served.app
     if served.api_keys is None:
         raise ConfigError(f"{app.settings.source} [gateway] api_keys is false: API keys are disabled")
-    roles = tuple(roles or served.settings.local_roles)
-    unknown = [role for role in roles if role not in served.gateway.policy.roles]
-    if unknown:
-        raise ConfigError(f"unknown role {unknown[0]!r}; roles in [roles]: {', '.join(served.gateway.policy.roles)}")
+    roles = served.gateway.policy.roles.check(roles or served.settings.local_roles)  # unknown: refused, naming the known
     return served.api_keys.create(principal, roles)

@@ -1,4 +1,4 @@
-"""The capability grammar (`domain:verb[:resource]` with wildcards), capability sets, and roles that map to them.
+"""The capability grammar (`domain:verb[:resource]` with wildcards), capability sets, and `Roles`, the one resolver from role names to capabilities.
 
 Docs: https://cellmono.github.io/cellmono/capabilities.html.md"""
 
@@ -8,7 +8,7 @@ Docs: https://cellmono.github.io/cellmono/capabilities.html.md"""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -248,27 +248,56 @@ class CapabilitySet:
 
 # %% ../../nbs/11_capabilities.ipynb #9e11deee
 class Roles:
-    """Role name -> capability grants; resolves a principal's roles into one `CapabilitySet`."""
+    """The one role resolver: role name -> capability grants; an unknown role is refused, naming the known ones."""
 
-    def __init__(self, definitions: Mapping[str, Iterable[str]]) -> None:
+    def __init__(self, definitions: Mapping[str, Iterable[str] | str]) -> None:
         self.definitions: dict[str, CapabilitySet] = {}
+        self._grants: dict[str, tuple[str, ...]] = {}  # in definition order, for readable tokens and messages
         for role, grants in definitions.items():
-            if not _NAME.match(role):
+            if not isinstance(role, str) or not _NAME.match(role):
                 raise CapabilityError(f"role name {role!r} must match [a-z][a-z0-9_-]*")
-            grants = [grants] if isinstance(grants, str) else list(grants)
+            texts = [part.strip() for part in grants.split(",") if part.strip()] if isinstance(grants, str) \
+                else list(grants)
             try:
-                self.definitions[role] = CapabilitySet(grants)
+                self.definitions[role] = CapabilitySet(texts)
             except CapabilityError as error:
                 raise CapabilityError(f"role {role!r}: {error}") from None
+            self._grants[role] = tuple(dict.fromkeys(texts))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The defined role names, sorted."""
+        return tuple(sorted(self.definitions))
+
+    def check(self, roles: Iterable[str]) -> tuple[str, ...]:
+        """`roles` as a tuple when every one is defined; else `CapabilityError` naming it and the known roles."""
+        checked = tuple(roles)
+        for role in checked:
+            if role not in self.definitions:
+                known = ", ".join(self.names) or "(none defined)"
+                raise CapabilityError(f"unknown role {str(role)[:64]!r}; known roles: {known}")
+        return checked
+
+    def known(self, roles: Iterable[str]) -> tuple[str, ...]:
+        """The roles of `roles` this app defines, in order; the others dropped (roles an identity provider asserts)."""
+        return tuple(role for role in roles if role in self.definitions)
+
+    def grants(self, roles: Iterable[str]) -> tuple[str, ...]:
+        """The grants of `roles` as text, in definition order without repeats; unknown roles refused."""
+        return tuple(dict.fromkeys(grant for role in self.check(roles) for grant in self._grants[role]))
 
     def capabilities(self, roles: Iterable[str]) -> CapabilitySet:
-        """The union of the grants of `roles`; `CapabilityError` for an unknown role."""
-        grants: list[Capability] = []
-        for role in roles:
-            if role not in self.definitions:
-                raise CapabilityError(f"unknown role {role!r}; known roles: {sorted(self.definitions)}")
-            grants.extend(self.definitions[role].grants)
-        return CapabilitySet(grants)
+        """The union of the grants of `roles` as one `CapabilitySet`; unknown roles refused."""
+        return CapabilitySet(grant for role in self.check(roles) for grant in self.definitions[role].grants)
 
     def __contains__(self, role: object) -> bool:
         return role in self.definitions
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.definitions)
+
+    def __len__(self) -> int:
+        return len(self.definitions)
+
+    def __repr__(self) -> str:
+        return f"Roles({self._grants!r})"

@@ -19,7 +19,8 @@ from typing import Literal, TypeVar
 Result = TypeVar("Result")
 
 # %% auto #0
-__all__ = ['Result', 'write_private', 'create_private', 'retry_while_locked', 'open_shared_database', 'immediate_transaction']
+__all__ = ['Result', 'Durability', 'write_private', 'create_private', 'retry_while_locked', 'open_shared_database',
+           'immediate_transaction']
 
 # %% ../../nbs/10_files.ipynb #9b880d5e
 def _private_temporary(path: Path, text: str) -> Path:
@@ -73,7 +74,10 @@ def retry_while_locked(operation: Callable[[], Result], timeout: float) -> Resul
             time.sleep(0.01)
 
 # %% ../../nbs/10_files.ipynb #559d89a1
-def open_shared_database(path: str | os.PathLike[str], *, durability: Literal["normal", "full"] = "normal",
+Durability = Literal["normal", "full"]  # "full": an fsync per commit, survives power loss
+
+
+def open_shared_database(path: str | os.PathLike[str], *, durability: Durability = "normal",
                          busy_timeout: float = 30.0) -> sqlite3.Connection:
     """A connection to a SQLite file several processes write: WAL, autocommit, `durability`, busy timeout."""
     target = Path(path)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..security.audit import AuditLog, AuditRecord
+from ..security.audit import AuditLog
 from ..security.capabilities import CapabilitySet
 from ..core.app import App, cells_from_settings
 from ..core.cell import Cell
@@ -22,7 +22,9 @@ from ..sandbox.policy import Policy
 from ..sandbox.runner import Sandbox
 from ..security.guard import Authority, CapabilityGuard, Principal, SecuritySection, security_section
 from ..security.store import EncryptedStore, open_store
-from ..security.tokens import SigningKeys, TokenIssuer, TokenVerifier, VerifiedToken
+from ..security.records import Outcome, audit_record
+from ..security.signing import SigningKeys
+from ..security.tokens import TokenIssuer, TokenVerifier, VerifiedToken
 
 _log = logging.getLogger(__name__)
 
@@ -99,17 +101,23 @@ class Runtime:
         claims = self.guard.verified(envelope.capability)
         return self.sandbox(effective_grants(claims), principal=claims.subject, backend=backend)
 
-    def _audit_sandbox(self, record: dict[str, Any]) -> None:
-        details = {key: value for key, value in record.items()
-                   if key not in ("event", "principal", "outcome", "decision", "reason")}
-        decision = record.get("decision")
-        self.audit.submit(AuditRecord(
-            actor=str(record.get("principal", "unknown")), action=str(record.get("event", "sandbox")),
-            resource=str(record.get("target") or record.get("tool") or record.get("backend") or ""),
-            decision=decision if decision in ("allow", "deny") else None,
-            outcome=record.get("outcome") and str(record["outcome"]), reason=record.get("reason"),
-            latency=(record["wall_ms"] / 1000) if isinstance(record.get("wall_ms"), (int, float)) else None,
-            details=details))
+    def _audit_sandbox(self, event: dict[str, Any]) -> None:
+        """A sandbox event as the one audit record: runs report `outcome` ok or the error's type (message in
+        `detail`); host-tool calls report `decision` allow, deny or error (message in `reason`)."""
+        decision, outcome = event.get("decision"), event.get("outcome")
+        error = str(outcome) if outcome not in (None, "ok") else "error" if decision == "error" else None
+        code: Outcome | None = None
+        if error is not None and error != "error":
+            code = "timeout" if error == "DeadlineExceeded" else "denied" if error.endswith("Denied") else "error"
+        wall_ms = event.get("wall_ms")
+        self.audit.submit(audit_record(
+            str(event.get("principal", "unknown")), str(event.get("event", "sandbox")),
+            resource=str(event.get("target") or event.get("tool") or event.get("backend") or ""),
+            decision="deny" if decision == "deny" or code == "denied" else "allow" if decision == "allow" else None,
+            outcome=code, error=error, reason=event.get("reason") or event.get("detail"),
+            latency=wall_ms / 1000 if isinstance(wall_ms, (int, float)) else None,
+            details={key: value for key, value in event.items()
+                     if key not in ("event", "principal", "outcome", "decision", "reason", "detail")}))
 
     async def close(self) -> None:
         """Stop sandbox backends, flush and close the audit log and the store."""

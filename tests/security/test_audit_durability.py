@@ -16,15 +16,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cellmono.security.audit import AuditLog, AuditRecord
-from cellmono.security.tokens import SigningKeys
+from cellmono.security.audit import AuditLog
+from cellmono.security.records import AuditRecord
+from cellmono.security.signing import SigningKeys
 
 PYTHON = sys.executable
 CELLMONO = str(Path(sys.executable).with_name("cellmono"))
 
 WRITER = textwrap.dedent("""
     import sys
-    from cellmono.security.audit import AuditLog, AuditRecord
+    from cellmono.security.audit import AuditLog
+    from cellmono.security.records import AuditRecord
     log = AuditLog(sys.argv[1])
     name, count = sys.argv[2], int(sys.argv[3])
     for index in range(count):

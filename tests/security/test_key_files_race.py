@@ -9,7 +9,7 @@ import pytest
 
 
 def _signing_key_id(path: str, start: multiprocessing.synchronize.Event, out: multiprocessing.Queue) -> None:
-    from cellmono.security.tokens import SigningKeys
+    from cellmono.security.signing import SigningKeys
     start.wait()
     try:
         out.put(SigningKeys.load_or_create(path).active)
@@ -18,7 +18,7 @@ def _signing_key_id(path: str, start: multiprocessing.synchronize.Event, out: mu
 
 
 def _kek_id(path: str, start: multiprocessing.synchronize.Event, out: multiprocessing.Queue) -> None:
-    from cellmono.security.store import FileKeyProvider
+    from cellmono.security.keys import FileKeyProvider
     start.wait()
     try:
         out.put(FileKeyProvider(path, create=True).current_key_id())

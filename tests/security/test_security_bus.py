@@ -13,8 +13,10 @@ from cellmono.security.audit import AuditLog
 from cellmono.security.capabilities import AttenuationError
 from cellmono.core.cell import Cell, handles, tool
 from cellmono.security.guard import Authority, CapabilityDenied, CapabilityGuard, Principal
-from cellmono.security.store import EncryptedStore, StaticKeyProvider
-from cellmono.security.tokens import SigningKeys, TokenExpired, TokenIssuer, TokenMissing, TokenVerifier, attenuate
+from cellmono.security.keys import StaticKeyProvider
+from cellmono.security.signing import SigningKeys
+from cellmono.security.store import EncryptedStore
+from cellmono.security.tokens import TokenExpired, TokenIssuer, TokenMissing, TokenVerifier, attenuate
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from cellmono.security.capabilities import (AttenuationError, CapabilityError, CapabilitySet, parse_capability,
                                    parse_requirement)
-from cellmono.security.tokens import SigningKeys, TokenInvalid, TokenIssuer, TokenVerifier, attenuate
+from cellmono.security.signing import SigningKeys
+from cellmono.security.tokens import TokenInvalid, TokenIssuer, TokenVerifier, attenuate
 
 NAMES = st.sampled_from(["fs", "tool", "net", "store"])
 VERBS = st.sampled_from(["read", "write", "call"])

@@ -15,15 +15,16 @@ from pathlib import Path
 import pytest
 
 from cellmono.security.audit import AuditLog
-from cellmono.security.store import (EncryptedStore, EnvKeyProvider, FileKeyProvider, KeyUnavailable, StaticKeyProvider,
-                            StoreBusy, StoreCorrupted, WrongKey, new_key_text)
+from cellmono.security.keys import EnvKeyProvider, FileKeyProvider, KeyUnavailable, StaticKeyProvider, WrongKey, new_key_text
+from cellmono.security.store import EncryptedStore, StoreBusy, StoreCorrupted
 
 PYTHON = sys.executable
 CELLMONO = str(Path(sys.executable).with_name("cellmono"))
 
 WORKER = textwrap.dedent("""
     import sys, time
-    from cellmono.security.store import EncryptedStore, FileKeyProvider
+    from cellmono.security.keys import FileKeyProvider
+    from cellmono.security.store import EncryptedStore
     path, kek, name, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     store = EncryptedStore(path, FileKeyProvider(kek), key_cache_seconds=0.05)
     shared = store.namespace("shared")
@@ -70,7 +71,8 @@ def test_a_lock_held_too_long_is_a_typed_busy_error(tmp_path):
 
 ROTATION_WORKER = textwrap.dedent("""
     import sys, time
-    from cellmono.security.store import EncryptedStore, FileKeyProvider
+    from cellmono.security.keys import FileKeyProvider
+    from cellmono.security.store import EncryptedStore
     path, kek, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
     store = EncryptedStore(path, FileKeyProvider(kek), key_cache_seconds=0.05)
     notes = store.namespace("notes")
