@@ -25,7 +25,8 @@ from .asgi import (JSON_CONTENT, PROMETHEUS_CONTENT, Headers, Receive, Rejection
 from .auth import (Authenticator, Identity, InsufficientScope, Unauthenticated, metadata_url,
                                    resource_metadata, www_authenticate)
 from .limits import ConcurrencyCap, Overloaded, RateLimited, retry_after_header
-from .server import FORBIDDEN, CallContext, Gateway, GatewayRecord
+from .server import FORBIDDEN, CallContext, Gateway
+from ..security.records import GatewayRecord
 from .stateless import Notification, answer, read_stateless, route_stateless
 
 ANONYMOUS = Identity(principal="anonymous", method="local")

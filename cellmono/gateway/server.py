@@ -32,8 +32,7 @@ from ..core.errors import AccessDenied, CellmonoError, PayloadInvalid, RequestTi
 from .limits import RateLimited, RateLimiter
 from .metrics import GatewayMetrics
 from ..security.guard import security_section
-from ..security.records import GatewayRecord as GatewayRecord  # gateway.http imports it from here
-from ..security.records import Outcome, from_gateway
+from ..security.records import GatewayRecord, Outcome, from_gateway
 
 _log = logging.getLogger("cellmono.gateway")
 
@@ -242,8 +241,9 @@ class Gateway:
         self.policy.check(identity, entry.requires)
 
     def record(self, context: CallContext, method: str, tool: str | None, outcome: Outcome, *,
-               status: int = 200, reason: str | None = None, correlation_id: str | None = None) -> None:
-        """Write the request's audit record (once) and its metrics."""
+               status: int = 200, reason: str | None = None, correlation_id: str | None = None,
+               error: BaseException | None = None) -> None:
+        """Write the request's audit record (once) and its metrics; `error` gives the record its type and message."""
         if context.recorded:
             return
         context.recorded = True
@@ -252,7 +252,9 @@ class Gateway:
         self.audit(GatewayRecord.model_construct(
             time=time.time(), principal=identity.principal, tenant=identity.tenant, method=method, tool=tool,
             decision="deny" if outcome in _DENIALS else "allow", outcome=outcome, status=status,
-            latency=latency, correlation_id=correlation_id, reason=reason, transport=context.transport))
+            latency=latency, correlation_id=correlation_id, transport=context.transport,
+            reason=reason if reason is not None or error is None else str(error),
+            error=None if error is None else getattr(error, "remote_type", None) or type(error).__name__))
         if tool is not None:
             self.metrics.observe(tool, outcome, latency, identity.principal)
         else:
@@ -271,20 +273,20 @@ class Gateway:
         try:
             entry = self.entry(name)
         except MCPError as error:
-            self.record(context, "tools/call", None, "unknown_tool", status=400, reason=error.message)
+            self.record(context, "tools/call", None, "unknown_tool", status=400, reason=error.message, error=error)
             raise
         tool_name = entry.spec.subject
         try:
             self.authorize(identity, entry)
         except InsufficientScope as error:
-            self.record(context, "tools/call", tool_name, "denied", status=403, reason=str(error))
+            self.record(context, "tools/call", tool_name, "denied", status=403, error=error)
             raise MCPError(FORBIDDEN, f"{error}; needs {' '.join(error.scopes)}",
                            {"scopes": list(error.scopes)}) from None
         if context.transport == "stdio":  # the HTTP layer took the token already, before answering 429 itself
             try:
                 self.tool_limits.acquire((identity.principal, tool_name), f"{tool_name} by {identity.principal}")
             except RateLimited as error:
-                self.record(context, "tools/call", tool_name, "rate_limited", status=429, reason=str(error))
+                self.record(context, "tools/call", tool_name, "rate_limited", status=429, error=error)
                 raise MCPError(RATE_LIMITED, str(error), {"retry_after": error.retry_after}) from None
         if arguments is None:
             arguments = {}
@@ -301,24 +303,24 @@ class Gateway:
         try:
             result = await bus.send_request(envelope)
         except PayloadInvalid as error:
-            self.record(context, "tools/call", tool_name, "invalid", reason=str(error), correlation_id=correlation)
+            self.record(context, "tools/call", tool_name, "invalid", error=error, correlation_id=correlation)
             return _error_result(str(error))
-        except RequestTimeout:
+        except RequestTimeout as error:
             reason = f"{tool_name} did not answer within {self.settings.call_timeout:g} s"
-            self.record(context, "tools/call", tool_name, "timeout", reason=reason, correlation_id=correlation)
+            self.record(context, "tools/call", tool_name, "timeout", reason=reason, correlation_id=correlation,
+                        error=error)
             return _error_result(reason)
         except AccessDenied as error:  # the guard refused on delivery
-            self.record(context, "tools/call", tool_name, "denied", status=403, reason=str(error),
+            self.record(context, "tools/call", tool_name, "denied", status=403, error=error,
                         correlation_id=correlation)
             raise MCPError(FORBIDDEN, f"{type(error).__name__}: {error}") from None
         except CellmonoError as error:
             text = f"{type(error).__name__}: {error}" if not getattr(error, "remote_type", None) else str(error)
-            self.record(context, "tools/call", tool_name, "error", reason=text, correlation_id=correlation)
+            self.record(context, "tools/call", tool_name, "error", error=error, correlation_id=correlation)
             return _error_result(text)
         except Exception as error:  # a bug must not become a 5xx or leak internals
             _log.exception("tool %s failed in the gateway (correlation %s)", tool_name, correlation)
-            self.record(context, "tools/call", tool_name, "error", reason=f"{type(error).__name__}: {error}",
-                        correlation_id=correlation)
+            self.record(context, "tools/call", tool_name, "error", error=error, correlation_id=correlation)
             return _error_result(f"internal error (correlation id {correlation})")
         finally:
             metrics.in_flight -= 1
