@@ -17,9 +17,9 @@ from collections.abc import Iterable, Sequence
 from typing import NoReturn
 
 from .. import __version__
-from ..core.app import App
+from ..core.app import App, cells_from_settings
 from ..core.errors import CellmonoError
-from ..topology.services import app_from_settings
+from ..security.guard import security_section
 from ..topology.workers import build_app  # promoted cells run in supervised worker processes over the broker
 
 # %% auto #0
@@ -127,8 +127,10 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_verify(args: argparse.Namespace) -> int:
-    """`cellmono verify`: exit 0 and say so when the app is sound, else raise its violations."""
-    app = app_from_settings(args.settings)
+    """`cellmono verify`: exit 0 and say so when the app is sound, else raise its violations; it writes no file."""
+    settings, cells = cells_from_settings(args.settings)
+    security_section(settings)  # roles and key settings are checked too, without creating keys
+    app = App(cells, settings=settings)
     app.verify()
     tools = sum(len(cell.tools()) for cell in app.cells.values())
     print(f"ok: {len(app.cells)} cells, {tools} tools, no violations ({app.settings.source})")
@@ -137,7 +139,8 @@ def command_verify(args: argparse.Namespace) -> int:
 
 def command_diagram(args: argparse.Namespace) -> int:
     """`cellmono diagram`: print the app's mermaid topology."""
-    print(app_from_settings(args.settings).to_mermaid(), end="")
+    settings, cells = cells_from_settings(args.settings)
+    print(App(cells, settings=settings).to_mermaid(), end="")
     return 0
 
 # %% ../../nbs/61_cli.ipynb #4fe0cd4d
