@@ -53,7 +53,8 @@ def read_notebook(path: Path, name: str) -> Any:
         raise CellmonoError(f"{name}: not valid JSON: {error}") from None
     if not isinstance(data, dict) or data.get("nbformat") != 4:
         raise CellmonoError(f"{name}: not a notebook in nbformat 4")
-    notebook = nbformat.v4.rwbase.rejoin_lines(nbformat.from_dict(data))  # sources are stored as lists of lines
+    # sources are stored as lists of lines; nbformat has no type hints: strict mypy needs the ignores, plain mypy does not
+    notebook = nbformat.v4.rwbase.rejoin_lines(nbformat.from_dict(data))  # type: ignore[no-untyped-call, unused-ignore]
     try:
         nbformat.validate(notebook)
     except nbformat.ValidationError as error:
@@ -72,7 +73,7 @@ def _exporter() -> Any:
     """nbconvert's HTML exporter with the bare `basic` template, no prompts, and no bleach pass (see Rationale)."""
     from nbconvert import HTMLExporter  # the docs extra; importing nbconvert takes ~1 s, so only builds pay it
 
-    return HTMLExporter(template_name="basic", exclude_input_prompt=True, exclude_output_prompt=True,
+    return HTMLExporter(template_name="basic", exclude_input_prompt=True, exclude_output_prompt=True,  # type: ignore[no-untyped-call, unused-ignore]
                         filters={"clean_html": _identity})
 
 
@@ -147,7 +148,8 @@ def markdown_body(text: str, name: str, cache: Path | None = None) -> str:
     """A markdown file (the README) as an HTML fragment, through the same converter as the notebooks."""
     from nbformat import v4  # the docs extra (see `_exporter`)
 
-    return notebook_body(v4.new_notebook(cells=[v4.new_markdown_cell(text)]), name, cache)
+    notebook = v4.new_notebook(cells=[v4.new_markdown_cell(text)])  # type: ignore[no-untyped-call, unused-ignore]
+    return notebook_body(notebook, name, cache)
 
 # %% ../../nbs/52_pages.ipynb #923f69c6
 _FRAME = """<!doctype html>
