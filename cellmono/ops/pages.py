@@ -235,7 +235,7 @@ pre { font: 0.85rem/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospac
 pre code { background: none; padding: 0; }
 .highlight, .rendered_html pre { background: var(--code); border: 1px solid var(--line); border-radius: 6px;
   padding: 0.6rem 0.9rem; overflow-x: auto; margin: 0.6rem 0; }
-.highlight pre { margin: 0; }
+.highlight pre { margin: 0; padding: 0; border: 0; background: none; }
 table { border-collapse: collapse; margin: 1rem 0; }
 th, td { border: 1px solid var(--line); padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; }
 figure.diagram { margin: 1rem 0; overflow-x: auto; }
