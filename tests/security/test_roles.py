@@ -15,7 +15,7 @@ from cellmono.core.cell import Cell, tool
 from cellmono.core.config import Settings
 from cellmono.gateway.auth import Identity, InsufficientScope, Policy
 from cellmono.gateway.server import FORBIDDEN, CallContext, Gateway, MemoryAudit
-from cellmono.runtime import serve
+from cellmono.cli import serve
 from cellmono.security.capabilities import CapabilityError, Roles
 from cellmono.security.guard import Authority, Principal
 from cellmono.security.signing import SigningKeys
@@ -75,7 +75,7 @@ def test_the_cli_refuses_an_api_key_for_an_unknown_role(tmp_path: Path) -> None:
     settings.write_text("[app]\nname = roles\n[security]\n" + "".join(
         f"role.{name} = {grants}\n" for name, grants in DEFINITIONS.items()))
     parser = argparse.ArgumentParser()
-    serve.register_cli(parser)
+    serve.register(parser)
     args = parser.parse_args(["--settings", str(settings), "--new-key", "gus", "--role", "reader", "--role", "ghost"])
     with pytest.raises(CapabilityError) as caught:
         args.handler(args)
