@@ -62,6 +62,12 @@ class CellmonoError(Exception):
     │   ├── StoreCorrupted (ValueError)       a ciphertext or the file is damaged
     │   ├── StoreBusy (TimeoutError)          another process held the file too long
     │   └── NamespaceError (ValueError)       a bad namespace or key name
+    ├── RunbookError                          a runbook cannot run, or its run failed (ops)
+    │   ├── RunbookNotFound (LookupError)     no runbook of that name
+    │   ├── ParameterError (ValueError)       unknown, missing or ill-typed parameter; never echoes the value
+    │   ├── SecretUnresolved (LookupError)    a secret reference that does not resolve; names it, never a value
+    │   ├── ApplyRefused (PermissionError)    --apply without a dry run of the same content hash
+    │   └── RunbookFailed                     a step failed, the archive was not writable, or the kernel died
     └── SandboxError                          running untrusted code (sandbox)
         ├── PolicyError (ValueError)          a policy or capability the sandbox cannot honour
         ├── BackendUnavailable                the backend cannot run on this machine
