@@ -34,6 +34,7 @@ PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("cellmono.cli.worker:register", "run one cell out of process, connected to the broker"),
     "serve": ("cellmono.cli.serve:register", "serve the app's tools to MCP clients (HTTP on 127.0.0.1, or --stdio)"),
     "docs": ("cellmono.cli.docs:register", "build the documentation site offline, or serve it on loopback"),
+    "runbook": ("cellmono.cli.runbook:register", "list, show, dry-run or apply an operations runbook; its history"),
 }
 
 # The optional extra that brings each third-party package a command group may need.
