@@ -66,6 +66,7 @@ class CellmonoError(Exception):
     │   ├── RunbookNotFound (LookupError)     no runbook of that name
     │   ├── ParameterError (ValueError)       unknown, missing or ill-typed parameter; never echoes the value
     │   ├── SecretUnresolved (LookupError)    a secret reference that does not resolve; names it, never a value
+    │   ├── CheckFailed                       a runbook step's check did not hold
     │   ├── ApplyRefused (PermissionError)    --apply without a dry run of the same content hash
     │   └── RunbookFailed                     a step failed, the archive was not writable, or the kernel died
     └── SandboxError                          running untrusted code (sandbox)

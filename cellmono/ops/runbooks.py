@@ -19,13 +19,14 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr, ValidationError, WithJsonSchema
 
 from ..core.errors import CellmonoError
-from ..security.guard import security_section
+from ..security.guard import SecuritySection, security_section
 from ..security.store import open_store
 
 # %% auto #0
 __all__ = ['SecretRef', 'DEFAULT_FOLDER', 'RunbookError', 'RunbookNotFound', 'ParameterError', 'SecretUnresolved',
            'resolve_secret', 'Runbook', 'load_runbook', 'find_runbooks', 'runbook_named', 'parse_pairs',
-           'validate_parameters', 'parameters_help', 'load_parameters', 'content_hash']
+           'validate_parameters', 'parameters_help', 'load_parameters', 'CheckFailed', 'check', 'app_security',
+           'content_hash']
 
 # %% ../../nbs/60_runbooks.ipynb #43e19a38
 class RunbookError(CellmonoError):
@@ -125,7 +126,10 @@ def load_runbook(path: str | Path) -> Runbook:
         raise RunbookError(f"runbook {name!r}: needs a '> summary', a '## When to use' section and one cell tagged "
                            "'parameters'")
     namespace: dict[str, Any] = {"__name__": f"runbook_{name.replace('-', '_')}"}
-    exec(compile(_source(parameter_cells[0]), str(path), "exec"), namespace)  # runbooks are trusted code
+    try:  # runbooks are trusted code; this module's `from __future__` must not leak into theirs
+        exec(compile(_source(parameter_cells[0]), str(path), "exec", dont_inherit=True), namespace)
+    except Exception as error:
+        raise RunbookError(f"runbook {name!r}: its parameters cell fails: {type(error).__name__}: {error}") from None
     model = namespace.get("Parameters")
     if not (isinstance(model, type) and issubclass(model, BaseModel) and model.model_config.get("extra") == "forbid"):
         raise RunbookError(f"runbook {name!r}: its parameters cell must define Parameters(BaseModel) with "
@@ -203,6 +207,24 @@ def load_parameters(model: type[BaseModel], text: str) -> Any:
         raise ParameterError(f"parameter {'.'.join(map(str, issue['loc']))!r}: {issue['msg']}") from None
 
 # %% ../../nbs/60_runbooks.ipynb #cce577b6
+class CheckFailed(RunbookError):
+    """A runbook step's check did not hold."""
+
+
+def check(condition: object, message: str) -> None:
+    """Raise `CheckFailed(message)` unless `condition` is true."""
+    if not condition:
+        raise CheckFailed(message)
+
+
+def app_security(settings: str | Path | None) -> SecuritySection:
+    """The app's `[security]` section with its development key file filled in, as the running app uses it."""
+    section = security_section(settings if settings is not None and Path(settings).is_file() else None)
+    if section.kek_file is None and not os.environ.get(section.kek_env):
+        section = section.model_copy(update={"kek_file": str(Path(section.store_path).parent / "kek.json")})
+    return section
+
+# %% ../../nbs/60_runbooks.ipynb #7d886d6e
 def content_hash(runbook: Runbook, parameters: BaseModel) -> str:
     """SHA-256 (hex) of the runbook's cells (type, source, tags) and its validated parameters."""
     body = {"cells": [[cell.get("cell_type"), _source(cell), _tags(cell)] for cell in runbook.cells],
