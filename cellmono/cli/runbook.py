@@ -13,7 +13,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..ops.runbook_runner import history, run_runbook
+from ..ops.runbook_runner import Mode, history, run_runbook
 from ..ops.runbooks import find_runbooks, load_runbook, parameters_help, parse_pairs, runbook_named, validate_parameters
 
 # %% auto #0
@@ -26,7 +26,7 @@ def _folder(args: argparse.Namespace) -> Path | None:
 
 
 def _settings(args: argparse.Namespace) -> Path:
-    return Path(args.cwd or ".") / args.settings
+    return Path(str(args.cwd or ".")) / str(args.settings)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -46,7 +46,7 @@ def _show(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     runbook = runbook_named(args.name, _folder(args))
     parameters = validate_parameters(runbook, parse_pairs(args.parameter))
-    mode = "apply" if args.apply else "dry-run"
+    mode: Mode = "apply" if args.apply else "dry-run"
     tty = sys.stdout.isatty()
     if tty:
         print(f"{runbook.name}: {mode}")
