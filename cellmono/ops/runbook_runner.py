@@ -168,11 +168,17 @@ def _execute(notebook: dict[str, Any], output: Path, parameters: dict[str, Any],
     node = nbformat.from_dict(notebook)  # type: ignore[no-untyped-call]
     done = {"steps": 0}
 
+    labels, heading = {}, "setup"
+    for cell in notebook["cells"]:  # a step is named by the markdown heading above it
+        text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        if cell["cell_type"] == "markdown":
+            heading = ([line.lstrip("# ") for line in text.splitlines() if line.startswith("#")] or [heading])[-1]
+        labels[cell.get("id")] = heading
+
     def executed(cell: Any, cell_index: int, execute_reply: Any) -> None:
         if progress is not None and cell.cell_type == "code":
             done["steps"] += 1
-            first = next((line for line in cell.source.splitlines() if line.strip()), "")
-            progress(f"  step {done['steps']:>2} (cell {cell_index}): {first[:70]}")
+            progress(f"  {done['steps']:>2}. {labels.get(cell.get('id'), 'parameters')[:70]} (cell {cell_index}) ok")
 
     quiet = logging.getLogger("papermill")
     level, quiet.level = quiet.level, logging.ERROR  # its parameter inference cannot parse a pydantic model
