@@ -1,0 +1,148 @@
+"""Benchmark of the runbook runner: its overhead against bare papermill on the same notebook, backup + restore of
+a store through the runbooks against SQLite's own online backup + a file copy, and how many runbooks dry-run on a
+fresh app. Last stdout line: one JSON object.
+
+`backup_restore_ratio` compares the work of the runbooks' steps (their cells' durations as papermill records them
+in the archived notebooks: backup, manifest checksum, integrity check, restore, and decrypting every restored item)
+with `sqlite3 .backup` + a copy of the same store; the kernel start is the runner's overhead, reported apart.
+Usage: python bench/runbooks.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cellmono.ops.runbook_runner import run_runbook  # noqa: E402
+from cellmono.ops.runbooks import app_security, find_runbooks, load_runbook, validate_parameters  # noqa: E402
+from cellmono.security.store import open_store  # noqa: E402
+
+TARGETS = {"overhead_s": ("<=", 2.0), "backup_restore_ratio": ("<=", 2.0), "dry_runs_ok": (">=", 8)}
+CLI = str(Path(sys.executable).parent / "cellmono")
+
+
+def fresh_app(folder: Path) -> Path:
+    shutil.copy(ROOT / "settings.ini", folder / "settings.ini")
+    shutil.copytree(ROOT / "examples", folder / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    return folder / "settings.ini"
+
+
+def trivial_runbook(folder: Path) -> Path:
+    cells = [{"cell_type": "markdown", "id": "m", "metadata": {}, "source": "# Runbook: noop\n\n> Nothing.\n\n"
+              "## When to use\n\nIn the benchmark."},
+             {"cell_type": "code", "id": "p", "metadata": {"tags": ["parameters"]}, "outputs": [], "execution_count": None,
+              "source": "from pydantic import BaseModel, ConfigDict\nclass Parameters(BaseModel):\n"
+                        "    model_config = ConfigDict(extra='forbid')\n    n: int = 1\n"
+                        "runbook_parameters, runbook_mode, runbook_settings = '{}', 'dry-run', 'settings.ini'"},
+             {"cell_type": "code", "id": "s", "metadata": {}, "outputs": [], "execution_count": None,
+              "source": "print(sum(range(1000)))"}]
+    path = folder / "noop.ipynb"
+    path.write_text(json.dumps({"cells": cells, "metadata": {"kernelspec": {"name": "python3", "language": "python",
+                                                                            "display_name": "Python 3"}},
+                                "nbformat": 4, "nbformat_minor": 5}))
+    return path
+
+
+def overhead(rounds: int) -> tuple[float, float, float]:
+    import papermill
+    with tempfile.TemporaryDirectory() as folder:
+        app = Path(folder)
+        fresh_app(app)
+        path = trivial_runbook(app)
+        runbook = load_runbook(path)
+        bare, runner = [], []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            papermill.execute_notebook(str(path), str(app / "out.ipynb"), parameters={"n": 1}, kernel_name="python3",
+                                       progress_bar=False, cwd=folder)
+            bare.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            result = run_runbook(runbook, validate_parameters(runbook, {}), settings=app / "settings.ini")
+            runner.append(time.perf_counter() - started)
+            assert result.ok, result.error
+    return statistics.median(runner) - statistics.median(bare), statistics.median(bare), statistics.median(runner)
+
+
+def step_seconds(archive: Path) -> float:
+    """Seconds spent in the runbook's step and verification cells (papermill's per-cell durations)."""
+    notebook = json.loads(archive.read_text())
+    total, heading = 0.0, ""
+    for cell in notebook["cells"]:
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        if cell["cell_type"] == "markdown":
+            heading = ([line for line in source.splitlines() if line.startswith("#")] or [heading])[-1]
+        elif cell["cell_type"] == "code" and ("Step" in heading or "Verification" in heading):
+            total += cell.get("metadata", {}).get("papermill", {}).get("duration") or 0.0
+    return total
+
+
+def backup_restore(megabytes: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as folder:
+        app = Path(folder)
+        settings = fresh_app(app)
+        security = app_security(settings)
+        Path(security.store_path).parent.mkdir(parents=True)
+        value = os.urandom(64 * 1024)
+        with open_store(security, create_key_file=True) as store:
+            for number in range(megabytes * 16):
+                store.put("blobs", f"blob-{number}", value)
+        size = Path(security.store_path).stat().st_size
+        started = time.perf_counter()
+        with sqlite3.connect(security.store_path) as source, sqlite3.connect(app / "baseline.sqlite") as copy:
+            source.backup(copy)
+        shutil.copy(app / "baseline.sqlite", app / "baseline-restored.sqlite")
+        baseline = time.perf_counter() - started
+        work, end_to_end = 0.0, 0.0
+        for name in ("backup-store", "restore-store"):
+            runbook = load_runbook(find_runbooks()[name])
+            parameters = validate_parameters(runbook, {})
+            assert run_runbook(runbook, parameters, settings=settings).ok
+            started = time.perf_counter()
+            result = run_runbook(runbook, parameters, mode="apply", settings=settings)
+            end_to_end += time.perf_counter() - started
+            assert result.ok, result.error
+            work += step_seconds(result.archive)
+    return {"store_mb": round(size / 2**20, 1), "runbook_steps_s": round(work, 3), "sqlite_backup_copy_s": round(baseline, 3),
+            "backup_restore_end_to_end_s": round(end_to_end, 2), "backup_restore_ratio": round(work / baseline, 2)}
+
+
+def dry_run(name: str) -> bool:
+    with tempfile.TemporaryDirectory() as folder:
+        fresh_app(Path(folder))
+        done = subprocess.run([CLI, "runbook", "run", name, "--cwd", folder], cwd=folder, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+        return done.returncode == 0 and any((Path(folder) / "var" / "runbooks").glob(f"*-{name}-*.ipynb"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run of the same (10 MB store, 1 round)")
+    args = parser.parse_args()
+    extra, bare, runner = overhead(1 if args.quick else 5)
+    figures = backup_restore(10 if args.quick else 50)
+    names = list(find_runbooks())
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        oks = list(pool.map(dry_run, names))
+    result = {"overhead_s": round(extra, 3), "papermill_s": round(bare, 3), "runner_s": round(runner, 3), **figures,
+              "dry_runs_ok": sum(oks), "runbooks": len(names), "quick": args.quick}
+    for name, (direction, target) in TARGETS.items():
+        met = result[name] <= target if direction == "<=" else result[name] >= target
+        print(f"{name}: {result[name]} (target {direction} {target}: {'met' if met else 'MISSED'})")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
