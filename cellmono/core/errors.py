@@ -62,6 +62,7 @@ class CellmonoError(Exception):
     │   ├── StoreCorrupted (ValueError)       a ciphertext or the file is damaged
     │   ├── StoreBusy (TimeoutError)          another process held the file too long
     │   └── NamespaceError (ValueError)       a bad namespace or key name
+    ├── TraceError (ValueError)               a file that is not a trigger trace (ops)
     └── SandboxError                          running untrusted code (sandbox)
         ├── PolicyError (ValueError)          a policy or capability the sandbox cannot honour
         ├── BackendUnavailable                the backend cannot run on this machine
