@@ -125,15 +125,22 @@ def _load(values: dict[str, float], settings: TriggerSettings) -> tuple[list[str
     return fired, below, pressure
 
 
+def _capacity(level: int, settings: TriggerSettings) -> float:
+    return settings.inprocess_share if level == 0 else float(level)  # in process, the cell shares the app's process
+
+
 def recommend(level: int, fired: Sequence[str], below: bool, pressure: float, floor: int,
-              settings: TriggerSettings) -> int:
+              settings: TriggerSettings, *, cpu: float = 0.0) -> int:
     """The level this tick alone asks for, within `[floor, max_replicas]`."""
     if fired and level == 0:  # the first move is a boundary move: to min_replicas, whatever the pressure
         return settings.min_replicas
     if fired:
         return max(level, min(max(level + 1, math.ceil(level * pressure - 1e-9)), settings.max_replicas))
     if below and level > floor:
-        return max(floor, 0 if level <= settings.min_replicas else level - 1)
+        target = max(floor, 0 if level <= settings.min_replicas else level - 1)
+        # the CPU the remaining capacity would carry: step down only where it stays below enter
+        predicted = cpu * _capacity(level, settings) / _capacity(target, settings)
+        return target if predicted < settings.cpu_enter else level
     return level
 
 # %% ../../nbs/56_triggers.ipynb #7c3f617f
@@ -189,8 +196,7 @@ def _moved(state: CellState, tick: int, target: int, **changes: object) -> CellS
 
 
 def _gain_ms(p95_ms: float, level: int, target: int, settings: TriggerSettings) -> float:
-    now = settings.inprocess_share if level == 0 else float(level)  # in process, the cell shares the app's process
-    return p95_ms * (1 - now / target)
+    return p95_ms * (1 - _capacity(level, settings) / _capacity(target, settings))
 
 
 def _blocked(state: CellState, tick: int, direction: int, settings: TriggerSettings) -> str | None:
@@ -225,7 +231,7 @@ def decide(history: Sequence[Sample], state: CellState, tick: int, settings: Tri
                 _moved(state, tick, target, isolated=True))
     fired, below, pressure = _load(values, settings)
     floor = settings.min_replicas if state.isolated else 0
-    raw = recommend(state.level, fired, below, pressure, floor, settings)
+    raw = recommend(state.level, fired, below, pressure, floor, settings, cpu=last.cpu_ratio)
     up_window, down_window = max(1, settings.ticks(settings.up_window)), max(1, settings.ticks(settings.down_window))
     recent = tuple((at, level) for at, level in state.recommendations if at > tick - max(up_window, down_window))
     recent += ((tick, raw),)
