@@ -155,6 +155,9 @@ def trigger_config(settings: Settings) -> TriggerConfig:
         if settings.app.cells and cell not in settings.app.cells:
             raise ConfigError(f"{settings.source} [{name}]: the app has no cell {cell!r} "
                               f"(cells: {', '.join(settings.app.cells)})")
+        if "interval" in values:  # the controller samples every cell at once, on one clock
+            raise ConfigError(f"{settings.source} [{name}] interval: the sampling interval is global; "
+                              "set it in [triggers]")
         cells[cell] = section_model(settings.source, name, TriggerSettings, {**base, **values})
     return TriggerConfig(default=default, cells=cells)
 
