@@ -34,6 +34,7 @@ PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("cellmono.cli.worker:register", "run one cell out of process, connected to the broker"),
     "serve": ("cellmono.cli.serve:register", "serve the app's tools to MCP clients (HTTP on 127.0.0.1, or --stdio)"),
     "docs": ("cellmono.cli.docs:register", "build the documentation site offline, or serve it on loopback"),
+    "triggers": ("cellmono.cli.triggers:register", "replay a metric trace through the trigger policy, or explain a decision"),
 }
 
 # The optional extra that brings each third-party package a command group may need.
