@@ -7,13 +7,14 @@ Docs: https://cellmono.github.io/cellmono/signals.html.md"""
 # %% ../../nbs/55_signals.ipynb #0875e1c6
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -60,6 +61,19 @@ class Sample(BaseModel):
     @classmethod
     def _no_isolation(cls, value: Any) -> Any:
         return None if isinstance(value, str) and value.strip().lower() in ("", "none", "false") else value
+
+    @functools.cached_property
+    def bad_fraction(self) -> float:
+        """How bad this interval was for the SLO: 1 when p95 missed `slo_p95_ms`, else the share of failed requests."""
+        if self.p95_ms is not None and self.slo_p95_ms is not None and self.p95_ms > self.slo_p95_ms:
+            return 1.0
+        return min(1.0, (self.errors + self.timeouts) / self.requests) if self.requests else 0.0
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with `update` applied; derived values are computed afresh, never copied stale."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("bad_fraction", None)
+        return copy
 
 # %% ../../nbs/55_signals.ipynb #847f9f16
 Mode = Literal["off", "recommend", "promote"]

@@ -20,24 +20,19 @@ __all__ = ['Action', 'MOVES', 'LOAD_RULES', 'DECLARED_RULES', 'SIZE_EXIT', 'burn
            'recommend', 'decide', 'unapplied', 'history_ticks', 'replay']
 
 # %% ../../nbs/56_triggers.ipynb #14383539
-def _bad(sample: Sample) -> float:
-    if sample.p95_ms is not None and sample.slo_p95_ms is not None and sample.p95_ms > sample.slo_p95_ms:
-        return 1.0
-    return min(1.0, (sample.errors + sample.timeouts) / sample.requests) if sample.requests else 0.0
-
-
 def burn_rates(history: Sequence[Sample], settings: TriggerSettings) -> list[tuple[float, float]]:
     """(long, short) burn rate of each `burn_windows` pair over `history`; (0, 0) while it is shorter than the short window."""
     budget = 1.0 - settings.slo_objective
+    longest = max([0, *(settings.ticks(long) for long, _, _ in settings.burn_windows)])
+    bad = [sample.bad_fraction for sample in history[-longest:]] if longest else []
     rates = []
     for long, short, _ in settings.burn_windows:
         long_ticks, short_ticks = settings.ticks(long), settings.ticks(short)
         if len(history) < short_ticks:
             rates.append((0.0, 0.0))
             continue
-        long_part, short_part = history[-long_ticks:], history[-short_ticks:]
-        rates.append((sum(map(_bad, long_part)) / len(long_part) / budget,
-                      sum(map(_bad, short_part)) / len(short_part) / budget))
+        long_part, short_part = bad[-long_ticks:], bad[-short_ticks:]
+        rates.append((sum(long_part) / len(long_part) / budget, sum(short_part) / len(short_part) / budget))
     return rates
 
 
