@@ -35,6 +35,7 @@ PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("cellmono.cli.serve:register", "serve the app's tools to MCP clients (HTTP on 127.0.0.1, or --stdio)"),
     "docs": ("cellmono.cli.docs:register", "build the documentation site offline, or serve it on loopback"),
     "runbook": ("cellmono.cli.runbook:register", "list, show, dry-run or apply an operations runbook; its history"),
+    "triggers": ("cellmono.cli.triggers:register", "replay a metric trace through the trigger policy, or explain a decision"),
 }
 
 # The optional extra that brings each third-party package a command group may need.

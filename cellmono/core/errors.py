@@ -69,6 +69,7 @@ class CellmonoError(Exception):
     │   ├── CheckFailed                       a runbook step's check did not hold
     │   ├── ApplyRefused (PermissionError)    --apply without a dry run of the same content hash
     │   └── RunbookFailed                     a step failed, the archive was not writable, or the kernel died
+    ├── TraceError (ValueError)               a file that is not a trigger trace (ops)
     └── SandboxError                          running untrusted code (sandbox)
         ├── PolicyError (ValueError)          a policy or capability the sandbox cannot honour
         ├── BackendUnavailable                the backend cannot run on this machine
