@@ -118,7 +118,7 @@ def run_gates(repo: Path, commands: tuple[str, ...], files: dict[str, bytes], ce
         for relative, data in files.items():
             (tree / relative).parent.mkdir(parents=True, exist_ok=True)
             (tree / relative).write_bytes(data)
-        values = {"python": sys.executable, "cellmono": shutil.which("cellmono", path=str(Path(sys.executable).parent))
+        values = {"python": sys.executable, "bin": str(Path(sys.executable).parent), "cellmono": shutil.which("cellmono", path=str(Path(sys.executable).parent))
                   or "cellmono", "cell": cell_folder, "notebook": notebook}
         environment = {**os.environ, "PYTHONPATH": str(tree), "IN_TEST": "1"}
         results: list[dict[str, Any]] = []
