@@ -39,6 +39,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         outcome = run_cell(cell, mode="record" if args.record else "replay", repo=_repo(args), settings=args.settings)
     except GateFailed as error:
+        print(error.report)
         print(f"cellmono: gates failed: {error}")
         return 1
     if outcome.report is not None:

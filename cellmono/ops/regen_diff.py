@@ -11,6 +11,7 @@ import ast
 import difflib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from typing import Any
 
 import griffe
 import nbdime
+import nbformat
 
 # %% auto #0
 __all__ = ['DiffReport', 'semantic_diff', 'GateResult', 'run_gates']
@@ -34,6 +36,9 @@ class DiffReport:
     markdown: str
     changed_cells: int
     api_breaks: tuple[str, ...] = ()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _sources(notebook: bytes | None) -> list[dict[str, Any]]:
@@ -49,7 +54,8 @@ def _api_breaks(name: str, old_module: str | None, new_module: str) -> list[str]
         try:
             old = griffe.load(name, search_paths=[old_dir], force_inspection=False)
             new = griffe.load(name, search_paths=[new_dir], force_inspection=False)
-            return [change.explain() for change in griffe.find_breaking_changes(old, new)]
+            return [_ANSI.sub("", change.explain()).replace(f"{old_dir}/", "").replace(f"{new_dir}/", "").strip()
+                    for change in griffe.find_breaking_changes(old, new)]
         except Exception as error:  # noqa: BLE001 - griffe cannot load it: say so in the report, fail closed
             return [f"the API could not be compared ({type(error).__name__}: {error})"]
 
@@ -77,8 +83,8 @@ def semantic_diff(name: str, old_notebook: bytes | None, new_notebook: bytes,
         lines += [f"## cell {index} ({kind}): {label}", "", "```diff",
                   *difflib.unified_diff((before or "").splitlines(), (after or "").splitlines(), "before", "after",
                                         lineterm=""), "```", ""]
-    structure = nbdime.diff_notebooks({"cells": old_cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5},
-                                      json.loads(new_notebook)) if old_notebook else []
+    structure = nbdime.diff_notebooks(nbformat.reads(old_notebook.decode(), as_version=4),  # type: ignore[no-untyped-call]
+                                      nbformat.reads(new_notebook.decode(), as_version=4)) if old_notebook else []  # type: ignore[no-untyped-call]
     breaks = _api_breaks(name, old_module, new_module)
     lines += [f"nbdime: {len(structure)} top-level change(s); {changed} cell(s) differ.", "",
               "## API (griffe, against HEAD)", ""]

@@ -120,9 +120,6 @@ def _entry(cell: RegenCell, plan: Plan, candidate: Candidate, *, mode: str, mode
 def _land(cell: RegenCell, candidate: Candidate, entry: dict[str, Any]) -> None:
     cell.notebook.write_bytes(candidate.notebook)
     _module_path(cell).write_bytes(candidate.module)
-    reports = cell.genops / "reports"
-    reports.mkdir(exist_ok=True)
-    (reports / f"{entry['id']:04d}.md").write_text(candidate.report.markdown, encoding="utf-8")
 
 
 def run_cell(cell: RegenCell, *, mode: str = "replay", repo: Path | None = None, settings: str | Path | None = None,
@@ -183,9 +180,12 @@ def run_cell(cell: RegenCell, *, mode: str = "replay", repo: Path | None = None,
 def _finish(cell: RegenCell, candidate: Candidate, entry: dict[str, Any], settings: str | Path | None) -> RunOutcome:
     details = {"entry": entry["id"], "sha256": entry["sha256"], "model": entry["model_returned"],
                "cost_usd": entry["cost_usd"], "passed": candidate.gates.passed}
+    reports = cell.genops / "reports"
+    reports.mkdir(exist_ok=True)
+    (reports / f"{entry['id']:04d}.md").write_text(candidate.report.markdown, encoding="utf-8")
     if not candidate.gates.passed:
         error = GateFailed(f"the gates failed on {cell.name} (ledger entry {entry['id']}); nothing landed: "
-                           f"{candidate.gates.failure()[:400]}")
+                           f"{candidate.gates.failure()[:400]}", candidate.report.markdown)
         audit(settings, "run", cell, details, error)
         raise error
     _land(cell, candidate, entry)

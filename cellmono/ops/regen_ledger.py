@@ -54,7 +54,11 @@ class LedgerError(RegenError, ValueError):
 
 
 class GateFailed(RegenError):
-    """A gate failed on the regenerated cell; nothing landed."""
+    """A gate failed on the regenerated cell; nothing landed. `report` is the diff report (Markdown)."""
+
+    def __init__(self, message: str, report: str = "") -> None:
+        super().__init__(message)
+        self.report = report
 
 # %% ../../nbs/63_regen_ledger.ipynb #a41bd1b0
 GENESIS = "0" * 64

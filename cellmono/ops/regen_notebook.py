@@ -8,6 +8,7 @@ Docs: https://cellmono.github.io/cellmono/regen_notebook.html.md"""
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import re
 import tempfile
@@ -68,7 +69,7 @@ def build_notebook(name: str, cells: list[dict[str, str]]) -> bytes:
     for index, cell in enumerate(cells):
         make = new.new_code_cell if cell["type"] == "code" else new.new_markdown_cell
         notebook.cells.append(make(cell["source"], id=cell_id(name, index, cell["type"])))  # type: ignore[no-untyped-call]
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, contextlib.chdir(folder):
         path = Path(folder) / f"{name}.ipynb"
         nbformat.write(notebook, path)  # type: ignore[no-untyped-call]
         nbdev_clean(fname=str(path))
@@ -88,10 +89,13 @@ def normalized_sha256(notebook: bytes) -> str:
 def export_module(folder: Path, name: str, notebook: bytes) -> tuple[Path, Path]:
     """Write `NAME.ipynb` into `folder` and export its `#| default_exp` module there; returns (notebook, module)."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.ipynb"
-    path.write_bytes(notebook)
     module = _DEFAULT_EXP.search("\n".join("".join(cell["source"]) for cell in json.loads(notebook)["cells"]
                                            if cell["cell_type"] == "code"))
-    target = folder / f"{module.group(1) if module else name}.py"
-    nb_export(str(path), lib_path=str(folder))
-    return path, target
+    file_name = f"{module.group(1) if module else name}.py"
+    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+        (Path(scratch) / f"{name}.ipynb").write_bytes(notebook)
+        nb_export(f"{name}.ipynb", lib_path=".")
+        exported = (Path(scratch) / file_name).read_bytes()
+    (folder / f"{name}.ipynb").write_bytes(notebook)
+    (folder / file_name).write_bytes(exported)
+    return folder / f"{name}.ipynb", folder / file_name
