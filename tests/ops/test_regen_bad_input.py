@@ -110,3 +110,14 @@ def test_rollback_of_an_unknown_entry(repo: Path, capsys) -> None:
     make_repo(repo)
     assert "no ledger entry '7'" in refused(capsys, repo, "rollback", "greeter:7")
     assert "name it CELL:ID" in refused(capsys, repo, "rollback", "zz")
+
+
+def test_without_the_extra_it_says_how_to_install_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = ("import sys; sys.modules['openai'] = None\n"  # as if the regen extra were not installed
+              "from cellmono.cli.main import main; raise SystemExit(main(['regen', 'verify']))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "pip install 'cellmono[regen]'" in done.stderr
