@@ -36,11 +36,12 @@ PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
     "docs": ("cellmono.cli.docs:register", "build the documentation site offline, or serve it on loopback"),
     "runbook": ("cellmono.cli.runbook:register", "list, show, dry-run or apply an operations runbook; its history"),
     "triggers": ("cellmono.cli.triggers:register", "replay a metric trace through the trigger policy, or explain a decision"),
+    "regen": ("cellmono.cli.regen:register", "regenerate a cell from its requirements; verify its GenOps ledger"),
 }
 
 # The optional extra that brings each third-party package a command group may need.
 _EXTRAS = {"mcp": "gateway", "uvicorn": "gateway", "jwt": "gateway", "wasmtime": "sandbox", "nats": "nats",
-           "redis": "redis"}
+           "redis": "redis", "openai": "regen", "nbdime": "regen", "griffe": "regen", "nbdev": "regen"}
 
 
 def load_command(name: str, parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,1 @@
+"""The wordcount cell: regenerated from requirements.md by `cellmono regen` (see genops/)."""
