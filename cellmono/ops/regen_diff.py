@@ -26,7 +26,7 @@ import nbdime
 import nbformat
 
 # %% auto #0
-__all__ = ['DiffReport', 'semantic_diff', 'GateResult', 'run_gates']
+__all__ = ['DiffReport', 'semantic_diff', 'contract_versions', 'version_bumped', 'GateResult', 'run_gates']
 
 # %% ../../nbs/67_regen_diff.ipynb #a8773b34
 @dataclass(frozen=True)
@@ -90,6 +90,37 @@ def semantic_diff(name: str, old_notebook: bytes | None, new_notebook: bytes,
               "## API (griffe, against HEAD)", ""]
     lines += [f"- BREAKING: {item}" for item in breaks] or ["- no breaking change"]
     return DiffReport("\n".join(lines) + "\n", changed, tuple(breaks))
+
+# %% ../../nbs/67_regen_diff.ipynb #vb1511c
+def contract_versions(module_source: str | None) -> dict[str, str]:
+    """The `version = "..."` each class of the module declares (a cell's contract version), by class name."""
+    if not module_source:
+        return {}
+    found: dict[str, str] = {}
+    for node in ast.parse(module_source).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for statement in node.body:
+            target = statement.target if isinstance(statement, ast.AnnAssign) else (
+                statement.targets[0] if isinstance(statement, ast.Assign) and len(statement.targets) == 1 else None)
+            value = getattr(statement, "value", None)
+            if isinstance(target, ast.Name) and target.id == "version" and isinstance(value, ast.Constant):
+                found[node.name] = str(value.value)
+    return found
+
+
+def version_bumped(old_module: str | None, new_module: str) -> bool:
+    """Whether some class's contract `version` is higher than at HEAD (numeric parts compared as numbers)."""
+    def key(text: str) -> tuple[int | str, ...]:
+        return tuple(int(part) if part.isdigit() else part for part in re.split(r"[.\-]", text))
+    old, new = contract_versions(old_module), contract_versions(new_module)
+    for name, version_text in new.items():
+        try:
+            if key(version_text) > key(old.get(name, "1")):
+                return True
+        except TypeError:  # "1.a" against "1.2": not comparable, so not a bump
+            continue
+    return False
 
 # %% ../../nbs/67_regen_diff.ipynb #df62f544
 @dataclass(frozen=True)

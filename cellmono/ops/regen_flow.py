@@ -18,7 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from .regen_diff import DiffReport, GateResult, run_gates, semantic_diff
+from .regen_diff import DiffReport, GateResult, run_gates, semantic_diff, version_bumped
 from .regen_ledger import GateFailed, LedgerError, ProviderError, RegenError, RegenInputError, ReplayMissing
 from .regen_notebook import build_notebook, export_module, normalized_sha256, parse_cells
 from .regen_provider import find_response, load_response, record, store_response
@@ -86,9 +86,11 @@ def evaluate(cell: RegenCell, plan: Plan, content: str, repo: Path) -> Candidate
     gates = run_gates(repo, plan.policy.gates.commands,
                       {_relative(repo, cell.notebook): notebook, _relative(repo, _module_path(cell)): module},
                       _relative(repo, cell.folder), _relative(repo, cell.notebook), plan.policy.gates.timeout_s)
-    if report.api_breaks and plan.policy.gates.api_break == "fail":
+    allowed = plan.policy.gates.api_break == "allow" and version_bumped(old_module, module.decode())
+    if report.api_breaks and not allowed:
+        why = "" if plan.policy.gates.api_break == "fail" else "api_break = allow needs a contract version bump: "
         gates = GateResult(False, [*gates.results, {"command": "griffe: API against HEAD", "exit": 1,
-                                                    "output": "; ".join(report.api_breaks)}])
+                                                    "output": why + "; ".join(report.api_breaks)}])
     return Candidate(notebook, module, report, gates)
 
 # %% ../../nbs/68_regen_flow.ipynb #51417eca
