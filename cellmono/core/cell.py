@@ -55,6 +55,7 @@ class Spec:
     uri: str = ""  # a resource's URI or URI template
     mime_type: str | None = None  # a resource's MIME type
     target: tuple[str, str, str] | None = None  # a completion's (ref kind, prompt name or URI template, argument)
+    client: tuple[str, ...] = ()  # the MCP client capabilities a tool needs (sampling, elicitation, roots)
 
     @property
     def name(self) -> str:
@@ -102,10 +103,10 @@ def handles(subject: str, *, queue: str | None = None, requires: tuple[str, ...]
 @overload
 def tool(function: _Method, /) -> _Method: ...
 @overload
-def tool(*, requires: tuple[str, ...] | str | None = None, name: str | None = None,
-         description: str | None = None, sandbox: str | None = None) -> Callable[[_Method], _Method]: ...
-def tool(function: _Method | None = None, *, requires: tuple[str, ...] | str | None = None,
-         name: str | None = None, description: str | None = None, sandbox: str | None = None
+def tool(*, requires: tuple[str, ...] | str | None = None, name: str | None = None, description: str | None = None,
+         sandbox: str | None = None, client: tuple[str, ...] | str = ()) -> Callable[[_Method], _Method]: ...
+def tool(function: _Method | None = None, *, requires: tuple[str, ...] | str | None = None, name: str | None = None,
+         description: str | None = None, sandbox: str | None = None, client: tuple[str, ...] | str = ()
          ) -> _Method | Callable[[_Method], _Method]:
     """Mark a method as an LLM-callable tool: typed pydantic input and output, declared capabilities."""
     def mark(function: _Method) -> _Method:
@@ -120,7 +121,7 @@ def tool(function: _Method | None = None, *, requires: tuple[str, ...] | str | N
             kind="tool", attribute=function.__name__, subject=name or function.__name__, input=model_in,
             output=model_out, requires=_tuple(requires or ()), requires_declared=requires is not None,
             description=description or inspect.getdoc(function) or "", sandbox=sandbox,
-            takes_envelope=takes_envelope, problems=tuple(problems)))
+            takes_envelope=takes_envelope, problems=tuple(problems), client=_tuple(client)))
         return function
     return mark(function) if function is not None else mark
 
@@ -188,8 +189,7 @@ def mcp_result(role: McpRole, result: Any) -> Any:
     if role == "prompt" and isinstance(result, list):
         return PromptResult(messages=result)
     if role == "completion" and isinstance(result, list):
-        return Completions(values=[str(value) for value in result[:100]], total=len(result),
-                           has_more=len(result) > 100)
+        return Completions(values=[str(v) for v in result[:100]], total=len(result), has_more=len(result) > 100)
     return result
 
 # %% ../../nbs/06_cell.ipynb #e7c427a4

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import mcp_types as types
+from mcp.server import Server
 from mcp.shared.exceptions import MCPError
-from mcp_types.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS
+from mcp_types.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, MISSING_REQUIRED_CLIENT_CAPABILITY
 from pydantic import BaseModel, TypeAdapter
 
 from ..core.app import App
@@ -151,6 +152,7 @@ class CatalogBase:
     policy: Policy
     settings: Any  # cellmono.gateway.server.GatewaySettings
     minter: Any  # cellmono.gateway.server.Minter
+    tools: dict[str, Any]  # cellmono.gateway.server.ToolEntry by MCP name
     resources: list[ResourceEntry]
     prompts: dict[str, PromptEntry]
     completions: dict[tuple[str, str, str], Spec]
@@ -303,6 +305,15 @@ class Catalog(Resources):
         return types.CompleteResult(completion=types.Completion(values=values.values[:100], total=values.total,
                                                                 has_more=values.has_more))
 
+    def check_client(self, context: Any, name: Any, capabilities: Any) -> None:
+        """Refuse (`-32021`, audited) a call of a tool needing client capabilities (`@tool(client=...)`) the client lacks."""
+        entry = self.tools.get(name) if isinstance(name, str) else None
+        missing = [need for need in (entry.spec.client if entry is not None else ()) if getattr(capabilities, need, None) is None]
+        if entry is not None and missing:
+            message = (f"{name} needs the client capabilities {', '.join(missing)}, which this client did not declare")
+            self.record(context, "tools/call", entry.spec.subject, "rejected", status=400, reason=message)
+            raise MCPError(MISSING_REQUIRED_CLIENT_CAPABILITY, message, {"requiredCapabilities": {m: {} for m in missing}})
+
     def catalog_handlers(self, context_of: Callable[[Any], Any]) -> dict[str, Any]:
         """The `Server` keyword arguments serving what the app declares (none for what it does not)."""
         handlers: dict[str, Any] = {}
@@ -333,3 +344,31 @@ class Catalog(Resources):
 
             handlers["on_completion"] = on_completion
         return handlers
+
+    def install(self, server: Server[Any], context_of: Callable[[Any], Any]) -> None:
+        """Add `resources/subscribe`, `resources/unsubscribe` (checked like a read) and `logging/setLevel` to `server`."""
+        async def subscription(ctx: Any, uri: str, method: str) -> types.EmptyResult:
+            context = context_of(ctx)
+            entry = next((e for e in self.resources if e.match(uri) is not None), None)
+            if entry is None:
+                raise self.refuse(context, method, f"Resource not found: {uri[:200]}", {"uri": uri[:2000]})
+            if not self.allowed(context.identity, entry.requires):
+                self.record(context, method, entry.spec.subject, "denied", status=403)
+                raise MCPError(_FORBIDDEN, f"{context.identity.principal!r} may not read {uri[:200]}")
+            self.record(context, method, entry.spec.subject, "ok")
+            return types.EmptyResult()
+
+        async def on_subscribe(ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
+            return await subscription(ctx, str(params.uri), "resources/subscribe")
+
+        async def on_unsubscribe(ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+            return await subscription(ctx, str(params.uri), "resources/unsubscribe")
+
+        async def on_set_level(ctx: Any, params: types.SetLevelRequestParams) -> types.EmptyResult:
+            self.record(context_of(ctx), "logging/setLevel", None, "ok", reason=f"level {params.level}")
+            return types.EmptyResult()
+
+        if self.resources:
+            server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, on_subscribe)
+            server.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, on_unsubscribe)
+        server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, on_set_level)

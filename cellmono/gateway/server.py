@@ -238,7 +238,7 @@ class Gateway(Catalog):
 
     def entry(self, name: Any) -> ToolEntry:
         """The tool named `name`; `MCPError` (invalid params) when there is none."""
-        entry = self.tools.get(name) if isinstance(name, str) else None
+        entry: ToolEntry | None = self.tools.get(name) if isinstance(name, str) else None
         if entry is None:
             raise MCPError(INVALID_PARAMS, f"Unknown tool: {str(name)[:200]}")
         return entry
@@ -358,11 +358,15 @@ class Gateway(Catalog):
             return await self.list_tools(context_of(ctx), getattr(params, "cursor", None))
 
         async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
-            return await self.call_tool(context_of(ctx), params.name, params.arguments)
+            context = context_of(ctx)
+            self.check_client(context, params.name, getattr(ctx.session, "client_capabilities", None))
+            return await self.call_tool(context, params.name, params.arguments)
 
-        return Server(self.app.settings.app.name, version=_VERSION, on_list_tools=on_list_tools,
-                      on_call_tool=on_call_tool, **self.catalog_handlers(context_of),
-                      instructions=f"Tools of the cellmono app {self.app.settings.app.name!r}.")
+        server = Server(self.app.settings.app.name, version=_VERSION, on_list_tools=on_list_tools,
+                        on_call_tool=on_call_tool, **self.catalog_handlers(context_of),
+                        instructions=f"Tools of the cellmono app {self.app.settings.app.name!r}.")
+        self.install(server, context_of)
+        return server
 
 
 _DENIALS = frozenset({"denied", "unauthenticated", "rate_limited", "overloaded", "rejected"})

@@ -7,7 +7,7 @@ import base64
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from cellmono.core.cell import Cell, CompletionRequest, Empty, ToolContent, completes, prompt, resource, tool
 
@@ -47,6 +47,11 @@ class Contact(BaseModel):
 
 class Prompted(BaseModel):
     prompt: str = ""
+
+
+class Region(BaseModel):
+    region: str = Field(default="<none>", description="Mirrored into the Mcp-Param-Region header",
+                        json_schema_extra={"x-mcp-header": "Region"})
 
 
 class TemplateId(BaseModel):
@@ -107,6 +112,16 @@ class ConformanceCell(Cell):
     async def json_schema_2020_12_tool(self, request: Contact) -> ToolContent:
         """Tests JSON Schema 2020-12 keyword preservation in tools/list"""
         return _text("json_schema_2020_12_tool")
+
+    @tool(requires=())
+    async def test_x_mcp_header(self, request: Region) -> ToolContent:
+        """Tests SEP-2243 Mcp-Param-* server-side validation"""
+        return _text(f"region={request.region}")
+
+    @tool(requires=(), client="sampling")
+    async def test_missing_capability(self, request: Empty) -> ToolContent:
+        """Needs the client's sampling capability: a client without it gets -32021 before the cell runs"""
+        return _text("the client declared sampling")
 
     # -- resources --------------------------------------------------------------------------------
     @resource("test://static-text", requires=(), description="A static text resource for testing")

@@ -96,6 +96,9 @@ async def test_bad_input_is_a_clear_mcp_error(server, mode: str) -> None:
         missing = await refusal(mcp.get_prompt("test_prompt_with_arguments", {"arg1": "only one"}))
         assert missing.code == -32602 and "arg2: Field required" in missing.message
         assert (await refusal(mcp.get_prompt("no_such_prompt", {}))).message == "Unknown prompt: no_such_prompt"
+        needs = await refusal(mcp.call_tool("test_missing_capability", {}))  # this client declares no sampling
+        assert (needs.code, needs.data) == (-32021, {"requiredCapabilities": {"sampling": {}}})
+        assert "needs the client capabilities sampling" in needs.message
         assert (await mcp.list_tools()).tools  # the server is still serving
 
 
