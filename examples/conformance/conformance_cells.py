@@ -123,6 +123,16 @@ class ConformanceCell(Cell):
         """Needs the client's sampling capability: a client without it gets -32021 before the cell runs"""
         return _text("the client declared sampling")
 
+    @tool(requires=(), client="elicitation")
+    async def test_streaming_elicitation(self, request: Empty) -> ToolContent:
+        """Diagnostic: its answer stream carries no request of the server's own"""
+        return _text("streamed without independent requests")
+
+    @tool(requires=())
+    async def test_logging_tool(self, request: Empty) -> ToolContent:
+        """Diagnostic: sends no log message to a client that set no log level"""
+        return _text("nothing logged")
+
     # -- resources --------------------------------------------------------------------------------
     @resource("test://static-text", requires=(), description="A static text resource for testing")
     async def static_text(self, request: Empty) -> str:
