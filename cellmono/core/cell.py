@@ -1,4 +1,4 @@
-"""`Cell`: a module with typed contracts. Handlers with `@handles`, LLM-callable tools with `@tool`, supervised loops with `@background`.
+"""`Cell`: a module with typed contracts. Handlers with `@handles`, LLM-callable tools with `@tool`, MCP resources, prompts and completions with `@resource`, `@prompt` and `@completes`, supervised loops with `@background`.
 
 Docs: https://cellmono.github.io/cellmono/cell.html.md"""
 

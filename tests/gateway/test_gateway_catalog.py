@@ -135,3 +135,19 @@ def test_reads_gets_and_refusals_are_audited(tmp_path: Path) -> None:
                        ("gateway.prompts/get", "conformance.test_prompt_with_arguments", "invalid")]
     deliveries = [r["resource"] for r in records if r["action"] == "deliver" and r["actor"] == "admin"]
     assert "conformance.static_text" in deliveries  # the bus guard checked the read again on delivery
+
+
+def test_mcp_param_headers_must_agree_with_the_arguments(server) -> None:
+    with httpx.Client(timeout=10) as http:
+        def call(region_header: str | None) -> httpx.Response:
+            headers, body = modern_request("tools/call", {"name": "test_x_mcp_header", "arguments": {"region": "eu"}},
+                                           key=server.key, name="test_x_mcp_header")
+            if region_header is not None:
+                headers["Mcp-Param-Region"] = region_header
+            return http.post(server.url, headers=headers, content=body)
+
+        agreed = call("eu")
+        assert agreed.status_code == 200 and agreed.json()["result"]["content"][0]["text"] == "region=eu"
+        for wrong in ("us", None):  # another value, or the header missing for a value the body carries
+            refused = call(wrong)
+            assert refused.status_code == 400 and refused.json()["error"]["code"] == -32020, refused.text
