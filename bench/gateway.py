@@ -7,6 +7,9 @@ its audit sink; FastMCP: its LoggingMiddleware). Each server runs alone in its o
 uvicorn with uvloop and httptools; the same lean load generator (raw asyncio sockets, ready-made
 requests, keep-alive connections) runs in another process, checks every response, and measures
 latency. Server CPU per call is the server process's own CPU time over the calls it answered.
+cellmono alone is also measured reading a resource (`resource_read_per_s`) and getting a prompt
+(`prompt_get_per_s`) through the same door, 16 clients; `task_roundtrip_ms` and
+`progress_overhead` are null until the gateway has tasks and progress.
 
     python bench/gateway.py [--quick]       last stdout line: one JSON object
 """
@@ -34,12 +37,15 @@ def serve_cellmono(port: int, folder: Path) -> None:
     from pydantic import BaseModel
 
     from cellmono.core.app import App
-    from cellmono.core.cell import Cell, tool
+    from cellmono.core.cell import Cell, prompt, resource, tool
     from cellmono.core.config import Settings
     from cellmono.runtime.serve import build, serve_http
 
     class Text(BaseModel):
         text: str
+
+    class NoteId(BaseModel):
+        id: int
 
     class BenchCell(Cell):
         name = "bench"
@@ -48,6 +54,14 @@ def serve_cellmono(port: int, folder: Path) -> None:
         async def echo(self, request: Text) -> Text:
             """Echo the text."""
             return Text(text=request.text)
+
+        @resource("bench://notes/{id}", requires="bench:read")
+        async def note(self, request: NoteId) -> str:
+            return f"note {request.id}"
+
+        @prompt(requires="bench:read")
+        async def greet(self, request: Text) -> str:
+            return f"Hello, {request.text}!"
 
     settings = Settings(source=str(folder / "settings.ini"), extra_sections={
         "gateway": {"port": str(port), "jwks": str(folder / "jwks.json"), "issuer": ISSUER, "api_keys": "false",
@@ -101,14 +115,22 @@ def serve_fastmcp(port: int, folder: Path) -> None:
 
 
 # -- the load generator (run as `--load`) -------------------------------------------------------
-def request_bytes(port: int, token: str, request_id: int) -> bytes:
-    body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {
-        "name": "bench.echo", "arguments": {"text": TEXT},
-        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                  "io.modelcontextprotocol/clientCapabilities": {}}}}).encode()
+# what each measured method sends (params, the Mcp-Name header) and the answer it must get
+METHODS = {
+    "tools/call": ({"name": "bench.echo", "arguments": {"text": TEXT}}, "bench.echo"),
+    "resources/read": ({"uri": "bench://notes/1"}, "bench://notes/1"),
+    "prompts/get": ({"name": "bench.greet", "arguments": {"text": TEXT}}, "bench.greet"),
+}
+
+
+def request_bytes(port: int, token: str, request_id: int, method: str = "tools/call") -> bytes:
+    params, name = METHODS[method]
+    body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": {
+        **params, "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                            "io.modelcontextprotocol/clientCapabilities": {}}}}).encode()
     head = (f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
             f"Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n"
-            f"Mcp-Method: tools/call\r\nMcp-Name: bench.echo\r\nAuthorization: Bearer {token}\r\n"
+            f"Mcp-Method: {method}\r\nMcp-Name: {name}\r\nAuthorization: Bearer {token}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode() + body
 
@@ -134,19 +156,26 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         await reader.readexactly(2)
 
 
-def check(status: int, body: bytes) -> None:
+def check(status: int, body: bytes, method: str = "tools/call") -> None:
     if status != 200:
         raise AssertionError(f"HTTP {status}: {body[:300]!r}")
     if body.startswith(b"event:") or body.startswith(b"data:"):
         body = next(line[5:] for line in body.splitlines() if line.startswith(b"data:"))
     result = json.loads(body)["result"]
-    if result.get("isError") or result["structuredContent"]["text"] != TEXT:
+    if method == "resources/read":
+        ok = result["contents"][0]["text"] == "note 1"
+    elif method == "prompts/get":
+        ok = result["messages"][0]["content"]["text"] == f"Hello, {TEXT}!"
+    else:
+        ok = not result.get("isError") and result["structuredContent"]["text"] == TEXT
+    if not ok:
         raise AssertionError(f"unexpected result {result}")
 
 
-async def load(port: int, token: str, concurrency: int, seconds: float) -> dict[str, float]:
+async def load(port: int, token: str, concurrency: int, seconds: float, method: str = "tools/call"
+               ) -> dict[str, float]:
     latencies: list[float] = []
-    payload = request_bytes(port, token, 1)
+    payload = request_bytes(port, token, 1, method)
     stop_at = 0.0
 
     async def worker() -> None:
@@ -158,7 +187,7 @@ async def load(port: int, token: str, concurrency: int, seconds: float) -> dict[
                     return
                 writer.write(payload)
                 status, body = await read_response(reader)
-                check(status, body)
+                check(status, body, method)
                 latencies.append(time.perf_counter() - started)
         finally:
             writer.close()
@@ -193,7 +222,7 @@ def token(folder: Path, port: int) -> str:
 
     private = serialization.load_pem_private_key((folder / "private.pem").read_bytes(), password=None)
     return jwt.encode({"sub": "bench-user", "iss": ISSUER, "aud": f"http://127.0.0.1:{port}/mcp",
-                       "exp": time.time() + 3600, "scope": "tool:call:bench.echo bench:read",
+                       "exp": time.time() + 3600, "scope": "tool:call:bench.echo resource:read:bench.note prompt:get:bench.greet bench:read",
                        "client_id": "bench"}, private, algorithm="RS256", headers={"kid": "bench"})
 
 
@@ -218,9 +247,9 @@ def measure(name: str, folder: Path, seconds: float) -> dict[str, float]:
         bearer = token(folder, port)
         process = psutil.Process(server.pid)
 
-        def run_load(concurrency: int, duration: float) -> dict[str, float]:
+        def run_load(concurrency: int, duration: float, method: str = "tools/call") -> dict[str, float]:
             done = subprocess.run([sys.executable, __file__, "--load", "--port", str(port), "--token", bearer,
-                                   "--concurrency", str(concurrency), "--seconds", str(duration)],
+                                   "--concurrency", str(concurrency), "--seconds", str(duration), "--method", method],
                                   capture_output=True, text=True, check=False, cwd=ROOT)
             if done.returncode != 0:
                 raise RuntimeError(f"load generator failed against {name}: {done.stderr[-2000:]}")
@@ -231,8 +260,12 @@ def measure(name: str, folder: Path, seconds: float) -> dict[str, float]:
         one = run_load(1, seconds)
         many = run_load(150, seconds)
         cpu = sum(process.cpu_times()[:2]) - cpu_before
-        return {"calls_per_s_1": one["calls_per_s"], "calls_per_s_150": many["calls_per_s"],
-                "p95_ms_150": many["p95_ms"], "cpu_ms_per_call": cpu * 1000 / (one["calls"] + many["calls"])}
+        figures = {"calls_per_s_1": one["calls_per_s"], "calls_per_s_150": many["calls_per_s"],
+                   "p95_ms_150": many["p95_ms"], "cpu_ms_per_call": cpu * 1000 / (one["calls"] + many["calls"])}
+        if name == "cellmono":  # the catalog: resources and prompts over the same door, 16 clients
+            figures["resource_read_per_s"] = run_load(16, seconds / 2, "resources/read")["calls_per_s"]
+            figures["prompt_get_per_s"] = run_load(16, seconds / 2, "prompts/get")["calls_per_s"]
+        return figures
     finally:
         server.terminate()
         try:
@@ -251,6 +284,7 @@ def main() -> None:
     parser.add_argument("--folder", type=Path)
     parser.add_argument("--token")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--method", default="tools/call", choices=sorted(METHODS))
     args = parser.parse_args()
     if args.serve == "cellmono":
         serve_cellmono(args.port, args.folder)
@@ -260,7 +294,7 @@ def main() -> None:
         return
     if args.load:
         import uvloop
-        print(json.dumps(uvloop.run(load(args.port, args.token, args.concurrency, args.seconds))))
+        print(json.dumps(uvloop.run(load(args.port, args.token, args.concurrency, args.seconds, args.method))))
         return
     seconds = args.seconds or (1.5 if args.quick else 8.0)
     with tempfile.TemporaryDirectory(prefix="cellmono-bench-") as temporary:
@@ -282,6 +316,11 @@ def main() -> None:
         "ratio_throughput_150": round(cellmono["calls_per_s_150"] / fastmcp["calls_per_s_150"], 2),
         "cellmono_server_cpu_ms_per_call": round(cellmono["cpu_ms_per_call"], 3),
         "fastmcp_server_cpu_ms_per_call": round(fastmcp["cpu_ms_per_call"], 3),
+        "resource_read_per_s": round(cellmono["resource_read_per_s"], 1),
+        "prompt_get_per_s": round(cellmono["prompt_get_per_s"], 1),
+        # not measured yet: the gateway has no tasks and no progress path (issue 14, later slices)
+        "task_roundtrip_ms": None,
+        "progress_overhead": None,
     }
     print(json.dumps(result))
 

@@ -1,4 +1,4 @@
-"""`Cell`: a module with typed contracts. Handlers with `@handles`, LLM-callable tools with `@tool`, supervised loops with `@background`.
+"""`Cell`: a module with typed contracts. Handlers with `@handles`, LLM-callable tools with `@tool`, MCP resources, prompts and completions with `@resource`, `@prompt` and `@completes`, supervised loops with `@background`.
 
 Docs: https://cellmono.github.io/cellmono/cell.html.md"""
 
@@ -7,6 +7,7 @@ Docs: https://cellmono.github.io/cellmono/cell.html.md"""
 # %% ../../nbs/06_cell.ipynb #b6e17741
 from __future__ import annotations
 
+import base64
 import contextvars
 import inspect
 import logging
@@ -23,11 +24,13 @@ from .envelope import Envelope
 from .errors import ContractError, PayloadInvalid, validation_summary
 
 # %% auto #0
-__all__ = ['SpecKind', 'NAME_PATTERN', 'HealthStatus', 'Spec', 'handles', 'tool', 'background', 'Empty', 'NoSettings', 'Health',
-           'Cell']
+__all__ = ['SpecKind', 'McpRole', 'NAME_PATTERN', 'HealthStatus', 'Spec', 'handles', 'tool', 'background', 'ResourceContents',
+           'PromptResult', 'CompletionRequest', 'Completions', 'ToolContent', 'mcp_result', 'resource', 'prompt',
+           'completes', 'Empty', 'NoSettings', 'Health', 'Cell']
 
 # %% ../../nbs/06_cell.ipynb #a6da63d4
 SpecKind = Literal["handler", "listener", "tool", "background"]
+McpRole = Literal["resource", "prompt", "completion"]
 _MARK = "__cellmono_spec__"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
@@ -48,6 +51,11 @@ class Spec:
     sandbox: str | None = None
     takes_envelope: bool = False
     problems: tuple[str, ...] = field(default=())
+    mcp: McpRole | None = None  # an MCP resource, prompt or completion served by a handler
+    uri: str = ""  # a resource's URI or URI template
+    mime_type: str | None = None  # a resource's MIME type
+    target: tuple[str, str, str] | None = None  # a completion's (ref kind, prompt name or URI template, argument)
+    client: tuple[str, ...] = ()  # the MCP client capabilities a tool needs (sampling, elicitation, roots)
 
     @property
     def name(self) -> str:
@@ -95,10 +103,10 @@ def handles(subject: str, *, queue: str | None = None, requires: tuple[str, ...]
 @overload
 def tool(function: _Method, /) -> _Method: ...
 @overload
-def tool(*, requires: tuple[str, ...] | str | None = None, name: str | None = None,
-         description: str | None = None, sandbox: str | None = None) -> Callable[[_Method], _Method]: ...
-def tool(function: _Method | None = None, *, requires: tuple[str, ...] | str | None = None,
-         name: str | None = None, description: str | None = None, sandbox: str | None = None
+def tool(*, requires: tuple[str, ...] | str | None = None, name: str | None = None, description: str | None = None,
+         sandbox: str | None = None, client: tuple[str, ...] | str = ()) -> Callable[[_Method], _Method]: ...
+def tool(function: _Method | None = None, *, requires: tuple[str, ...] | str | None = None, name: str | None = None,
+         description: str | None = None, sandbox: str | None = None, client: tuple[str, ...] | str = ()
          ) -> _Method | Callable[[_Method], _Method]:
     """Mark a method as an LLM-callable tool: typed pydantic input and output, declared capabilities."""
     def mark(function: _Method) -> _Method:
@@ -113,7 +121,7 @@ def tool(function: _Method | None = None, *, requires: tuple[str, ...] | str | N
             kind="tool", attribute=function.__name__, subject=name or function.__name__, input=model_in,
             output=model_out, requires=_tuple(requires or ()), requires_declared=requires is not None,
             description=description or inspect.getdoc(function) or "", sandbox=sandbox,
-            takes_envelope=takes_envelope, problems=tuple(problems)))
+            takes_envelope=takes_envelope, problems=tuple(problems), client=_tuple(client)))
         return function
     return mark(function) if function is not None else mark
 
@@ -127,6 +135,116 @@ def background(function: _Method) -> _Method:
 
 def _tuple(requires: tuple[str, ...] | str) -> tuple[str, ...]:
     return (requires,) if isinstance(requires, str) else tuple(requires)
+
+# %% ../../nbs/06_cell.ipynb #e87750cd
+_TEMPLATE_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ResourceContents(BaseModel):
+    """What an `@resource` answers on the bus: `text`, or `blob` (base64), and the MIME type when not the declared one."""
+
+    text: str | None = None
+    blob: str | None = None
+    mime_type: str | None = None
+
+
+class PromptResult(BaseModel):
+    """What a `@prompt` answers on the bus: MCP prompt messages (`{"role", "content"}`) and an optional description."""
+
+    messages: list[dict[str, Any]]
+    description: str | None = None
+
+
+class CompletionRequest(BaseModel):
+    """The message of a `@completes` handler: the argument completed, its partial value, the arguments already given."""
+
+    argument: str
+    value: str = ""
+    context: dict[str, str] = {}
+
+
+class Completions(BaseModel):
+    """What a `@completes` handler answers: at most 100 values, the total known, whether more exist."""
+
+    values: list[str] = []
+    total: int | None = None
+    has_more: bool = False
+
+
+class ToolContent(BaseModel):
+    """A tool output that is MCP content blocks as they are (text, image, audio, resource), not one typed value."""
+
+    content: list[dict[str, Any]]
+    is_error: bool = False
+
+
+def mcp_result(role: McpRole, result: Any) -> Any:
+    """The model a resource, prompt or completion handler's plain answer stands for (a str, bytes, a list)."""
+    if role == "resource" and isinstance(result, str):
+        return ResourceContents(text=result)
+    if role == "resource" and isinstance(result, (bytes, bytearray)):
+        return ResourceContents(blob=base64.b64encode(bytes(result)).decode("ascii"))
+    if role == "prompt" and isinstance(result, str):
+        return PromptResult(messages=[{"role": "user", "content": {"type": "text", "text": result}}])
+    if role == "prompt" and isinstance(result, list):
+        return PromptResult(messages=result)
+    if role == "completion" and isinstance(result, list):
+        return Completions(values=[str(v) for v in result[:100]], total=len(result), has_more=len(result) > 100)
+    return result
+
+# %% ../../nbs/06_cell.ipynb #e7c427a4
+def _mcp_spec(function: Callable[..., Any], role: McpRole, requires: tuple[str, ...] | str | None,
+              name: str | None, description: str | None, problems: list[str], **extra: Any) -> Spec:
+    model_in, _, _, takes_envelope, more = _contracts(function)
+    problems[:0] = more
+    if model_in is None:
+        problems.append(f"a {role}'s message parameter must be annotated with a pydantic model (Empty for none)")
+    if requires is None:
+        problems.append(f"a {role} must declare the capabilities it requires: @{role}(requires=...)")
+    outputs: dict[str, type[BaseModel]] = {"resource": ResourceContents, "prompt": PromptResult, "completion": Completions}
+    output = outputs[role]
+    return Spec(kind="handler", attribute=function.__name__, subject=name or function.__name__, input=model_in,
+                output=output, requires=_tuple(requires or ()), requires_declared=requires is not None,
+                description=description or inspect.getdoc(function) or "", takes_envelope=takes_envelope,
+                problems=tuple(problems), mcp=role, **extra)
+
+
+def resource(uri: str, *, requires: tuple[str, ...] | str | None = None, name: str | None = None,
+             description: str | None = None, mime_type: str = "text/plain") -> Callable[[_Method], _Method]:
+    """Mark a method as the MCP resource `uri`, or the template `scheme://{var}` whose variables are its model's fields."""
+    def mark(function: _Method) -> _Method:
+        problems: list[str] = []
+        if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", uri):
+            problems.append(f"resource URI {uri!r} must start with a scheme (scheme://...)")
+        spec = _mcp_spec(function, "resource", requires, name, description, problems, uri=uri, mime_type=mime_type)
+        variables = set(_TEMPLATE_VARIABLE.findall(uri))
+        fields = set(spec.input.model_fields) if spec.input is not None else set()
+        if spec.input is not None and variables != fields:
+            spec = replace(spec, problems=(*spec.problems, f"the variables of {uri!r} ({', '.join(sorted(variables)) or 'none'}) "
+                                           f"must be the fields of {spec.input.__name__} ({', '.join(sorted(fields)) or 'none'})"))
+        setattr(function, _MARK, spec)
+        return function
+    return mark
+
+
+def prompt(*, requires: tuple[str, ...] | str | None = None, name: str | None = None,
+           description: str | None = None) -> Callable[[_Method], _Method]:
+    """Mark a method as an MCP prompt whose arguments are its (typed) model's fields."""
+    def mark(function: _Method) -> _Method:
+        setattr(function, _MARK, _mcp_spec(function, "prompt", requires, name, description, []))
+        return function
+    return mark
+
+
+def completes(argument: str, *, prompt: str | None = None, resource: str | None = None,
+              requires: tuple[str, ...] | str | None = None) -> Callable[[_Method], _Method]:
+    """Mark a method (taking a `CompletionRequest`) as the completion of `argument` of a prompt or a resource template."""
+    def mark(function: _Method) -> _Method:
+        problems = [] if (prompt is None) != (resource is None) else ["name exactly one of prompt= or resource="]
+        target = ("prompt", prompt, argument) if prompt is not None else ("resource", resource or "", argument)
+        setattr(function, _MARK, _mcp_spec(function, "completion", requires, None, None, problems, target=target))
+        return function
+    return mark
 
 # %% ../../nbs/06_cell.ipynb #b3566105
 class Empty(BaseModel):
@@ -155,7 +273,7 @@ class Health(BaseModel):
 
 # %% ../../nbs/06_cell.ipynb #f0e7da42
 class Cell:
-    """Base class of cells: declare handlers, tools and background loops; get bus, log and settings injected."""
+    """Base class of cells: declare handlers, tools, resources, prompts and background loops; get bus, log and settings injected."""
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
@@ -177,7 +295,7 @@ class Cell:
                 if isinstance(spec, Spec):
                     found[attribute] = spec
         cls.specs = tuple(
-            spec if spec.kind != "tool" else _tool_subject(spec, cls.name) for spec in found.values())
+            _tool_subject(spec, cls.name) if spec.kind == "tool" or spec.mcp else spec for spec in found.values())
 
     def __init__(self) -> None:
         self.log = logging.getLogger(f"cellmono.cell.{self.name}")
@@ -232,11 +350,15 @@ class Cell:
         """The cell's tools."""
         return tuple(spec for spec in self.specs if spec.kind == "tool")
 
+    def mcp_specs(self, role: McpRole) -> tuple[Spec, ...]:
+        """The cell's MCP resources, prompts or completions."""
+        return tuple(spec for spec in self.specs if spec.mcp == role)
+
     def bind(self, spec: Spec) -> Callable[[Envelope], Awaitable[Any]]:
         """The envelope handler for `spec`: validates the payload into its model, calls the method."""
         method = getattr(self, spec.attribute)
         model_in, model_out, takes_envelope = spec.input, spec.output, spec.takes_envelope
-        subject = spec.subject
+        subject, role = spec.subject, spec.mcp
 
         async def handler(envelope: Envelope) -> Any:
             message = envelope.payload
@@ -247,6 +369,8 @@ class Cell:
                     raise PayloadInvalid(f"{subject}: payload is not a valid {model_in.__name__}: "
                                          f"{validation_summary(error)}") from None
             result = await (method(message, envelope) if takes_envelope else method(message))
+            if role is not None:
+                result = mcp_result(role, result)
             if model_out is not None and type(result) is not model_out:
                 result = model_out.model_validate(result)
             return result

@@ -168,6 +168,10 @@ class GatewayHTTP:
         else:
             await self._json(send, 404, {"error": "not_found"})
 
+    def _input_schema(self, name: str) -> Any:
+        entry = self.gateway.tools.get(name)
+        return None if entry is None else entry.tool.input_schema
+
     def _scopes(self) -> list[str]:
         scopes: dict[str, None] = {}
         for entry in self.gateway.tools.values():
@@ -212,7 +216,7 @@ class GatewayHTTP:
                 self._audit(identity, read.method, "ok", 202, None, started)
                 return
             request_id, method = read.request.id, read.request.method
-            route = route_stateless(scope, read, headers)  # before any credential is read, as the spec requires
+            route = route_stateless(scope, read, headers, self._input_schema)  # before any credential is read
             identity = self._authenticate(headers)
             tool = self._authorize_call(identity, read.message)
         except Rejection as rejection:

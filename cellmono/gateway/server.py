@@ -26,7 +26,8 @@ from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, field_validat
 
 from ..core.app import App
 from .auth import Identity, InsufficientScope, Policy, tool_requirements
-from ..core.cell import Spec
+from ..core.cell import Spec, ToolContent
+from .catalog import Catalog, mcp_name, page, tool_content, unique_names
 from ..core.config import Section
 from ..core.errors import AccessDenied, CellmonoError, PayloadInvalid, RequestTimeout
 from .limits import RateLimited, RateLimiter
@@ -74,6 +75,8 @@ class GatewaySettings(Section):
     allow_internal: bool = False
     local_principal: str = "local"
     local_roles: tuple[str, ...] = ("admin",)
+    bare_names: bool = False
+    page_size: PositiveInt = 100
 
     @field_validator("allowed_hosts", "allowed_origins", "authorization_servers", "local_roles", mode="before")
     @classmethod
@@ -193,23 +196,26 @@ def _description(spec: Spec) -> str:
     return spec.description or f"{spec.subject} (cellmono tool)"
 
 
-def tool_entries(app: App) -> dict[str, ToolEntry]:
-    """Every `@tool` of the app's cells as an MCP tool, by name."""
+def tool_entries(app: App, bare: bool = False) -> dict[str, ToolEntry]:
+    """Every `@tool` of the app's cells as an MCP tool, by MCP name (without the cell prefix when `bare`)."""
     entries: dict[str, ToolEntry] = {}
     for cell in app.cells.values():
         for spec in cell.tools():
             if spec.input is None or spec.output is None:
                 continue  # App.verify() reports it; never expose an untyped tool
-            tool = types.Tool(name=spec.subject, description=_description(spec),
+            name = mcp_name(spec, bare)
+            unique_names([*((n, e.spec.subject) for n, e in entries.items()), (name, spec.subject)], "tools")
+            content = issubclass(spec.output, ToolContent)  # content blocks as they are: no output schema
+            tool = types.Tool(name=name, description=_description(spec),
                               input_schema=spec.input.model_json_schema(),
-                              output_schema=spec.output.model_json_schema())
-            entries[spec.subject] = ToolEntry(spec, tool_requirements(spec.subject, spec.requires), tool)
+                              output_schema=None if content else spec.output.model_json_schema())
+            entries[name] = ToolEntry(spec, tool_requirements(spec.subject, spec.requires), tool)
     return entries
 
 
 
-class Gateway:
-    """Exposes an app's tools to MCP clients: authorization, calls over the bus, audit, metrics, limits."""
+class Gateway(Catalog):
+    """Exposes an app's tools, resources, prompts and completions to MCP clients: authorization, calls over the bus, audit, metrics, limits."""
 
     def __init__(self, app: App, *, settings: GatewaySettings | None = None, policy: Policy | None = None,
                  audit: AuditSink | None = None, minter: Minter | None = None,
@@ -220,7 +226,8 @@ class Gateway:
         self.audit: AuditSink = audit or MemoryAudit()
         self.minter: Minter = minter or NoMinter()  # the runtime layer passes the app's TokenMinter
         self.metrics = metrics or GatewayMetrics()
-        self.tools = tool_entries(app)
+        self.tools = tool_entries(app, self.settings.bare_names)
+        self.init_catalog()
         self.principal_limits = RateLimiter(self.settings.rate, self.settings.burst)
         self.tool_limits = RateLimiter(self.settings.tool_rate, self.settings.tool_burst)
 
@@ -231,7 +238,7 @@ class Gateway:
 
     def entry(self, name: Any) -> ToolEntry:
         """The tool named `name`; `MCPError` (invalid params) when there is none."""
-        entry = self.tools.get(name) if isinstance(name, str) else None
+        entry: ToolEntry | None = self.tools.get(name) if isinstance(name, str) else None
         if entry is None:
             raise MCPError(INVALID_PARAMS, f"Unknown tool: {str(name)[:200]}")
         return entry
@@ -261,11 +268,11 @@ class Gateway:
             self.metrics.seen(identity.principal)
 
     # -- MCP methods ----------------------------------------------------------------------------
-    async def list_tools(self, context: CallContext) -> types.ListToolsResult:
-        """`tools/list`: only the tools this caller may call."""
-        tools = self.visible(context.identity)
+    async def list_tools(self, context: CallContext, cursor: str | None = None) -> types.ListToolsResult:
+        """`tools/list`: only the tools this caller may call, by page."""
+        tools, following = page(self.visible(context.identity), cursor, self.settings.page_size)
         self.record(context, "tools/list", None, "ok")
-        return types.ListToolsResult(tools=tools)
+        return types.ListToolsResult(tools=tools, next_cursor=following)
 
     async def call_tool(self, context: CallContext, name: Any, arguments: Any) -> types.CallToolResult:
         """`tools/call`: authorize, limit, call the cell over the bus, turn its answer into a tool result."""
@@ -326,6 +333,8 @@ class Gateway:
             metrics.in_flight -= 1
         structured = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
         self.record(context, "tools/call", tool_name, "ok", correlation_id=correlation)
+        if entry.tool.output_schema is None:
+            return tool_content(structured)
         return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(structured))],
                                     structured_content=structured)
 
@@ -346,14 +355,18 @@ class Gateway:
             raise MCPError(FORBIDDEN, "unauthenticated request")  # never reached through the gateway's own paths
 
         async def on_list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
-            return await self.list_tools(context_of(ctx))
+            return await self.list_tools(context_of(ctx), getattr(params, "cursor", None))
 
         async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
-            return await self.call_tool(context_of(ctx), params.name, params.arguments)
+            context = context_of(ctx)
+            self.check_client(context, params.name, getattr(ctx.session, "client_capabilities", None))
+            return await self.call_tool(context, params.name, params.arguments)
 
-        return Server(self.app.settings.app.name, version=_VERSION, on_list_tools=on_list_tools,
-                      on_call_tool=on_call_tool,
-                      instructions=f"Tools of the cellmono app {self.app.settings.app.name!r}.")
+        server = Server(self.app.settings.app.name, version=_VERSION, on_list_tools=on_list_tools,
+                        on_call_tool=on_call_tool, **self.catalog_handlers(context_of),
+                        instructions=f"Tools of the cellmono app {self.app.settings.app.name!r}.")
+        self.install(server, context_of)
+        return server
 
 
 _DENIALS = frozenset({"denied", "unauthenticated", "rate_limited", "overloaded", "rejected"})

@@ -8,7 +8,7 @@ Docs: https://cellmono.github.io/cellmono/stateless.html.md"""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,8 @@ from mcp.server.connection import Connection
 from mcp.server.runner import modern_error_data, serve_one
 from mcp.shared.exceptions import NoBackChannelError
 from mcp.shared.inbound import (ERROR_CODE_HTTP_STATUS, InboundLadderRejection, InboundModernRoute,
-                                classify_inbound_request, find_duplicated_routing_header)
+                                classify_inbound_request, find_duplicated_routing_header,
+                                validate_mcp_param_headers)
 from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.transport_context import TransportContext
 from mcp_types import JSONRPCNotification, JSONRPCRequest
@@ -75,14 +76,25 @@ async def read_stateless(scope: Scope, receive: Receive, headers: Mapping[str, s
     return StatelessRequest(decoded, request)
 
 # %% ../../nbs/46_stateless.ipynb #e74bfd77
-def route_stateless(scope: Scope, read: StatelessRequest, headers: Mapping[str, str]) -> InboundModernRoute:
-    """The SDK's route for a request whose routing headers appear once and agree with its body; `Rejection` otherwise."""
+def route_stateless(scope: Scope, read: StatelessRequest, headers: Mapping[str, str],
+                    tool_schema: Callable[[str], Any] | None = None) -> InboundModernRoute:
+    """The SDK's route for a request whose routing headers appear once and agree with its body (`Mcp-Param-*` too,
+    against the input schema `tool_schema(name)` of a called tool); `Rejection` otherwise."""
     duplicated = find_duplicated_routing_header((key.decode("latin-1"), "") for key, _ in scope["headers"])
     if duplicated is not None:
         raise Rejection(400, HEADER_MISMATCH, f"{duplicated} header appears more than once")
     verdict = classify_inbound_request(read.message, headers=headers)
     if isinstance(verdict, InboundLadderRejection):
         raise Rejection(ERROR_CODE_HTTP_STATUS.get(verdict.code, 400), verdict.code, verdict.message, data=verdict.data)
+    params = read.message.get("params")
+    if tool_schema is not None and read.request.method == "tools/call" and isinstance(params, dict):
+        schema = tool_schema(str(params.get("name")))
+        arguments = params.get("arguments")
+        mismatch = None if schema is None else validate_mcp_param_headers(
+            schema, arguments if isinstance(arguments, dict) else {}, headers)
+        if mismatch is not None:
+            raise Rejection(ERROR_CODE_HTTP_STATUS.get(mismatch.code, 400), mismatch.code, mismatch.message,
+                            data=mismatch.data)
     return verdict
 
 # %% ../../nbs/46_stateless.ipynb #c6223766

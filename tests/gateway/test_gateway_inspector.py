@@ -46,3 +46,24 @@ def test_inspector_lists_and_calls_tools(inspector: Path, tmp_path: Path) -> Non
         assert result["isError"] is False and result["structuredContent"]["title"] == "from the inspector"
         refused = run(inspector, running.url, None, "--method", "tools/list")
         assert refused.returncode != 0 and "needs a bearer token" in refused.stdout + refused.stderr
+
+
+def test_inspector_lists_and_uses_resources_prompts_and_completions(inspector: Path, tmp_path: Path) -> None:
+    with serve(tmp_path / "state", "--settings", "examples/conformance/settings.ini") as running:
+        def ask(*arguments: str) -> dict:
+            done = run(inspector, running.url, running.key, *arguments)
+            assert done.returncode == 0, done.stdout + done.stderr
+            return json.loads(done.stdout)
+
+        listed = ask("--method", "resources/list")
+        assert {r["uri"] for r in listed["resources"]} == {"test://static-text", "test://static-binary",
+                                                           "test://watched-resource"}
+        read = ask("--method", "resources/read", "--uri", "test://template/7/data")
+        assert json.loads(read["contents"][0]["text"])["id"] == "7"
+        templates = ask("--method", "resources/templates/list")
+        assert [t["uriTemplate"] for t in templates["resourceTemplates"]] == ["test://template/{id}/data"]
+        prompts = ask("--method", "prompts/list")
+        assert "test_prompt_with_arguments" in {p["name"] for p in prompts["prompts"]}
+        got = ask("--method", "prompts/get", "--prompt-name", "test_prompt_with_arguments",
+                  "--prompt-args", "arg1=x", "arg2=y")
+        assert got["messages"][0]["content"]["text"] == "Prompt with arguments: arg1='x', arg2='y'"

@@ -1,0 +1,182 @@
+"""The cells the official MCP conformance suite's server scenarios expect (names and behaviour from its spec).
+
+Served by `cellmono serve --settings examples/conformance/settings.ini`; `.ci/conformance` runs the suite."""
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cellmono.core.cell import Cell, CompletionRequest, Empty, ToolContent, completes, prompt, resource, tool
+
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+WAV = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
+
+JSON_SCHEMA_2020_12: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "$defs": {"address": {"$anchor": "addressDef", "type": "object",
+                          "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
+    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"},
+                   "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+                   "phone": {"type": "string"}, "email": {"type": "string"}},
+    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+    "then": {"required": ["phone"]},
+    "else": {"required": ["email"]},
+    "additionalProperties": False,
+}
+
+
+def _text(text: str) -> ToolContent:
+    return ToolContent(content=[{"type": "text", "text": text}])
+
+
+class Contact(BaseModel):
+    """A contact whose JSON Schema is the suite's 2020-12 fixture, passed through verbatim."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The fixture schema itself (pydantic would rewrite `$ref`s and drop the 2020-12 keywords)."""
+        return json.loads(json.dumps(JSON_SCHEMA_2020_12))
+
+
+class Prompted(BaseModel):
+    prompt: str = ""
+
+
+class Region(BaseModel):
+    region: str = Field(default="<none>", description="Mirrored into the Mcp-Param-Region header",
+                        json_schema_extra={"x-mcp-header": "Region"})
+
+
+class TemplateId(BaseModel):
+    id: str
+
+
+class TwoArguments(BaseModel):
+    arg1: str
+    arg2: str
+
+
+class ResourceUri(BaseModel):
+    resourceUri: str
+
+
+class ConformanceCell(Cell):
+    """Tools, resources, prompts and completions named as the conformance scenarios expect."""
+
+    name = "conformance"
+
+    # -- tools ------------------------------------------------------------------------------------
+    @tool(requires=())
+    async def test_simple_text(self, request: Empty) -> ToolContent:
+        """Tests simple text content response"""
+        return _text("This is a simple text response for testing.")
+
+    @tool(requires=())
+    async def test_image_content(self, request: Empty) -> ToolContent:
+        """Tests image content response"""
+        return ToolContent(content=[{"type": "image", "data": PNG, "mimeType": "image/png"}])
+
+    @tool(requires=())
+    async def test_audio_content(self, request: Empty) -> ToolContent:
+        """Tests audio content response"""
+        return ToolContent(content=[{"type": "audio", "data": WAV, "mimeType": "audio/wav"}])
+
+    @tool(requires=())
+    async def test_embedded_resource(self, request: Empty) -> ToolContent:
+        """Tests embedded resource content response"""
+        return ToolContent(content=[{"type": "resource", "resource": {
+            "uri": "test://embedded-resource", "mimeType": "text/plain", "text": "This is an embedded resource content."}}])
+
+    @tool(requires=())
+    async def test_multiple_content_types(self, request: Empty) -> ToolContent:
+        """Tests response with multiple content types (text, image, resource)"""
+        return ToolContent(content=[
+            {"type": "text", "text": "Multiple content types test:"},
+            {"type": "image", "data": PNG, "mimeType": "image/png"},
+            {"type": "resource", "resource": {"uri": "test://mixed-content-resource", "mimeType": "application/json",
+                                              "text": '{"test": "data", "value": 123}'}}])
+
+    @tool(requires=())
+    async def test_error_handling(self, request: Empty) -> ToolContent:
+        """Tests error response handling"""
+        raise RuntimeError("This tool intentionally returns an error for testing")
+
+    @tool(requires=())
+    async def json_schema_2020_12_tool(self, request: Contact) -> ToolContent:
+        """Tests JSON Schema 2020-12 keyword preservation in tools/list"""
+        return _text("json_schema_2020_12_tool")
+
+    @tool(requires=())
+    async def test_x_mcp_header(self, request: Region) -> ToolContent:
+        """Tests SEP-2243 Mcp-Param-* server-side validation"""
+        return _text(f"region={request.region}")
+
+    @tool(requires=(), client="sampling")
+    async def test_missing_capability(self, request: Empty) -> ToolContent:
+        """Needs the client's sampling capability: a client without it gets -32021 before the cell runs"""
+        return _text("the client declared sampling")
+
+    @tool(requires=(), client="elicitation")
+    async def test_streaming_elicitation(self, request: Empty) -> ToolContent:
+        """Diagnostic: its answer stream carries no request of the server's own"""
+        return _text("streamed without independent requests")
+
+    @tool(requires=())
+    async def test_logging_tool(self, request: Empty) -> ToolContent:
+        """Diagnostic: sends no log message to a client that set no log level"""
+        return _text("nothing logged")
+
+    # -- resources --------------------------------------------------------------------------------
+    @resource("test://static-text", requires=(), description="A static text resource for testing")
+    async def static_text(self, request: Empty) -> str:
+        return "This is the content of the static text resource."
+
+    @resource("test://static-binary", requires=(), mime_type="image/png",
+              description="A static binary resource (image) for testing")
+    async def static_binary(self, request: Empty) -> bytes:
+        return base64.b64decode(PNG)
+
+    @resource("test://template/{id}/data", requires=(), mime_type="application/json",
+              description="A resource template with parameter substitution")
+    async def template(self, request: TemplateId) -> str:
+        return json.dumps({"id": request.id, "templateTest": True, "data": f"Data for ID: {request.id}"})
+
+    @resource("test://watched-resource", requires=(), description="A resource that can be subscribed to for updates")
+    async def watched_resource(self, request: Empty) -> str:
+        return "Watched resource content"
+
+    # -- prompts ----------------------------------------------------------------------------------
+    @prompt(requires=(), description="A simple prompt without arguments")
+    async def test_simple_prompt(self, request: Empty) -> str:
+        return "This is a simple prompt for testing."
+
+    @prompt(requires=(), description="A prompt with required arguments")
+    async def test_prompt_with_arguments(self, request: TwoArguments) -> str:
+        return f"Prompt with arguments: arg1='{request.arg1}', arg2='{request.arg2}'"
+
+    @prompt(requires=(), description="A prompt that includes an embedded resource")
+    async def test_prompt_with_embedded_resource(self, request: ResourceUri) -> list[dict[str, Any]]:
+        return [{"role": "user", "content": {"type": "resource", "resource": {
+                    "uri": request.resourceUri, "mimeType": "text/plain", "text": "Embedded resource content for testing."}}},
+                {"role": "user", "content": {"type": "text", "text": "Please process the embedded resource above."}}]
+
+    @prompt(requires=(), description="A prompt that includes image content")
+    async def test_prompt_with_image(self, request: Empty) -> list[dict[str, Any]]:
+        return [{"role": "user", "content": {"type": "image", "data": PNG, "mimeType": "image/png"}},
+                {"role": "user", "content": {"type": "text", "text": "Please analyze the image above."}}]
+
+    # -- completions ------------------------------------------------------------------------------
+    @completes("arg1", prompt="test_prompt_with_arguments", requires=())
+    async def complete_arg1(self, request: CompletionRequest) -> list[str]:
+        return [value for value in ("paris", "park", "london") if value.startswith(request.value)]
+
+    @completes("id", resource="test://template/{id}/data", requires=())
+    async def complete_id(self, request: CompletionRequest) -> list[str]:
+        return [value for value in ("123", "124", "200") if value.startswith(request.value)]
