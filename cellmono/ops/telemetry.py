@@ -42,8 +42,9 @@ class TelemetrySection(Section):
     metrics: bool = True  # per-cell measurement (cheap: leave it on)
     tracing: bool = False  # OpenTelemetry spans (`cellmono.ops.tracing`); off unless asked for
     window: PositiveFloat = 60.0  # seconds behind p95, CPU ratio and concurrent users
-    cpu_sample_every: PositiveInt = 64  # time thread CPU on one call in N, scaled up
-    context_sample_every: PositiveInt = 64  # measure the payload on one call in N (and each subject's first)
+    latency_sample_every: PositiveInt = 32  # time one call in N (every call of a slow or quiet cell)
+    cpu_sample_every: PositiveInt = 256  # time thread CPU on one call in N, scaled up
+    context_sample_every: PositiveInt = 256  # measure the payload of one timed call in N (the first, then ...)
     memory_sample_every: float = 0.0  # seconds between tracemalloc samples; 0: never
     max_principals: PositiveInt = 100_000  # distinct callers remembered per cell, the oldest forgotten first
     model_window_tokens: PositiveInt = 200_000  # the model that must read a cell whole
@@ -126,15 +127,28 @@ _BOUNDS_NS = tuple(int(seconds * 1e9) for seconds in (
 class _CellStats:
     """The counters of one cell, bumped by its handlers' wrappers; read only by `snapshot()`."""
 
-    def __init__(self, cell: Cell, section: CellSection | None) -> None:
+    __slots__ = ("cell", "section", "calls", "errors", "timeouts", "every", "max_principals", "timed",
+                 "latency_ns", "cpu_ns", "cpu_samples", "context_bytes", "histograms", "principals",
+                 "code_bytes", "memory_bytes")
+
+    def __init__(self, cell: Cell, section: CellSection | None, every: int, max_principals: int) -> None:
         self.cell, self.section = cell, section
-        self.calls = self.errors = self.timeouts = self.in_flight = 0
-        self.cpu_ns = self.cpu_samples = 0
+        self.calls = self.errors = self.timeouts = 0
+        self.every, self.max_principals = every, max_principals  # time one call in `every`
+        self.timed = self.latency_ns = self.cpu_ns = self.cpu_samples = 0
         self.context_bytes = 0
-        self.histograms: dict[str, list[int]] = {}  # subject pattern -> counts per bucket, then +Inf
+        self.histograms: dict[str, list[int]] = {}  # subject pattern -> timed calls per bucket, then +Inf
         self.principals: dict[str, int] = {}  # principal -> last seen (perf_counter_ns), oldest first
         self.code_bytes = code_size(cell)
         self.memory_bytes: int | None = None
+
+    def saw(self, principal: str) -> None:
+        """Note a call from `principal` now (re-inserted, so the dict stays ordered by last sight)."""
+        principals = self.principals
+        principals.pop(principal, None)
+        principals[principal] = time.perf_counter_ns()
+        if len(principals) > self.max_principals:
+            del principals[next(iter(principals))]
 
 
 @types.coroutine
@@ -181,7 +195,59 @@ def _percentile(counts: list[int], quantile: float) -> float | None:
             return _BOUNDS_NS[index] / 1e6 if index < len(_BOUNDS_NS) else math.inf
     return math.inf
 
-# %% ../../nbs/53_telemetry.ipynb #d7666152
+# %% ../../nbs/53_telemetry.ipynb #537a56e7
+_SLOW_NS = 1_000_000  # a cell whose calls take 1 ms or more is timed on every call
+_QUIET_PER_SECOND = 200  # and so is one with fewer calls a second: 200 x 1 us of clocks is 0.02% of a core
+
+
+def _metered(handler: EnvelopeHandler, stats: _CellStats, counts: list[int],
+             section: TelemetrySection) -> EnvelopeHandler:
+    """`handler` with the cell's counters: a plain call on most messages, a timed coroutine on sampled ones."""
+    cpu_every, context_every = section.cpu_sample_every, section.context_sample_every
+    clock, locate, saw = time.perf_counter_ns, bisect.bisect_left, stats.saw
+
+    async def timed(envelope: Envelope, calls: int) -> Any:
+        started = clock()
+        try:
+            call = handler(envelope)
+            if (calls - 1) % cpu_every == 0 and inspect.iscoroutine(call):
+                stats.cpu_samples += 1
+                return await _timed(call, stats)
+            return await call
+        finally:
+            elapsed = clock() - started
+            counts[locate(_BOUNDS_NS, elapsed)] += 1
+            stats.timed += 1
+            stats.latency_ns += elapsed
+
+    def metered(envelope: Envelope) -> Any:
+        stats.calls = calls = stats.calls + 1
+        if envelope.principal is not None:
+            saw(envelope.principal)
+        if (calls - 1) % stats.every:  # the first call is timed, then one in `every`
+            return handler(envelope)
+        if (calls - 1) % context_every == 0:  # a subset of the timed calls
+            size = _payload_bytes(envelope.payload)
+            if size > stats.context_bytes:
+                stats.context_bytes = size
+        return timed(envelope, calls)
+
+    def failed(envelope: Envelope, error: BaseException) -> None:
+        """Count a failure the bus saw: an error, or a cancellation past the deadline (a timeout)."""
+        if isinstance(error, asyncio.CancelledError):
+            remaining = envelope.remaining()
+            if remaining is not None and remaining <= 0.001:  # not a shutdown: the deadline passed
+                stats.timeouts += 1
+            return
+        stats.errors += 1
+        if isinstance(error, RequestTimeout):
+            stats.timeouts += 1
+
+    setattr(metered, "failed", failed)  # the bus calls it from its error path (`cellmono.core.bus`)
+    metered.__qualname__ = f"metered[{stats.cell.name}]"
+    return metered
+
+# %% ../../nbs/53_telemetry.ipynb #b5a102d0
 class Telemetry:
     """The real `Meter`: per-cell counters around every handler, a windowed `snapshot()`, Prometheus text."""
 
@@ -207,55 +273,10 @@ class Telemetry:
         stats = self.cells.get(cell.name)
         if stats is None:
             section = self.app.settings.cells.get(cell.name) if self.app is not None else None
-            stats = self.cells[cell.name] = _CellStats(cell, section)
+            stats = self.cells[cell.name] = _CellStats(cell, section, self.section.latency_sample_every,
+                                                       self.section.max_principals)
         counts = stats.histograms.setdefault(spec.subject, [0] * (len(_BOUNDS_NS) + 1))
-        cpu_every, context_every = self.section.cpu_sample_every, self.section.context_sample_every
-        max_principals = self.section.max_principals
-        bounds, clock, locate = _BOUNDS_NS, time.perf_counter_ns, bisect.bisect_left
-        seen = 0
-
-        async def metered(envelope: Envelope) -> Any:
-            nonlocal seen
-            stats.calls += 1
-            stats.in_flight += 1
-            seen += 1
-            started = clock()
-            principal = envelope.principal
-            if principal is not None:
-                principals = stats.principals
-                principals.pop(principal, None)  # re-insert: the dict stays ordered by last sight
-                principals[principal] = started
-                if len(principals) > max_principals:
-                    del principals[next(iter(principals))]
-            if seen % context_every == 1 or context_every == 1:
-                size = _payload_bytes(envelope.payload)
-                if size > stats.context_bytes:
-                    stats.context_bytes = size
-            try:
-                if seen % cpu_every == 0:
-                    stats.cpu_samples += 1
-                    call = handler(envelope)
-                    return await (_timed(call, stats) if inspect.iscoroutine(call) else call)
-                return await handler(envelope)
-            except asyncio.CancelledError:
-                remaining = envelope.remaining()
-                if remaining is not None and remaining <= 0:
-                    stats.timeouts += 1  # the transport's deadline cut the handler off
-                raise
-            except RequestTimeout:
-                stats.timeouts += 1
-                stats.errors += 1
-                raise
-            except Exception:
-                stats.errors += 1
-                raise
-            finally:
-                elapsed = clock() - started
-                stats.in_flight -= 1
-                counts[locate(bounds, elapsed)] += 1
-
-        metered.__qualname__ = f"metered[{cell.name}:{spec.subject}]"
-        return metered
+        return _metered(handler, stats, counts, self.section)
 
     def snapshot(self) -> dict[str, CellMetrics]:
         """Every measured cell's `CellMetrics` now; windowed figures since the oldest copy within the window."""
@@ -265,6 +286,11 @@ class Telemetry:
                    for name, stats in self.cells.items()}
         window_ns = int(self.section.window * 1e9)
         history = self._history
+        for stats in self.cells.values():  # time every call of a slow or quiet cell: the clocks cost nothing there
+            slow = stats.timed and stats.latency_ns / stats.timed >= _SLOW_NS
+            base_calls = history[0][1].get(stats.cell.name, (0,))[0]
+            quiet = (stats.calls - base_calls) * 1e9 / max(now - history[0][0], 1) < _QUIET_PER_SECOND
+            stats.every = 1 if slow or quiet else self.section.latency_sample_every
         history.append((now, current))
         while len(history) > 2 and history[1][0] <= now - window_ns:
             history.pop(0)  # keep the newest copy at least a window old as the baseline
@@ -301,18 +327,18 @@ class Telemetry:
             p95_ms_by_subject={subject: _percentile(counts, 0.95)
                                for subject, counts in zip(stats.histograms, window_counts)},
             slo_p95_ms=section.slo_p95_ms, requests=calls, errors=stats.errors, timeouts=stats.timeouts,
-            in_flight=stats.in_flight, queued=self._queued(stats.cell.name), concurrent_users=len(principals),
+            in_flight=self._load(stats.cell.name, "in_flight"), queued=self._load(stats.cell.name, "queued"), concurrent_users=len(principals),
             code_bytes=code_bytes, code_tokens=math.ceil(code_bytes / self.section.bytes_per_token),
             model_window_tokens=self.section.model_window_tokens, context_bytes=stats.context_bytes,
             untrusted=section.untrusted, tenants=section.tenants, runtime=section.runtime,
             isolation=section.isolation)
 
-    def _queued(self, cell: str) -> int:
+    def _load(self, cell: str, what: str) -> int:
+        """Messages in flight or queued in the cell's subscriptions (the memory transport's; brokers queue elsewhere)."""
         if self.app is None:
             return 0
         total = 0
         for subscription in self.app.subscriptions.get(cell, ()):
-            queued = getattr(subscription, "queued", None)  # the memory transport's; brokers queue elsewhere
-            if callable(queued):
-                total += int(queued())
+            value = getattr(subscription, what, 0)
+            total += int(value() if callable(value) else value)
         return total

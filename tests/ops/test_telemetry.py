@@ -66,7 +66,7 @@ async def test_in_flight_and_queued_while_handlers_wait() -> None:
 
 
 async def test_largest_context_and_code_size() -> None:
-    app, telemetry, _ = metered_app({"context_sample_every": "1", "bytes_per_token": "2"})
+    app, telemetry, _ = metered_app({"context_sample_every": "1", "latency_sample_every": "1", "bytes_per_token": "2"})
     async with app:
         for size in (10, 5000, 100):
             await app.bus.request("echo.say", Text(text="a" * size))
