@@ -33,7 +33,8 @@ from ..core.errors import RequestTimeout
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['TelemetrySection', 'CellMetrics', 'memory_limit', 'rss_bytes', 'code_size', 'Telemetry']
+__all__ = ['TelemetrySection', 'CellMetrics', 'memory_limit', 'rss_bytes', 'code_size', 'Telemetry', 'sample_memory',
+           'to_mermaid']
 
 # %% ../../nbs/53_telemetry.ipynb #12ae5bd0
 class TelemetrySection(Section):
@@ -137,7 +138,7 @@ class _CellStats:
         self.every, self.max_principals = every, max_principals  # time one call in `every`
         self.timed = self.latency_ns = self.cpu_ns = self.cpu_samples = 0
         self.context_bytes = 0
-        self.histograms: dict[str, list[int]] = {}  # subject pattern -> timed calls per bucket, then +Inf
+        self.histograms: dict[str, list[int]] = {}  # subject pattern -> timed calls per bucket, +Inf, then their sum (ns)
         self.principals: dict[str, int] = {}  # principal -> last seen (perf_counter_ns), oldest first
         self.code_bytes = code_size(cell)
         self.memory_bytes: int | None = None
@@ -217,6 +218,7 @@ def _metered(handler: EnvelopeHandler, stats: _CellStats, counts: list[int],
         finally:
             elapsed = clock() - started
             counts[locate(_BOUNDS_NS, elapsed)] += 1
+            counts[-1] += elapsed
             stats.timed += 1
             stats.latency_ns += elapsed
 
@@ -275,7 +277,7 @@ class Telemetry:
             section = self.app.settings.cells.get(cell.name) if self.app is not None else None
             stats = self.cells[cell.name] = _CellStats(cell, section, self.section.latency_sample_every,
                                                        self.section.max_principals)
-        counts = stats.histograms.setdefault(spec.subject, [0] * (len(_BOUNDS_NS) + 1))
+        counts = stats.histograms.setdefault(spec.subject, [0] * (len(_BOUNDS_NS) + 2))  # buckets, +Inf, sum
         return _metered(handler, stats, counts, self.section)
 
     def snapshot(self) -> dict[str, CellMetrics]:
@@ -309,10 +311,10 @@ class Telemetry:
         if base_counts is None:
             base_counts = (0, 0, 0, [[0] * len(counts) for counts in histograms])
         base_calls, base_cpu, base_samples, base_histograms = base_counts
-        base_histograms = base_histograms + [[0] * (len(_BOUNDS_NS) + 1)] * (len(histograms) - len(base_histograms))
+        base_histograms = base_histograms + [[0] * (len(_BOUNDS_NS) + 2)] * (len(histograms) - len(base_histograms))
         sampled, window_calls = samples - base_samples, calls - base_calls
         cpu = (cpu_ns - base_cpu) * window_calls / sampled if sampled else 0.0
-        window_counts = [[a - b for a, b in zip(counts, base)] for counts, base in zip(histograms, base_histograms)]
+        window_counts = [[a - b for a, b in zip(counts[:-1], base)] for counts, base in zip(histograms, base_histograms)]
         together = [sum(column) for column in zip(*window_counts)] if window_counts else []
         horizon = now - int(self.section.window * 1e9)
         principals = stats.principals
@@ -342,3 +344,50 @@ class Telemetry:
             value = getattr(subscription, what, 0)
             total += int(value() if callable(value) else value)
         return total
+
+# %% ../../nbs/53_telemetry.ipynb #70e8cb1b
+async def sample_memory(telemetry: Telemetry, seconds: float = 1.0, frames: int = 16) -> dict[str, int]:
+    """Trace allocations for `seconds`; the bytes still held, by cell, stored in the next snapshots."""
+    files = {}
+    for name, stats in telemetry.cells.items():
+        module = inspect.getmodule(type(stats.cell))
+        path = getattr(module, "__file__", None)
+        if path:
+            files[os.path.abspath(path)] = name
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start(frames)
+    try:
+        await asyncio.sleep(seconds)
+        snapshot = tracemalloc.take_snapshot()
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
+    held = dict.fromkeys(telemetry.cells, 0)
+    for trace in snapshot.traces:
+        for frame in trace.traceback:
+            cell = files.get(frame.filename)
+            if cell is not None:
+                held[cell] += trace.size
+                break
+    for name, size in held.items():
+        telemetry.cells[name].memory_bytes = size
+    return held
+
+# %% ../../nbs/53_telemetry.ipynb #9d0f5aa6
+def to_mermaid(telemetry: Telemetry) -> str:
+    """A mermaid flowchart of the measured cells, their subjects and declared facts, feeding the snapshot."""
+    lines = ["flowchart LR", '    meter{{"Telemetry (the app\'s Meter)"}}']
+    for name, stats in telemetry.cells.items():
+        section = stats.section or CellSection.model_validate({"class": "x:X"})
+        facts = [f"slo p95 {section.slo_p95_ms:g} ms"] + [fact for fact, on in (
+            ("untrusted", section.untrusted), ("tenants", section.tenants),
+            (f"runtime {section.runtime}", section.runtime != "python"),
+            (f"isolation {section.isolation}", section.isolation is not None)) if on]
+        subjects = "<br/>".join(stats.histograms)
+        node = "cell_" + name.replace("-", "_")
+        lines.append(f'    {node}["<b>{name}</b><br/>{subjects}<br/><i>{", ".join(facts)}</i>"]')
+        lines.append(f"    {node} -->|cpu, latency, load, callers, sizes| meter")
+    lines += ['    meter -->|"snapshot()"| triggers["cellmono.ops.triggers"]',
+              '    meter -->|"prometheus_text()"| metrics["gateway /metrics"]']
+    return "\n".join(lines) + "\n"
