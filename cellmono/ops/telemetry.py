@@ -50,8 +50,7 @@ class TelemetrySection(Section):
     max_principals: PositiveInt = 100_000  # distinct callers remembered per cell, the oldest forgotten first
     model_window_tokens: PositiveInt = 200_000  # the model that must read a cell whole
     bytes_per_token: PositiveFloat = 4.0  # offline token estimate: ~4 bytes of English or code per token
-    exporter: str = "none"  # where spans go: none (kept in memory), console, otlp
-    endpoint: str = ""  # the OTLP endpoint, when exporter = otlp
+    exporter: str = "none"  # where spans go: none (kept in memory), console
 
 # %% ../../nbs/53_telemetry.ipynb #06374abd
 class CellMetrics(BaseModel):
