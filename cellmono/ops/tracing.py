@@ -72,19 +72,27 @@ class TracedTransport:
         """Start the inner transport."""
         await self.inner.start()
 
+    @staticmethod
+    def _parent(envelope: Envelope) -> otel_context.Context | None:
+        """The current span when there is one (a handler sending); else the trace the envelope already
+        carries (the gateway's caller's, from MCP `_meta`), or a fresh trace."""
+        return None if trace.get_current_span().get_span_context().is_valid else parent_context(envelope.trace)
+
     def _attributes(self, operation: str, destination: str) -> dict[str, Any]:
         return {"messaging.system": self.system, "messaging.operation.name": operation,
                 "messaging.operation.type": operation, "messaging.destination.name": destination}
 
     async def publish(self, envelope: Envelope) -> None:
         """Publish inside a `send` span; the envelope carries its traceparent."""
-        with self.tracer.start_as_current_span(f"send {envelope.subject}", kind=trace.SpanKind.PRODUCER,
+        with self.tracer.start_as_current_span(f"send {envelope.subject}", self._parent(envelope),
+                                               kind=trace.SpanKind.PRODUCER,
                                                attributes=self._attributes("send", envelope.subject)):
             await self.inner.publish(envelope.model_copy(update={"trace": current_traceparent()}))
 
     async def request(self, envelope: Envelope, timeout: float) -> Envelope:
         """Request inside a `send` span; the envelope carries its traceparent."""
-        with self.tracer.start_as_current_span(f"send {envelope.subject}", kind=trace.SpanKind.PRODUCER,
+        with self.tracer.start_as_current_span(f"send {envelope.subject}", self._parent(envelope),
+                                               kind=trace.SpanKind.PRODUCER,
                                                attributes=self._attributes("send", envelope.subject)):
             return await self.inner.request(envelope.model_copy(update={"trace": current_traceparent()}), timeout)
 

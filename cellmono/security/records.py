@@ -108,6 +108,7 @@ class GatewayRecord(BaseModel):
     correlation_id: str | None = None
     reason: str | None = None
     transport: Literal["http", "stdio"] = "http"
+    trace_id: str | None = None  # from the caller's MCP `_meta.traceparent`, when it sent one
     error: str | None = None  # the exception's type name, when the gateway had one
 
 
@@ -116,4 +117,5 @@ def from_gateway(record: GatewayRecord) -> AuditRecord:
     return audit_record(record.principal, f"gateway.{record.method}", resource=record.tool or "",
                         tenant=record.tenant, decision=record.decision, outcome=record.outcome, error=record.error,
                         reason=record.reason, latency=record.latency, correlation_id=record.correlation_id,
-                        details={"status": record.status, "transport": record.transport}, at=record.time)
+                        details={"status": record.status, "transport": record.transport}, at=record.time,
+                        trace_id=record.trace_id)
