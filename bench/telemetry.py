@@ -16,6 +16,7 @@ import gc
 import json
 import statistics
 import time
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -46,8 +47,12 @@ def build(mode: str) -> App:
     if mode == "traced":
         from cellmono.ops.tracing import Tracing  # optional extra: opentelemetry-sdk
 
-        Tracing.attach(app)
+        tracing = Tracing.attach(app)
+        _clear.append(tracing.exporter.clear)  # type: ignore[union-attr]  # spans kept in memory: drop them per round
     return app
+
+
+_clear: list[Any] = []
 
 
 async def request_us(app: App, count: int) -> float:
@@ -80,6 +85,8 @@ async def measure(count: int, rounds: int) -> dict[str, float | None]:
         for app in apps.values():
             await request_us(app, count)  # warm up caches and the allocator
         for _ in range(rounds):
+            for clear in _clear:
+                clear()
             gc.collect()
             for mode in modes:
                 samples[mode].append(await request_us(apps[mode], count))
