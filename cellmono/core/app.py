@@ -17,18 +17,18 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from .bus import Bus, Guard, current_envelope
+from .bus import Bus, EnvelopeHandler, Guard, current_envelope
 from .cell import NAME_PATTERN, Cell, Health, Spec
 from .config import Settings, load_settings
 from .envelope import Envelope
 from .errors import CellmonoError, ConfigError, VerificationError
 from .subjects import is_literal, matches, validate_pattern, validate_subject
-from .transport import MemoryTransport, Transport
+from .transport import MemoryTransport, Subscription, Transport
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['Services', 'StartupError', 'load_cell_class', 'cells_from_settings', 'imported_modules', 'App']
+__all__ = ['Services', 'StartupError', 'Meter', 'NoMeter', 'load_cell_class', 'cells_from_settings', 'imported_modules', 'App']
 
 # %% ../../nbs/07_app.ipynb #62d9bfdf
 class Services(Protocol):
@@ -50,6 +50,21 @@ class Services(Protocol):
 
 class StartupError(CellmonoError):
     """A cell failed to start; the cells already started were stopped again."""
+
+
+class Meter(Protocol):
+    """Observes a cell's handlers: the app hands it each one as it binds it; `cellmono.ops.telemetry.Telemetry` is the real one."""
+
+    def instrument(self, cell: Cell, spec: Spec, handler: EnvelopeHandler) -> EnvelopeHandler:
+        """The handler to subscribe in place of `handler` (the same one when there is nothing to measure)."""
+
+
+class NoMeter:
+    """The default `Meter`: measures nothing and costs nothing (the handler is subscribed as it is)."""
+
+    def instrument(self, cell: Cell, spec: Spec, handler: EnvelopeHandler) -> EnvelopeHandler:
+        """`handler` itself."""
+        return handler
 
 # %% ../../nbs/07_app.ipynb #ac24f112
 def load_cell_class(path: str, source: str = "settings", section: str = "?") -> type[Cell]:
@@ -113,10 +128,12 @@ class App:
 
     def __init__(self, cells: Sequence[Cell], *, settings: Settings | None = None,
                  transport: Transport | None = None, guard: Guard | None = None,
-                 store: Any = None, services: Services | None = None) -> None:
+                 store: Any = None, services: Services | None = None, meter: Meter | None = None) -> None:
         self.settings = settings or Settings()
         self.store = store  # an EncryptedStore (cellmono.security.store); each cell gets its own namespace
         self.services = services
+        self.meter: Meter = meter or NoMeter()  # set before start(): handlers are instrumented as they are bound
+        self.subscriptions: dict[str, list[Subscription]] = {}  # by cell: where a meter reads queue depths
         if guard is None and services is not None:
             guard = services.guard
         self.cells: dict[str, Cell] = {}
@@ -215,11 +232,16 @@ class App:
         finally:
             current_envelope.reset(scope)
         self._started.append(cell)
+        subscriptions = self.subscriptions.setdefault(cell.name, [])
         for spec in cell.specs:
             if spec.kind == "listener":
-                await self.bus.subscribe(spec.subject, cell.bind(spec), queue=spec.queue, requires=spec.requires)
+                subscriptions.append(await self.bus.subscribe(
+                    spec.subject, self.meter.instrument(cell, spec, cell.bind(spec)), queue=spec.queue,
+                    requires=spec.requires))
             elif spec.kind in ("handler", "tool"):
-                await self.bus.handle(spec.subject, cell.bind(spec), queue=spec.queue, requires=spec.requires)
+                subscriptions.append(await self.bus.handle(
+                    spec.subject, self.meter.instrument(cell, spec, cell.bind(spec)), queue=spec.queue,
+                    requires=spec.requires))
         for spec in cell.specs:
             if spec.kind == "background":
                 self._tasks.append(asyncio.create_task(self._supervise(cell, spec), name=f"{cell.name}.{spec.attribute}"))
@@ -271,6 +293,7 @@ class App:
                 _log.error("cell %s: on_stop raised %s: %s", cell.name, type(error).__name__, error)
             cell.set_health("stopped")
         self._started.clear()
+        self.subscriptions.clear()
         if self.services is not None:
             await self.services.close()
 

@@ -7,6 +7,7 @@ Docs: https://cellmono.github.io/cellmono/bus.html.md"""
 # %% ../../nbs/04_bus.ipynb #941313a4
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import logging
@@ -165,7 +166,8 @@ class Bus:
     def _wrap(self, handler: EnvelopeHandler, requires: tuple[str, ...], pattern: str
               ) -> Handler:
         guard = self.guard
-        asynchronous = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        failed = getattr(handler, "failed", None)  # a meter's wrapper (`cellmono.core.app.Meter`) hears of failures
+        asynchronous = failed is not None or inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             getattr(handler, "__call__", None))
 
         async def deliver(envelope: Envelope) -> Envelope | None:
@@ -183,7 +185,13 @@ class Bus:
             except Exception as error:
                 _log.error("handler for %s raised %s: %s", envelope.subject, type(error).__name__, error,
                            exc_info=_log.isEnabledFor(logging.DEBUG))
+                if failed is not None:
+                    failed(envelope, error)
                 return envelope.fail(error)  # for an event, the error envelope tells a durable transport to retry
+            except asyncio.CancelledError as error:  # a deadline (or shutdown) cut the handler off
+                if failed is not None:
+                    failed(envelope, error)
+                raise
             finally:
                 current_envelope.reset(token)
 

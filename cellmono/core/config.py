@@ -8,6 +8,7 @@ Docs: https://cellmono.github.io/cellmono/config.html.md"""
 from __future__ import annotations
 
 import configparser
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,6 +82,12 @@ class CellSection(Section):
     placement: Literal["inprocess", "process"] = "inprocess"
     transport: Literal["memory", "nats", "redis"] | None = None
     replicas: PositiveInt = 1
+    # what the cell promises and declares (`cellmono.ops.telemetry` reports them, the triggers act on them)
+    slo_p95_ms: PositiveFloat = 500.0  # a tool call an LLM waits on: half a second at the 95th percentile
+    untrusted: bool = False  # runs code or input nobody vetted
+    tenants: bool = False  # serves several tenants whose data must not share a process
+    runtime: str = "python"  # the language runtime it needs (a polyglot need when not python)
+    isolation: str | None = None  # the regulation that demands its own process (e.g. pci), if any
 
     @field_validator("roles", mode="before")
     @classmethod
@@ -90,7 +97,8 @@ class CellSection(Section):
 # %% ../../nbs/05_config.ipynb #9b7b1437
 SectionModel = TypeVar("SectionModel", bound=BaseModel)
 
-CELL_FRAMEWORK_KEYS = ("class", "roles", "placement", "transport", "replicas")  # keys of [cell.NAME] that belong to cellmono, not to the cell
+CELL_FRAMEWORK_KEYS = ("class", "roles", "placement", "transport", "replicas", "slo_p95_ms", "untrusted",
+                       "tenants", "runtime", "isolation")  # keys of [cell.NAME] that belong to cellmono, not to the cell
 
 _SECTIONS: dict[str, type[Section]] = {
     "app": AppSection, "bus": BusSection, "supervision": SupervisionSection, "log": LogSection}
@@ -112,7 +120,9 @@ def _config_error(source: str, section: str, error: ValidationError, known: list
     issue = error.errors()[0]
     key = ".".join(str(part) for part in issue["loc"]) or "?"
     if issue["type"] == "extra_forbidden":
-        return ConfigError(f"{source} [{section}] {key}: unknown key (known keys: {', '.join(known)})")
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return ConfigError(f"{source} [{section}] {key}: unknown key (known keys: {', '.join(known)}){hint}")
     if issue["type"] == "missing":
         return ConfigError(f"{source} [{section}] {key}: required key is missing")
     return ConfigError(f"{source} [{section}] {key}: {_describe(issue)}, got {issue.get('input')!r}")

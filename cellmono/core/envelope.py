@@ -8,6 +8,7 @@ Docs: https://cellmono.github.io/cellmono/envelope.html.md"""
 from __future__ import annotations
 
 import itertools
+import re
 import os
 import time
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import MalformedMessage, MessageTooLarge, validation_summary
 
 # %% auto #0
-__all__ = ['Kind', 'DEFAULT_MAX_BYTES', 'new_id', 'Envelope', 'encode', 'decode']
+__all__ = ['Kind', 'DEFAULT_MAX_BYTES', 'new_id', 'Envelope', 'trace_id_of', 'encode', 'decode']
 
 # %% ../../nbs/01_envelope.ipynb #a29d81eb
 Kind = Literal["event", "request", "reply", "error"]
@@ -110,6 +111,17 @@ class Envelope(BaseModel):
 
 # %% ../../nbs/01_envelope.ipynb #c6574672
 _ALL_FIELDS = set(Envelope.model_fields)  # copied per envelope: pydantic may update it in place
+
+# %% ../../nbs/01_envelope.ipynb #d5f3b8a2
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The 32-hex trace id of a well-formed W3C `traceparent`; None for a missing or malformed one."""
+    match = _TRACEPARENT.match(traceparent) if traceparent else None
+    if match is None or match.group(1) == "0" * 32 or match.group(2) == "0" * 16:
+        return None
+    return match.group(1)
 
 # %% ../../nbs/01_envelope.ipynb #e9f30323
 def encode(envelope: Envelope, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:

@@ -197,6 +197,10 @@ class _MemorySubscription:
     def idle(self) -> bool:
         return not self.mailbox and self.in_flight == 0
 
+    def queued(self) -> int:
+        """Messages waiting: events in the mailbox and requests waiting for an in-flight slot."""
+        return len(self.mailbox) + len(self._slot_waiters)
+
     def stop(self) -> None:
         self.closed = True
         for waiter in (*self._space_waiters, *self._slot_waiters, self._wakeup):

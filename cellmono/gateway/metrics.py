@@ -30,6 +30,7 @@ class GatewayMetrics:
         self.responses: dict[int, int] = {}
         self.in_flight = 0
         self._principals: OrderedDict[str, float] = OrderedDict()
+        self.exporters: list[Callable[[], str]] = []  # more text for /metrics: the cells' (`cellmono.ops.telemetry`)
 
     def observe(self, tool: str, outcome: str, seconds: float, principal: str | None = None) -> None:
         """Record one tool call: its outcome (`ok`, `error`, `denied`, ...) and latency."""
@@ -118,4 +119,4 @@ class GatewayMetrics:
                   "# HELP cellmono_gateway_concurrent_principals Distinct principals active in the last window.",
                   "# TYPE cellmono_gateway_concurrent_principals gauge",
                   f"cellmono_gateway_concurrent_principals {self.concurrent_principals()}"]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + "".join(exporter() for exporter in self.exporters)

@@ -29,6 +29,7 @@ from .auth import Identity, InsufficientScope, Policy, tool_requirements
 from ..core.cell import Spec, ToolContent
 from .catalog import Catalog, mcp_name, page, tool_content, unique_names
 from ..core.config import Section
+from ..core.envelope import trace_id_of
 from ..core.errors import AccessDenied, CellmonoError, PayloadInvalid, RequestTimeout
 from .limits import RateLimited, RateLimiter
 from .metrics import GatewayMetrics
@@ -46,7 +47,7 @@ except PackageNotFoundError:  # a source tree used without installing it
 
 # %% auto #0
 __all__ = ['AuditSink', 'FORBIDDEN', 'RATE_LIMITED', 'GatewaySettings', 'gateway_settings', 'app_policy', 'MemoryAudit',
-           'JsonlAudit', 'Minter', 'NoMinter', 'ToolEntry', 'CallContext', 'tool_entries', 'Gateway']
+           'JsonlAudit', 'Minter', 'NoMinter', 'ToolEntry', 'CallContext', 'tool_entries', 'Gateway', 'traceparent_of']
 
 # %% ../../nbs/43_server.ipynb #4a1b8829
 class GatewaySettings(Section):
@@ -190,6 +191,7 @@ class CallContext:
     protocol: str | None = None
     started: float = field(default_factory=time.perf_counter)
     recorded: bool = False
+    trace: str | None = None  # the caller's W3C traceparent (MCP `params._meta.traceparent`), when well-formed
 
 
 def _description(spec: Spec) -> str:
@@ -260,6 +262,7 @@ class Gateway(Catalog):
             time=time.time(), principal=identity.principal, tenant=identity.tenant, method=method, tool=tool,
             decision="deny" if outcome in _DENIALS else "allow", outcome=outcome, status=status,
             latency=latency, correlation_id=correlation_id, transport=context.transport,
+            trace_id=trace_id_of(context.trace),
             reason=reason if reason is not None or error is None else str(error),
             error=None if error is None else getattr(error, "remote_type", None) or type(error).__name__))
         if tool is not None:
@@ -303,7 +306,7 @@ class Gateway(Catalog):
         bus = self.app.bus
         envelope = bus.envelope(tool_name, arguments, kind="request", timeout=self.settings.call_timeout,
                                 principal=identity.principal, tenant=identity.tenant,
-                                capability=self.minter.mint(identity, entry.requires))
+                                capability=self.minter.mint(identity, entry.requires), trace=context.trace)
         correlation = envelope.id
         metrics = self.metrics
         metrics.in_flight += 1
@@ -360,6 +363,7 @@ class Gateway(Catalog):
         async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
             context = context_of(ctx)
             self.check_client(context, params.name, getattr(ctx.session, "client_capabilities", None))
+            context.trace = traceparent_of(params)
             return await self.call_tool(context, params.name, params.arguments)
 
         server = Server(self.app.settings.app.name, version=_VERSION, on_list_tools=on_list_tools,
@@ -370,6 +374,13 @@ class Gateway(Catalog):
 
 
 _DENIALS = frozenset({"denied", "unauthenticated", "rate_limited", "overloaded", "rejected"})
+
+
+def traceparent_of(params: Any) -> str | None:
+    """The well-formed W3C `traceparent` in an MCP request's `_meta` (SEP-414), else None (a fresh trace)."""
+    meta = getattr(params, "meta", None)
+    value = meta.get("traceparent") if isinstance(meta, dict) else getattr(meta, "traceparent", None)
+    return value if isinstance(value, str) and trace_id_of(value) is not None else None
 
 
 def _error_result(text: str) -> types.CallToolResult:

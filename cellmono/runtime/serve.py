@@ -25,6 +25,8 @@ from ..gateway.auth import ApiKeys, Authenticator, Identity, JwtVerifier, Policy
 from ..gateway.bridge import AuditLogSink, GatewayGuard, TokenMinter
 from ..gateway.http import GatewayHTTP
 from ..gateway.server import AuditSink, Gateway, GatewaySettings, Minter, app_policy, gateway_settings
+from ..ops.prometheus import prometheus_text
+from ..ops.telemetry import Telemetry
 from ..security.audit import AuditLog
 from ..topology.services import Runtime
 
@@ -98,6 +100,9 @@ def build(app: App, *, port: int | None = None, host: str | None = None, audit: 
     app.bus.guard = GatewayGuard(runtime.guard, allow_internal=settings.allow_internal)
     audit = audit or AuditLogSink(runtime.audit)
     gateway = Gateway(app, settings=settings, policy=policy, audit=audit, minter=minter or token_minter(runtime, policy))
+    telemetry = Telemetry.attach(app)  # before the app starts: its handlers are metered as they are bound
+    if app.meter is telemetry:
+        gateway.metrics.exporters.append(lambda: prometheus_text(telemetry))
     http = GatewayHTTP(gateway, Authenticator(api_keys=api_keys, jwt=jwt))
     return Served(app, gateway, http, settings, state, api_keys, new_key, runtime.audit)
 

@@ -67,7 +67,8 @@ def record_body(record: AuditRecord, seq: int, prev: str) -> bytes:
     """The canonical JSON body of `record` at position `seq` after hash `prev`: what is stored and hashed."""
     data = {"actor": record.actor, "action": record.action, "resource": record.resource, "tenant": record.tenant,
             "decision": record.decision, "outcome": record.outcome, "error": record.error,
-            "latency": record.latency, "correlation_id": record.correlation_id, "reason": record.reason,
+            "latency": record.latency, "correlation_id": record.correlation_id, "trace_id": record.trace_id,
+            "reason": record.reason,
             "details": record.details, "time": record.time, "seq": seq, "prev": prev}
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 

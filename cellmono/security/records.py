@@ -13,6 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..core.bus import current_envelope
+from ..core.envelope import trace_id_of
+
 from .guard import Decision
 
 # %% auto #0
@@ -40,6 +43,7 @@ class AuditRecord(BaseModel):
     reason: str | None = None
     latency: float | None = None
     correlation_id: str | None = None
+    trace_id: str | None = None  # the W3C trace the event belongs to (`cellmono.ops.tracing`), when traced
     details: dict[str, Any] = Field(default_factory=dict)
     time: float = Field(default_factory=time.time)
 
@@ -59,7 +63,7 @@ def audit_record(actor: str, action: str, *, resource: str = "", tenant: str | N
                  decision: Verdict | None = None, outcome: Outcome | None = None,
                  error: BaseException | str | None = None, reason: str | None = None, latency: float | None = None,
                  correlation_id: str | None = None, details: Mapping[str, Any] | None = None,
-                 at: float | None = None) -> AuditRecord:
+                 at: float | None = None, trace_id: str | None = None) -> AuditRecord:
     """The audit record of these facts: an exception gives `error` (its type) and `reason` (its message); a denial's
     outcome is `denied`, a failure's `error`; a failure without an exception is named by its outcome code."""
     if isinstance(error, BaseException):
@@ -69,9 +73,12 @@ def audit_record(actor: str, action: str, *, resource: str = "", tenant: str | N
         outcome = "denied" if decision == "deny" else "error" if error is not None else "ok"
     if outcome != "ok" and error is None:
         error = outcome
+    if trace_id is None:  # inside a handler: the trace of the message being handled
+        context = current_envelope.get()
+        trace_id = trace_id_of(context.trace) if context is not None else None
     return AuditRecord(actor=actor, action=action, resource=resource, tenant=tenant, decision=decision,
                        outcome=outcome, error=error, reason=None if reason is None else reason[:MAX_REASON],
-                       latency=latency, correlation_id=correlation_id, details=dict(details or {}),
+                       latency=latency, correlation_id=correlation_id, trace_id=trace_id, details=dict(details or {}),
                        time=time.time() if at is None else at)
 
 # %% ../../nbs/15_records.ipynb #7c0d1e12
@@ -101,6 +108,7 @@ class GatewayRecord(BaseModel):
     correlation_id: str | None = None
     reason: str | None = None
     transport: Literal["http", "stdio"] = "http"
+    trace_id: str | None = None  # from the caller's MCP `_meta.traceparent`, when it sent one
     error: str | None = None  # the exception's type name, when the gateway had one
 
 
@@ -109,4 +117,5 @@ def from_gateway(record: GatewayRecord) -> AuditRecord:
     return audit_record(record.principal, f"gateway.{record.method}", resource=record.tool or "",
                         tenant=record.tenant, decision=record.decision, outcome=record.outcome, error=record.error,
                         reason=record.reason, latency=record.latency, correlation_id=record.correlation_id,
-                        details={"status": record.status, "transport": record.transport}, at=record.time)
+                        details={"status": record.status, "transport": record.transport}, at=record.time,
+                        trace_id=record.trace_id)
