@@ -62,6 +62,9 @@ class CellmonoError(Exception):
     │   ├── StoreCorrupted (ValueError)       a ciphertext or the file is damaged
     │   ├── StoreBusy (TimeoutError)          another process held the file too long
     │   └── NamespaceError (ValueError)       a bad namespace or key name
+    ├── PromotionError                        a live move of a cell to workers or back (ops)
+    │   ├── PromotionRefused                  refused before anything moved: unknown cell, busy, not ready
+    │   └── PromotionRolledBack               the move failed and was undone
     └── SandboxError                          running untrusted code (sandbox)
         ├── PolicyError (ValueError)          a policy or capability the sandbox cannot honour
         ├── BackendUnavailable                the backend cannot run on this machine
