@@ -19,6 +19,7 @@ from typing import NoReturn
 from .. import __version__
 from ..core.app import App, cells_from_settings
 from ..core.errors import CellmonoError
+from ..runtime.control import run_controlled
 from ..security.guard import security_section
 from ..topology.workers import build_app  # promoted cells run in supervised worker processes over the broker
 
@@ -34,6 +35,8 @@ PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("cellmono.cli.worker:register", "run one cell out of process, connected to the broker"),
     "serve": ("cellmono.cli.serve:register", "serve the app's tools to MCP clients (HTTP on 127.0.0.1, or --stdio)"),
     "docs": ("cellmono.cli.docs:register", "build the documentation site offline, or serve it on loopback"),
+    "promote": ("cellmono.cli.promote:register_promote", "move a cell of the running app to worker processes"),
+    "demote": ("cellmono.cli.promote:register_demote", "bring a promoted cell back into the running app's process"),
 }
 
 # The optional extra that brings each third-party package a command group may need.
@@ -112,7 +115,7 @@ async def _run_app(app: App, seconds: float | None) -> None:
             loop.add_signal_handler(signal_number, app.request_stop)
         except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
             pass
-    await app.run(seconds)
+    await run_controlled(app, seconds)  # a LiveApp also opens its control socket (cellmono promote)
 
 
 def command_run(args: argparse.Namespace) -> int:
