@@ -19,12 +19,12 @@ from typing import NoReturn
 from .. import __version__
 from ..core.app import App, cells_from_settings
 from ..core.errors import CellmonoError
-from ..runtime.control import run_controlled
 from ..security.guard import security_section
 from ..topology.workers import build_app  # promoted cells run in supervised worker processes over the broker
 
 # %% auto #0
-__all__ = ['PLUGGED_COMMANDS', 'load_command', 'build_parser', 'command_run', 'command_verify', 'command_diagram', 'main']
+__all__ = ['PLUGGED_COMMANDS', 'RUNNER', 'load_command', 'build_parser', 'command_run', 'command_verify', 'command_diagram',
+           'main']
 
 # %% ../../nbs/72_cli.ipynb #5cad1ac5
 PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
@@ -108,6 +108,10 @@ def _configure_logging(level: str) -> None:
                         datefmt="%H:%M:%S", force=True)
 
 
+# How `cellmono run` runs the app: a LiveApp also opens its control socket for `cellmono promote` / `demote`.
+RUNNER = "cellmono.runtime.control:run_controlled"
+
+
 async def _run_app(app: App, seconds: float | None) -> None:
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
@@ -115,7 +119,8 @@ async def _run_app(app: App, seconds: float | None) -> None:
             loop.add_signal_handler(signal_number, app.request_stop)
         except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
             pass
-    await run_controlled(app, seconds)  # a LiveApp also opens its control socket (cellmono promote)
+    module, _, function = RUNNER.partition(":")  # resolved now, so that `cellmono --version` loads no runtime
+    await getattr(importlib.import_module(module), function)(app, seconds)
 
 
 def command_run(args: argparse.Namespace) -> int:

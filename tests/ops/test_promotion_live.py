@@ -141,3 +141,33 @@ def test_unknown_cell_and_double_demotion_are_refused(monkeypatch, tmp_path: Pat
 
     asyncio.run(scenario())
     assert actions(tmp_path, "nope") == ["promote.refused"]
+
+
+def test_promoted_listener_hears_events_and_answers(nats_server, monkeypatch, tmp_path: Path) -> None:
+    """`search` listens to `notes.added` from the in-process `notes` cell: after promotion its workers hear the
+    events the app publishes (once each) and answer its queries; the app's own events do not come back twice."""
+    app = live_app(monkeypatch, tmp_path, nats_server.url)
+
+    async def scenario() -> tuple[list[int], int]:
+        await app.start()
+        mover = promoter(app, tmp_path)
+        editor = app.services.token_for(Principal(id="e", roles=("editor",)))
+        try:
+            await mover.promote("search", replicas=1)
+            await app.bus.request("notes.add", {"title": "zebra crossing", "body": "striped"}, capability=editor)
+            hits: list[int] = []
+            for _ in range(100):  # the event crosses the broker: poll briefly
+                results = await app.bus.request("search.query", {"text": "zebra"}, capability=editor)
+                hits = [hit["id"] for hit in results["hits"]]
+                if hits:
+                    break
+                await asyncio.sleep(0.05)
+            digest = await app.bus.request("digest.summary", {}, capability=editor)
+            return hits, digest.notes
+        finally:
+            await mover.close()
+            await app.stop()
+
+    hits, notes = asyncio.run(scenario())
+    assert len(hits) == 1, hits
+    assert notes >= 1
