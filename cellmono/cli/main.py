@@ -35,8 +35,8 @@ PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("cellmono.cli.worker:register", "run one cell out of process, connected to the broker"),
     "serve": ("cellmono.cli.serve:register", "serve the app's tools to MCP clients (HTTP on 127.0.0.1, or --stdio)"),
     "docs": ("cellmono.cli.docs:register", "build the documentation site offline, or serve it on loopback"),
-    "promote": ("cellmono.cli.promote:register_promote", "move a cell of the running app to worker processes"),
-    "demote": ("cellmono.cli.promote:register_demote", "bring a promoted cell back into the running app's process"),
+    "promote": ("cellmono.cli.promote:register", "move a cell of the running app to worker processes"),
+    "demote": ("cellmono.cli.demote:register", "bring a promoted cell back into the running app's process"),
 }
 
 # The optional extra that brings each third-party package a command group may need.

@@ -171,3 +171,38 @@ def test_promoted_listener_hears_events_and_answers(nats_server, monkeypatch, tm
     hits, notes = asyncio.run(scenario())
     assert len(hits) == 1, hits
     assert notes >= 1
+
+
+def test_promote_and_demote_over_redis_under_load(monkeypatch, tmp_path: Path) -> None:
+    """The same live move over a real Valkey/Redis server: no failed or lost request either way."""
+    from brokers import start_redis
+    server = require(start_redis)
+    try:
+        monkeypatch.setenv("CELLMONO__REDIS__URL", server.url)
+        monkeypatch.setenv("CELLMONO__REDIS__PREFIX", "live")
+        app = live_app(monkeypatch, tmp_path, None)
+
+        async def scenario() -> Client:
+            await app.start()
+            mover = promoter(app, tmp_path)
+            client = Client(app)
+            load = asyncio.create_task(client.run())
+            try:
+                await asyncio.sleep(0.3)
+                await mover.promote("notes", replicas=2, transport="redis")
+                served = client.answered
+                await asyncio.sleep(1.0)
+                assert client.answered > served + 20 and app.switch.route("notes.add") == "notes"
+                await mover.demote("notes")
+                await asyncio.sleep(0.3)
+            finally:
+                client.stop.set()
+                await load
+                await mover.close()
+                await app.stop()
+            return client
+
+        client = asyncio.run(scenario())
+        assert client.failures == [] and client.sent == client.answered, client.failures[:5]
+    finally:
+        server.cleanup()
