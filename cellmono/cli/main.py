@@ -23,7 +23,8 @@ from ..security.guard import security_section
 from ..topology.workers import build_app  # promoted cells run in supervised worker processes over the broker
 
 # %% auto #0
-__all__ = ['PLUGGED_COMMANDS', 'load_command', 'build_parser', 'command_run', 'command_verify', 'command_diagram', 'main']
+__all__ = ['PLUGGED_COMMANDS', 'RUNNER', 'load_command', 'build_parser', 'command_run', 'command_verify', 'command_diagram',
+           'main']
 
 # %% ../../nbs/72_cli.ipynb #5cad1ac5
 PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,14 +35,13 @@ PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("cellmono.cli.worker:register", "run one cell out of process, connected to the broker"),
     "serve": ("cellmono.cli.serve:register", "serve the app's tools to MCP clients (HTTP on 127.0.0.1, or --stdio)"),
     "docs": ("cellmono.cli.docs:register", "build the documentation site offline, or serve it on loopback"),
-    "runbook": ("cellmono.cli.runbook:register", "list, show, dry-run or apply an operations runbook; its history"),
-    "triggers": ("cellmono.cli.triggers:register", "replay a metric trace through the trigger policy, or explain a decision"),
-    "regen": ("cellmono.cli.regen:register", "regenerate a cell from its requirements; verify its GenOps ledger"),
+    "promote": ("cellmono.cli.promote:register", "move a cell of the running app to worker processes"),
+    "demote": ("cellmono.cli.demote:register", "bring a promoted cell back into the running app's process"),
 }
 
 # The optional extra that brings each third-party package a command group may need.
 _EXTRAS = {"mcp": "gateway", "uvicorn": "gateway", "jwt": "gateway", "wasmtime": "sandbox", "nats": "nats",
-           "redis": "redis", "openai": "regen", "nbdime": "regen", "griffe": "regen", "nbdev": "regen"}
+           "redis": "redis"}
 
 
 def load_command(name: str, parser: argparse.ArgumentParser) -> None:
@@ -108,6 +108,10 @@ def _configure_logging(level: str) -> None:
                         datefmt="%H:%M:%S", force=True)
 
 
+# How `cellmono run` runs the app: a LiveApp also opens its control socket for `cellmono promote` / `demote`.
+RUNNER = "cellmono.runtime.control:run_controlled"
+
+
 async def _run_app(app: App, seconds: float | None) -> None:
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
@@ -115,7 +119,8 @@ async def _run_app(app: App, seconds: float | None) -> None:
             loop.add_signal_handler(signal_number, app.request_stop)
         except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
             pass
-    await app.run(seconds)
+    module, _, function = RUNNER.partition(":")  # resolved now, so that `cellmono --version` loads no runtime
+    await getattr(importlib.import_module(module), function)(app, seconds)
 
 
 def command_run(args: argparse.Namespace) -> int:

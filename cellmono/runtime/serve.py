@@ -28,7 +28,9 @@ from ..gateway.server import AuditSink, Gateway, GatewaySettings, Minter, app_po
 from ..ops.prometheus import prometheus_text
 from ..ops.telemetry import Telemetry
 from ..security.audit import AuditLog
+from .control import Controlled
 from ..topology.services import Runtime
+from ..topology.switch import LiveApp
 
 # %% auto #0
 __all__ = ['Served', 'state_folder', 'is_loopback', 'build', 'runtime_of', 'token_minter', 'close', 'instructions', 'serve_http',
@@ -200,6 +202,7 @@ async def serve_http(served: Served, *, seconds: float | None = None,
             loop.add_signal_handler(number, stop)
     timer = loop.call_later(seconds, stop) if seconds is not None else None
     await served.app.start()
+    control = await _control(served)
     try:
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not serving.done():
@@ -211,8 +214,7 @@ async def serve_http(served: Served, *, seconds: float | None = None,
         if timer is not None:
             timer.cancel()
         sock.close()
-        await served.app.stop()
-        close(served)
+        await _stop(served, control)
         for number in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(number)
@@ -233,6 +235,7 @@ async def serve_stdio(served: Served) -> None:
     server = served.gateway.server(local=identity)
     loop = asyncio.get_running_loop()
     await served.app.start()
+    control = await _control(served)
     try:
         async with stdio_server() as (read, write):
             task = asyncio.create_task(server.run(read, write, server.create_initialization_options()))
@@ -242,8 +245,25 @@ async def serve_stdio(served: Served) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     finally:
-        await served.app.stop()
-        close(served)
+        await _stop(served, control)
+
+
+async def _control(served: Served) -> Controlled | None:
+    """The control socket of an app whose cells can move (`cellmono promote` / `demote`), in its state folder."""
+    if not isinstance(served.app, LiveApp):
+        return None
+    runtime = runtime_of(served.app)
+    return await Controlled(served.app, served.state, runtime.audit, runtime.authority.roles).start()
+
+
+async def _stop(served: Served, control: Controlled | None) -> None:
+    """Stop the control path and the workers, then the app, then the embedded broker; close the audit log."""
+    if control is not None:
+        await control.before_stop()
+    await served.app.stop()
+    if control is not None:
+        await control.after_stop()
+    close(served)
 
 # %% ../../nbs/70_serve.ipynb #46fcc81b
 def new_api_key(served: Served, principal: str, roles: Iterable[str] | None = None) -> str:

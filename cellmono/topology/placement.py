@@ -75,8 +75,9 @@ class BrokerSection(Section):
 DEFAULT_URLS = {"nats": "nats://127.0.0.1:4222", "redis": "redis://127.0.0.1:6379/0"}
 
 
-def build_transport(settings: Settings, kind: str, *, client_name: str | None = None) -> Transport:
-    """The broker transport named `kind`, configured from its `[nats]` / `[redis]` section and `[bus]`."""
+def build_transport(settings: Settings, kind: str, *, client_name: str | None = None,
+                    url: str | None = None) -> Transport:
+    """The broker transport named `kind`, configured from its `[nats]` / `[redis]` section and `[bus]`; `url` overrides the section's."""
     if kind not in DEFAULT_URLS:
         raise ConfigError(f"{settings.source}: unknown transport {kind!r} (expected nats or redis)")
     section = settings.section(kind, BrokerSection)
@@ -84,7 +85,7 @@ def build_transport(settings: Settings, kind: str, *, client_name: str | None = 
                                    ack_wait=section.ack_wait, connect_timeout=section.connect_timeout,
                                    max_bytes=settings.bus.max_message_bytes, drain_timeout=settings.bus.drain_timeout,
                                    max_in_flight=settings.bus.max_in_flight, client_name=client_name)
-    url = section.url or DEFAULT_URLS[kind]
+    url = url or section.url or DEFAULT_URLS[kind]
     if kind == "nats":
         return NatsTransport(url, **options)
     return RedisTransport(url, **options)

@@ -30,6 +30,7 @@ from ..core.transport import Handler, Subscription, Transport
 from .placement import (
     BrokerSection, Placement, broker_kind, build_transport, placements, topology_mermaid)
 from .services import app_from_settings
+from .switch import LiveApp
 from ..transports.brokers import ContractMismatch, covers
 
 _log = logging.getLogger(__name__)
@@ -274,12 +275,12 @@ class PromotedApp(App):
 
 
 def build_app(settings: Settings | str | Path = "settings.ini") -> App:
-    """The app `cellmono run` starts: plain in memory, or with promoted cells in workers over the broker."""
+    """The app `cellmono run` starts: in memory (a `LiveApp`, whose cells can move while it runs), or with promoted cells in workers over the broker."""
     settings_path = str(settings.source) if isinstance(settings, Settings) else str(settings)
     settings, everything = _load(settings)
     kind = broker_kind(settings)
-    if kind is None:
-        return everything
+    if kind is None:  # all in process, on a switch: `cellmono promote` can move a cell while it runs
+        return LiveApp(list(everything.cells.values()), settings=settings, services=everything.services)
     placed = placements(settings)
     local = [cell for name, cell in everything.cells.items() if placed[name].where == "inprocess"]
     transport = build_transport(settings, kind, client_name=f"{settings.app.name}-app")
