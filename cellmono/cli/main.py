@@ -35,13 +35,16 @@ PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("cellmono.cli.worker:register", "run one cell out of process, connected to the broker"),
     "serve": ("cellmono.cli.serve:register", "serve the app's tools to MCP clients (HTTP on 127.0.0.1, or --stdio)"),
     "docs": ("cellmono.cli.docs:register", "build the documentation site offline, or serve it on loopback"),
+    "runbook": ("cellmono.cli.runbook:register", "list, show, dry-run or apply an operations runbook; its history"),
+    "triggers": ("cellmono.cli.triggers:register", "replay a metric trace through the trigger policy, or explain a decision"),
+    "regen": ("cellmono.cli.regen:register", "regenerate a cell from its requirements; verify its GenOps ledger"),
     "promote": ("cellmono.cli.promote:register", "move a cell of the running app to worker processes"),
     "demote": ("cellmono.cli.demote:register", "bring a promoted cell back into the running app's process"),
 }
 
 # The optional extra that brings each third-party package a command group may need.
 _EXTRAS = {"mcp": "gateway", "uvicorn": "gateway", "jwt": "gateway", "wasmtime": "sandbox", "nats": "nats",
-           "redis": "redis"}
+           "redis": "redis", "openai": "regen", "nbdime": "regen", "griffe": "regen", "nbdev": "regen"}
 
 
 def load_command(name: str, parser: argparse.ArgumentParser) -> None:

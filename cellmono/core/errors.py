@@ -62,16 +62,33 @@ class CellmonoError(Exception):
     │   ├── StoreCorrupted (ValueError)       a ciphertext or the file is damaged
     │   ├── StoreBusy (TimeoutError)          another process held the file too long
     │   └── NamespaceError (ValueError)       a bad namespace or key name
+    ├── RunbookError                          a runbook cannot run, or its run failed (ops)
+    │   ├── RunbookNotFound (LookupError)     no runbook of that name
+    │   ├── ParameterError (ValueError)       unknown, missing or ill-typed parameter; never echoes the value
+    │   ├── SecretUnresolved (LookupError)    a secret reference that does not resolve; names it, never a value
+    │   ├── CheckFailed                       a runbook step's check did not hold
+    │   ├── ApplyRefused (PermissionError)    --apply without a dry run of the same content hash
+    │   └── RunbookFailed                     a step failed, the archive was not writable, or the kernel died
+    ├── TraceError (ValueError)               a file that is not a trigger trace (ops)
     ├── PromotionError                        a live move of a cell to workers or back (ops)
     │   ├── PromotionRefused                  refused before anything moved: unknown cell, busy, not ready
     │   └── PromotionRolledBack               the move failed and was undone
-    └── SandboxError                          running untrusted code (sandbox)
-        ├── PolicyError (ValueError)          a policy or capability the sandbox cannot honour
-        ├── BackendUnavailable                the backend cannot run on this machine
-        ├── LimitExceeded                     fuel, memory, output, processes...: `.limit` says which
-        │   └── DeadlineExceeded (TimeoutError)
-        ├── GuestError                        the guest code raised; carries its type and output
-        └── SandboxCrashed                    the sandbox process died; the app keeps running
+    ├── SandboxError                          running untrusted code (sandbox)
+    │   ├── PolicyError (ValueError)          a policy or capability the sandbox cannot honour
+    │   ├── BackendUnavailable                the backend cannot run on this machine
+    │   ├── LimitExceeded                     fuel, memory, output, processes...: `.limit` says which
+    │   │   └── DeadlineExceeded (TimeoutError)
+    │   ├── GuestError                        the guest code raised; carries its type and output
+    │   └── SandboxCrashed                    the sandbox process died; the app keeps running
+    └── RegenError                            regenerating a cell from its requirements (ops)
+        ├── RegenInputError (ValueError)      unknown cell; missing requirements, pinned model or price
+        ├── BudgetExceeded                    the worst case passes a budget: refused before any call
+        ├── ProviderError                     the provider failed after retries, or has no key
+        │   ├── ModelMismatch                 the provider answered with another model than the pinned one
+        │   └── ResponseInvalid               the answer is not JSON cells that parse
+        ├── ReplayMissing (LookupError)       no recorded response for the request hash
+        ├── LedgerError (ValueError)          the ledger is not valid JSON lines, or its chain is broken
+        └── GateFailed                        a gate failed on the regenerated cell; nothing landed
     ```
 
     A bracket beside a name is the built-in the error also is. A bracket at the end of a line
