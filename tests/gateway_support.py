@@ -1,4 +1,4 @@
-"""Helpers shared by the gateway tests: start `cellmono serve` as a real process, make clients and tokens."""
+"""Helpers shared by the gateway tests: start `cellmono serve` as a real process, make clients and tokens; the echo cell."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import BaseModel
+
+from cellmono.core.cell import Cell, tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CELLMONO = str(Path(sys.executable).with_name("cellmono"))
@@ -86,3 +90,23 @@ def modern_request(method: str, params: dict | None = None, *, key: str | None, 
     if key:
         headers["Authorization"] = f"Bearer {key}"
     return headers, json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}).encode()
+
+
+class Text(BaseModel):
+    text: str
+
+
+class Echo(Cell):
+    """The smallest gateway-facing cell: one read tool, one write tool."""
+
+    name = "echo"
+
+    @tool(requires="echo:read")
+    async def say(self, request: Text) -> Text:
+        """Repeat the text."""
+        return Text(text=request.text)
+
+    @tool(requires="echo:write")
+    async def shout(self, request: Text) -> Text:
+        """Repeat the text loudly."""
+        return Text(text=request.text.upper())

@@ -9,37 +9,17 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import BaseModel
 
 from cellmono.core.app import App
-from cellmono.core.cell import Cell, tool
 from cellmono.core.config import Settings
 from cellmono.gateway.auth import ApiKeys, Authenticator
 from cellmono.gateway.http import GatewayHTTP
 from cellmono.gateway.server import Gateway, MemoryAudit
+from gateway_support import META, Echo
 
 pytestmark = pytest.mark.anyio
 
-META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 METADATA_URL = "http://127.0.0.1:8765/.well-known/oauth-protected-resource/mcp"
-
-
-class Text(BaseModel):
-    text: str
-
-
-class Echo(Cell):
-    name = "echo"
-
-    @tool(requires="echo:read")
-    async def say(self, request: Text) -> Text:
-        """Repeat the text."""
-        return Text(text=request.text)
-
-    @tool(requires="echo:write")
-    async def shout(self, request: Text) -> Text:
-        """Repeat the text loudly."""
-        return Text(text=request.text.upper())
 
 
 @dataclass

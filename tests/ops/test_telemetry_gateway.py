@@ -7,10 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import BaseModel
 
 from cellmono.core.app import App
-from cellmono.core.cell import Cell, tool
 from cellmono.core.config import Settings
 from cellmono.gateway.auth import ApiKeys, Authenticator
 from cellmono.gateway.http import GatewayHTTP
@@ -18,23 +16,11 @@ from cellmono.gateway.server import Gateway, MemoryAudit
 from cellmono.ops.prometheus import prometheus_text
 from cellmono.ops.telemetry import Telemetry
 from cellmono.ops.tracing import Tracing
+from gateway_support import Echo
 
 pytestmark = pytest.mark.anyio
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-class Text(BaseModel):
-    text: str
-
-
-class Echo(Cell):
-    name = "echo"
-
-    @tool(requires="echo:read")
-    async def say(self, request: Text) -> Text:
-        """Repeat the text."""
-        return Text(text=request.text)
 
 
 async def call(traceparent: str | None) -> tuple[MemoryAudit, Tracing, str, dict[str, Any]]:
