@@ -22,10 +22,13 @@ from .errors import BusClosed, PayloadInvalid, rebuild_error, validation_summary
 from .subjects import validate_subject
 from .transport import Handler, MemoryTransport, Subscription, Transport
 
+CANCEL_SUBJECT = "cellmono.cancel"  # event {"id": <request envelope id>}: the caller gave up, stop that request
+CANCEL_HEADER = "cancellable"  # a request header: its handler may be cancelled by the caller (any value)
+
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['current_envelope', 'EnvelopeHandler', 'Model', 'Guard', 'Bus']
+__all__ = ['CANCEL_SUBJECT', 'CANCEL_HEADER', 'current_envelope', 'EnvelopeHandler', 'Model', 'Guard', 'Bus']
 
 # %% ../../nbs/04_bus.ipynb #23e71c72
 class Guard(Protocol):
@@ -53,6 +56,10 @@ class Bus:
         self._valid_subjects: set[str] = set()
         self._started = False
         self._stopped = False
+        self._running: dict[str, tuple[asyncio.Future[Any], str | None]] = {}  # cancellable requests by id
+        self._cancels: Subscription | bool | None = None
+        self._cancelling: set[asyncio.Task[None]] = set()
+        self._inline = isinstance(self.transport, MemoryTransport)  # a caller's cancellation reaches inline handlers itself
 
     async def start(self) -> None:
         """Connect the transport."""
@@ -119,7 +126,7 @@ class Bus:
                                  capability=capability)
         if envelope.deadline is not None:
             timeout = envelope.deadline - time.time()  # a shorter inherited deadline wins
-        reply = await self.transport.request(envelope, timeout)
+        reply = await self._ask(envelope, timeout)
         if reply.kind == "error":
             raise _error_from(reply)
         result = reply.payload
@@ -134,10 +141,33 @@ class Bus:
     async def send_request(self, envelope: Envelope) -> Any:
         """Send a ready-made request envelope; the reply payload, or raise the typed remote error."""
         remaining = envelope.remaining()
-        reply = await self.transport.request(envelope, self.timeout if remaining is None else remaining)
+        reply = await self._ask(envelope, self.timeout if remaining is None else remaining)
         if reply.kind == "error":
             raise _error_from(reply)
         return reply.payload
+
+    async def _ask(self, envelope: Envelope, timeout: float) -> Envelope:
+        try:
+            return await self.transport.request(envelope, timeout)
+        except asyncio.CancelledError:  # the caller gave up: tell whoever runs the request, on any transport
+            if not self._inline and CANCEL_HEADER in envelope.headers:
+                task = asyncio.get_running_loop().create_task(self._send_cancel(envelope))
+                self._cancelling.add(task)
+                task.add_done_callback(self._cancelling.discard)
+            raise
+
+    async def _send_cancel(self, request: Envelope) -> None:
+        try:
+            await self.transport.publish(Envelope.trusted(CANCEL_SUBJECT, "event", {"id": request.id},
+                                                          principal=request.principal, tenant=request.tenant))
+        except Exception as error:  # best effort: the request's deadline still ends it
+            _log.debug("could not send the cancellation of %s: %s", request.subject, error)
+
+    async def _on_cancel(self, envelope: Envelope) -> None:
+        target = envelope.payload.get("id") if isinstance(envelope.payload, dict) else None
+        running = self._running.get(target) if isinstance(target, str) else None
+        if running is not None and running[1] == envelope.principal:  # only its own caller may cancel a request
+            running[0].cancel()
 
     def _remember_subject(self, subject: str) -> None:
         validate_subject(subject)
@@ -160,12 +190,15 @@ class Bus:
     async def handle(self, subject: str, handler: EnvelopeHandler, *, queue: str | None = None,
                      requires: tuple[str, ...] = ()) -> Subscription:
         """Answer requests on `subject` with `handler(envelope)`'s result; exceptions become typed error replies."""
+        if self._cancels is None and not self._inline:
+            self._cancels = True  # claimed before the await, so concurrent calls subscribe once
+            self._cancels = await self.transport.subscribe(CANCEL_SUBJECT, self._on_cancel)
         return await self.transport.subscribe(subject, self._wrap(handler, requires, subject), queue=queue,
                                               responder=True)
 
     def _wrap(self, handler: EnvelopeHandler, requires: tuple[str, ...], pattern: str
               ) -> Handler:
-        guard = self.guard
+        guard, running, inline = self.guard, self._running, self._inline
         failed = getattr(handler, "failed", None)  # a meter's wrapper (`cellmono.core.app.Meter`) hears of failures
         asynchronous = failed is not None or inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             getattr(handler, "__call__", None))
@@ -175,7 +208,14 @@ class Bus:
             try:
                 if guard is not None:
                     guard.authorize(envelope, requires)
-                if asynchronous:
+                if not inline and envelope.kind == "request" and CANCEL_HEADER in envelope.headers:
+                    call = asyncio.ensure_future(_awaited(handler, envelope))  # its own task: a cancel event stops it
+                    running[envelope.id] = (call, envelope.principal)
+                    try:
+                        result = await call
+                    finally:
+                        running.pop(envelope.id, None)
+                elif asynchronous:
                     result = await handler(envelope)
                 else:
                     result = handler(envelope)
@@ -197,6 +237,11 @@ class Bus:
 
         deliver.__qualname__ = f"deliver[{pattern}]"
         return deliver
+
+
+async def _awaited(handler: EnvelopeHandler, envelope: Envelope) -> Any:
+    result = handler(envelope)
+    return await result if inspect.isawaitable(result) else result
 
 
 def _error_from(reply: Envelope) -> Exception:

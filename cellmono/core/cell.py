@@ -7,7 +7,6 @@ Docs: https://cellmono.github.io/cellmono/cell.html.md"""
 # %% ../../nbs/06_cell.ipynb #b6e17741
 from __future__ import annotations
 
-import base64
 import contextvars
 import inspect
 import logging
@@ -20,17 +19,17 @@ from typing import Any, ClassVar, Literal, TypeVar, overload
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .bus import Bus
+from .context import (Completions, Context, InputRequired, McpRole, PromptResult, ResourceContents,
+                                   mcp_result)
 from .envelope import Envelope
 from .errors import ContractError, PayloadInvalid, validation_summary
 
 # %% auto #0
-__all__ = ['SpecKind', 'McpRole', 'NAME_PATTERN', 'HealthStatus', 'Spec', 'handles', 'tool', 'background', 'ResourceContents',
-           'PromptResult', 'CompletionRequest', 'Completions', 'ToolContent', 'mcp_result', 'resource', 'prompt',
-           'completes', 'Empty', 'NoSettings', 'Health', 'Cell']
+__all__ = ['SpecKind', 'NAME_PATTERN', 'HealthStatus', 'Spec', 'handles', 'tool', 'background', 'resource', 'prompt', 'completes',
+           'Empty', 'NoSettings', 'Health', 'Cell']
 
 # %% ../../nbs/06_cell.ipynb #a6da63d4
 SpecKind = Literal["handler", "listener", "tool", "background"]
-McpRole = Literal["resource", "prompt", "completion"]
 _MARK = "__cellmono_spec__"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
@@ -56,6 +55,7 @@ class Spec:
     mime_type: str | None = None  # a resource's MIME type
     target: tuple[str, str, str] | None = None  # a completion's (ref kind, prompt name or URI template, argument)
     client: tuple[str, ...] = ()  # the MCP client capabilities a tool needs (sampling, elicitation, roots)
+    context: str | None = None  # the name of the handler's `Context` parameter, when it takes one
 
     @property
     def name(self) -> str:
@@ -72,9 +72,10 @@ def _contracts(function: Callable[..., Any]) -> tuple[type[BaseModel] | None, ty
     except Exception as error:  # unresolved forward references and the like
         return None, None, False, False, [f"cannot read type hints: {error}"]
     parameters = [p for p in inspect.signature(function).parameters.values() if p.name != "self"]
-    takes_envelope = len(parameters) == 2 and hints.get(parameters[1].name) is Envelope
-    if len(parameters) not in (1, 2) or (len(parameters) == 2 and not takes_envelope):
-        problems.append("must take one message parameter (and optionally `envelope: Envelope`)")
+    extra = {p.name: hints.get(p.name) for p in parameters[1:]}
+    takes_envelope = Envelope in extra.values()
+    if not parameters or any(t not in (Envelope, Context) for t in extra.values()) or len(extra) > len(set(extra.values())):
+        problems.append("must take one message parameter (and optionally `envelope: Envelope` and `ctx: Context`)")
     message = hints.get(parameters[0].name) if parameters else None
     model_in = message if isinstance(message, type) and issubclass(message, BaseModel) and message is not BaseModel else None
     returned = hints.get("return", inspect.Signature.empty)
@@ -82,6 +83,16 @@ def _contracts(function: Callable[..., Any]) -> tuple[type[BaseModel] | None, ty
     if not inspect.iscoroutinefunction(function):
         problems.append("must be `async def`")
     return model_in, model_out, returned is type(None) or returned is None, takes_envelope, problems
+
+
+def _extras(function: Callable[..., Any]) -> dict[str, str]:
+    """The names of the `Envelope` and `Context` parameters of `function`, by "envelope" / "context"."""
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # _contracts reports it
+        return {}
+    return {kind: name for name, hint in hints.items() for kind, cls in (("envelope", Envelope), ("context", Context))
+            if hint is cls}
 
 # %% ../../nbs/06_cell.ipynb #dba81ed1
 _Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])  # a decorator gives back the method it marks
@@ -95,7 +106,8 @@ def handles(subject: str, *, queue: str | None = None, requires: tuple[str, ...]
         setattr(function, _MARK, Spec(
             kind="listener" if listener else "handler", attribute=function.__name__, subject=subject,
             input=model_in, output=model_out, requires=_tuple(requires), requires_declared=True, queue=queue,
-            description=inspect.getdoc(function) or "", takes_envelope=takes_envelope, problems=tuple(problems)))
+            description=inspect.getdoc(function) or "", takes_envelope=takes_envelope, problems=tuple(problems),
+            context=_extras(function).get("context")))
         return function
     return mark
 
@@ -121,7 +133,8 @@ def tool(function: _Method | None = None, *, requires: tuple[str, ...] | str | N
             kind="tool", attribute=function.__name__, subject=name or function.__name__, input=model_in,
             output=model_out, requires=_tuple(requires or ()), requires_declared=requires is not None,
             description=description or inspect.getdoc(function) or "", sandbox=sandbox,
-            takes_envelope=takes_envelope, problems=tuple(problems), client=_tuple(client)))
+            takes_envelope=takes_envelope, problems=tuple(problems), client=_tuple(client),
+            context=_extras(function).get("context")))
         return function
     return mark(function) if function is not None else mark
 
@@ -136,63 +149,10 @@ def background(function: _Method) -> _Method:
 def _tuple(requires: tuple[str, ...] | str) -> tuple[str, ...]:
     return (requires,) if isinstance(requires, str) else tuple(requires)
 
-# %% ../../nbs/06_cell.ipynb #e87750cd
+# %% ../../nbs/06_cell.ipynb #e7c427a4
 _TEMPLATE_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-class ResourceContents(BaseModel):
-    """What an `@resource` answers on the bus: `text`, or `blob` (base64), and the MIME type when not the declared one."""
-
-    text: str | None = None
-    blob: str | None = None
-    mime_type: str | None = None
-
-
-class PromptResult(BaseModel):
-    """What a `@prompt` answers on the bus: MCP prompt messages (`{"role", "content"}`) and an optional description."""
-
-    messages: list[dict[str, Any]]
-    description: str | None = None
-
-
-class CompletionRequest(BaseModel):
-    """The message of a `@completes` handler: the argument completed, its partial value, the arguments already given."""
-
-    argument: str
-    value: str = ""
-    context: dict[str, str] = {}
-
-
-class Completions(BaseModel):
-    """What a `@completes` handler answers: at most 100 values, the total known, whether more exist."""
-
-    values: list[str] = []
-    total: int | None = None
-    has_more: bool = False
-
-
-class ToolContent(BaseModel):
-    """A tool output that is MCP content blocks as they are (text, image, audio, resource), not one typed value."""
-
-    content: list[dict[str, Any]]
-    is_error: bool = False
-
-
-def mcp_result(role: McpRole, result: Any) -> Any:
-    """The model a resource, prompt or completion handler's plain answer stands for (a str, bytes, a list)."""
-    if role == "resource" and isinstance(result, str):
-        return ResourceContents(text=result)
-    if role == "resource" and isinstance(result, (bytes, bytearray)):
-        return ResourceContents(blob=base64.b64encode(bytes(result)).decode("ascii"))
-    if role == "prompt" and isinstance(result, str):
-        return PromptResult(messages=[{"role": "user", "content": {"type": "text", "text": result}}])
-    if role == "prompt" and isinstance(result, list):
-        return PromptResult(messages=result)
-    if role == "completion" and isinstance(result, list):
-        return Completions(values=[str(v) for v in result[:100]], total=len(result), has_more=len(result) > 100)
-    return result
-
-# %% ../../nbs/06_cell.ipynb #e7c427a4
 def _mcp_spec(function: Callable[..., Any], role: McpRole, requires: tuple[str, ...] | str | None,
               name: str | None, description: str | None, problems: list[str], **extra: Any) -> Spec:
     model_in, _, _, takes_envelope, more = _contracts(function)
@@ -206,7 +166,8 @@ def _mcp_spec(function: Callable[..., Any], role: McpRole, requires: tuple[str, 
     return Spec(kind="handler", attribute=function.__name__, subject=name or function.__name__, input=model_in,
                 output=output, requires=_tuple(requires or ()), requires_declared=requires is not None,
                 description=description or inspect.getdoc(function) or "", takes_envelope=takes_envelope,
-                problems=tuple(problems), mcp=role, **extra)
+                problems=tuple(problems), mcp=role,
+                context=_extras(function).get("context"), **extra)
 
 
 def resource(uri: str, *, requires: tuple[str, ...] | str | None = None, name: str | None = None,
@@ -359,6 +320,8 @@ class Cell:
         method = getattr(self, spec.attribute)
         model_in, model_out, takes_envelope = spec.input, spec.output, spec.takes_envelope
         subject, role = spec.subject, spec.mcp
+        extras = _extras(method) if spec.context else {}
+        context_name, envelope_name = extras.get("context"), extras.get("envelope")
 
         async def handler(envelope: Envelope) -> Any:
             message = envelope.payload
@@ -368,7 +331,16 @@ class Cell:
                 except ValidationError as error:
                     raise PayloadInvalid(f"{subject}: payload is not a valid {model_in.__name__}: "
                                          f"{validation_summary(error)}") from None
-            result = await (method(message, envelope) if takes_envelope else method(message))
+            if context_name is not None:  # a handler taking a Context: keywords, and a question stops it
+                named: dict[str, Any] = {context_name: Context.of(self._bus, envelope)}
+                if envelope_name is not None:
+                    named[envelope_name] = envelope
+                try:
+                    result = await method(message, **named)
+                except InputRequired as stop:
+                    return stop.answer()
+            else:
+                result = await (method(message, envelope) if takes_envelope else method(message))
             if role is not None:
                 result = mcp_result(role, result)
             if model_out is not None and type(result) is not model_out:

@@ -25,7 +25,8 @@ class CellmonoError(Exception):
     ├── ConfigError (ValueError)              settings.ini or environment is invalid
     ├── ContractError (TypeError)             a cell, handler or tool is declared wrongly
     │   ├── VerificationError                 App.verify() found broken invariants
-    │   └── ContractMismatch                  a replica serves another version of a cell's contract (transports)
+    │   ├── ContractMismatch                  a replica serves another version of a cell's contract (transports)
+    │   └── ClientCapabilityMissing           a handler asked the MCP client for what it did not declare (core.context)
     ├── StartupError                          a cell failed to start (core.app)
     ├── SubjectError (ValueError)             a subject or pattern outside the grammar
     ├── MessageError (ValueError)             a message that cannot cross the bus

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import time
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from ..core.envelope import Envelope
 from .auth import Identity, Policy
 from ..security.audit import AuditLog
@@ -47,6 +51,14 @@ class TokenMinter:
             self._tokens.clear()
         self._tokens[identity] = (token, now + ttl)
         return token
+
+    def state_keys(self) -> list[bytes]:
+        """Keys sealing MCP `requestState`, derived (HKDF) from the app's signing keys, active first: every replica shares them."""
+        keys = self.issuer.keys
+        ordered = sorted(keys.keys.items(), key=lambda item: item[0] != keys.active)
+        return [HKDF(algorithm=SHA256(), length=32, salt=None, info=b"cellmono/request-state/v1").derive(
+            key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
+            for _, key in ordered]
 
 
 class GatewayGuard:

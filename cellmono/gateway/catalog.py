@@ -22,7 +22,9 @@ from mcp_types.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, MISSING_REQUIRED_C
 from pydantic import BaseModel, TypeAdapter
 
 from ..core.app import App
-from ..core.cell import Completions, PromptResult, ResourceContents, Spec, ToolContent
+from ..core.cell import Spec
+from ..core.context import Completions, PromptResult, ResourceContents, ToolContent
+from .conversation import Conversations
 from ..core.errors import AccessDenied, CellmonoError, ConfigError, PayloadInvalid, RequestTimeout
 from .auth import Identity, InsufficientScope, Policy
 from ..security.records import Outcome
@@ -145,7 +147,7 @@ def page(items: Sequence[_Item], cursor: str | None, size: int) -> tuple[list[_I
     return list(items[start:end]), following
 
 # %% ../../nbs/48_catalog.ipynb #d2f17da7
-class CatalogBase:
+class CatalogBase(Conversations):
     """What the catalog shares: entries, the capability check, the bus call, the audit (the `Gateway` supplies the rest)."""
 
     app: App
@@ -187,7 +189,7 @@ class CatalogBase:
                                 capability=self.minter.mint(identity, requires))
         correlation = envelope.id
         try:
-            result = await bus.send_request(envelope)
+            result = await self.converse(context, spec, envelope)
         except PayloadInvalid as error:
             self.record(context, method, spec.subject, "invalid", status=400, error=error, correlation_id=correlation)
             raise MCPError(INVALID_PARAMS, str(error)) from None
@@ -203,6 +205,8 @@ class CatalogBase:
             text = str(error) if isinstance(error, CellmonoError) else f"internal error (correlation id {correlation})"
             raise MCPError(INTERNAL_ERROR, text) from None
         self.record(context, method, spec.subject, "ok", correlation_id=correlation)
+        if isinstance(result, types.InputRequiredResult):
+            return result
         return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
 
     def refuse(self, context: Any, method: str, message: str, data: dict[str, Any] | None = None) -> MCPError:
@@ -271,12 +275,14 @@ class Catalog(Resources):
         self.record(context, "prompts/list", None, "ok")
         return types.ListPromptsResult(prompts=items, next_cursor=following)
 
-    async def get_prompt(self, context: Any, name: Any, arguments: Any) -> types.GetPromptResult:
+    async def get_prompt(self, context: Any, name: Any, arguments: Any) -> types.GetPromptResult | types.InputRequiredResult:
         """`prompts/get`: the prompt's messages, made by its cell over the bus from the typed arguments."""
         entry = self.prompts.get(name) if isinstance(name, str) else None
         if entry is None:
             raise self.refuse(context, "prompts/get", f"Unknown prompt: {str(name)[:200]}")
         answer = await self.ask(context, "prompts/get", entry.spec, entry.requires, dict(arguments or {}))
+        if isinstance(answer, types.InputRequiredResult):
+            return answer
         result = PromptResult.model_validate(answer)
         return types.GetPromptResult(description=result.description or entry.prompt.description,
                                      messages=_MESSAGES.validate_python(result.messages))
@@ -333,7 +339,7 @@ class Catalog(Resources):
             async def on_list_prompts(ctx: Any, params: Any) -> types.ListPromptsResult:
                 return await self.list_prompts(context_of(ctx), getattr(params, "cursor", None))
 
-            async def on_get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+            async def on_get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult | types.InputRequiredResult:
                 return await self.get_prompt(context_of(ctx), params.name, params.arguments)
 
             handlers.update(on_list_prompts=on_list_prompts, on_get_prompt=on_get_prompt)
@@ -365,6 +371,7 @@ class Catalog(Resources):
             return await subscription(ctx, str(params.uri), "resources/unsubscribe")
 
         async def on_set_level(ctx: Any, params: types.SetLevelRequestParams) -> types.EmptyResult:
+            self.set_level(ctx.session, params.level)
             self.record(context_of(ctx), "logging/setLevel", None, "ok", reason=f"level {params.level}")
             return types.EmptyResult()
 

@@ -27,7 +27,7 @@ from .auth import (Authenticator, Identity, InsufficientScope, Unauthenticated, 
 from .limits import ConcurrencyCap, Overloaded, RateLimited, retry_after_header
 from .server import FORBIDDEN, CallContext, Gateway
 from ..security.records import GatewayRecord
-from .stateless import Notification, answer, read_stateless, route_stateless
+from .stateless import Notification, answer, read_stateless, route_stateless, sse_body
 
 ANONYMOUS = Identity(principal="anonymous", method="local")
 
@@ -50,7 +50,7 @@ class GatewayHTTP:
                                "/.well-known/oauth-protected-resource" + self.path}
         self.server = gateway.server()
         self.cap = ConcurrencyCap(settings.max_in_flight)
-        self.manager = StreamableHTTPSessionManager(self.server, json_response=True, security_settings=None,
+        self.manager = StreamableHTTPSessionManager(self.server, json_response=False, security_settings=None,
                                                     max_request_body_size=settings.max_body_bytes,
                                                     max_sessions=settings.max_sessions)
         self._manager_running = False
@@ -225,8 +225,12 @@ class GatewayHTTP:
                         rejection.tool)
             return
         context = CallContext(identity, "http", route.protocol_version, started)
-        status, document = await answer(self.server, read.request, route, context)
-        await self._json(send, status, document)
+        events: list[dict[str, Any]] | None = [] if "text/event-stream" in headers.get("accept", "") else None
+        status, document = await answer(self.server, read.request, route, context, events)
+        if events:  # progress or logs were sent: the answer is an SSE stream ending with the response
+            await self._respond(send, status, sse_body(events, document), [(b"content-type", b"text/event-stream")])
+        else:
+            await self._json(send, status, document)
         if context.recorded:  # the tool handlers record their own requests
             return
         error = document.get("error")

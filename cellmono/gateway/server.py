@@ -7,6 +7,7 @@ Docs: https://cellmono.github.io/cellmono/server.html.md"""
 # %% ../../nbs/43_server.ipynb #106e6cf0
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -26,7 +27,8 @@ from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, field_validat
 
 from ..core.app import App
 from .auth import Identity, InsufficientScope, Policy, tool_requirements
-from ..core.cell import Spec, ToolContent
+from ..core.cell import Spec
+from ..core.context import ToolContent
 from .catalog import Catalog, mcp_name, page, tool_content, unique_names
 from ..core.config import Section
 from ..core.envelope import trace_id_of
@@ -192,10 +194,7 @@ class CallContext:
     started: float = field(default_factory=time.perf_counter)
     recorded: bool = False
     trace: str | None = None  # the caller's W3C traceparent (MCP `params._meta.traceparent`), when well-formed
-
-
-def _description(spec: Spec) -> str:
-    return spec.description or f"{spec.subject} (cellmono tool)"
+    session: Any = None  # the SDK request context: progress, logs, questions to the client (gateway.conversation)
 
 
 def tool_entries(app: App, bare: bool = False) -> dict[str, ToolEntry]:
@@ -208,7 +207,7 @@ def tool_entries(app: App, bare: bool = False) -> dict[str, ToolEntry]:
             name = mcp_name(spec, bare)
             unique_names([*((n, e.spec.subject) for n, e in entries.items()), (name, spec.subject)], "tools")
             content = issubclass(spec.output, ToolContent)  # content blocks as they are: no output schema
-            tool = types.Tool(name=name, description=_description(spec),
+            tool = types.Tool(name=name, description=spec.description or f"{spec.subject} (cellmono tool)",
                               input_schema=spec.input.model_json_schema(),
                               output_schema=None if content else spec.output.model_json_schema())
             entries[name] = ToolEntry(spec, tool_requirements(spec.subject, spec.requires), tool)
@@ -277,7 +276,8 @@ class Gateway(Catalog):
         self.record(context, "tools/list", None, "ok")
         return types.ListToolsResult(tools=tools, next_cursor=following)
 
-    async def call_tool(self, context: CallContext, name: Any, arguments: Any) -> types.CallToolResult:
+    async def call_tool(self, context: CallContext, name: Any, arguments: Any
+                        ) -> types.CallToolResult | types.InputRequiredResult:
         """`tools/call`: authorize, limit, call the cell over the bus, turn its answer into a tool result."""
         identity = context.identity
         try:
@@ -311,7 +311,13 @@ class Gateway(Catalog):
         metrics = self.metrics
         metrics.in_flight += 1
         try:
-            result = await bus.send_request(envelope)
+            result = await self.converse(context, entry.spec, envelope)
+        except MCPError as error:  # refused in the conversation (a client capability missing, a bad question)
+            self.record(context, "tools/call", tool_name, "rejected", status=400, error=error, correlation_id=correlation)
+            raise
+        except asyncio.CancelledError:  # the client cancelled: the bus told the cell, the audit says so
+            self.record(context, "tools/call", tool_name, "cancelled", status=499, correlation_id=correlation)
+            raise
         except PayloadInvalid as error:
             self.record(context, "tools/call", tool_name, "invalid", error=error, correlation_id=correlation)
             return _error_result(str(error))
@@ -336,6 +342,8 @@ class Gateway(Catalog):
             metrics.in_flight -= 1
         structured = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
         self.record(context, "tools/call", tool_name, "ok", correlation_id=correlation)
+        if isinstance(result, types.InputRequiredResult):  # 2026: the questions, and the sealed state
+            return result
         if entry.tool.output_schema is None:
             return tool_content(structured)
         return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(structured))],
@@ -348,10 +356,12 @@ class Gateway(Catalog):
         def context_of(ctx: Any) -> CallContext:
             request = ctx.request
             if isinstance(request, CallContext):
+                request.session = ctx
                 return request
             scope = getattr(request, "scope", None)
             context = scope.get("cellmono.context") if scope is not None else None
             if isinstance(context, CallContext):
+                context.session = ctx
                 return context  # a session request, authenticated by cellmono.gateway.http
             if request is None and local is not None:
                 return CallContext(local, "stdio", ctx.protocol_version)
@@ -360,7 +370,7 @@ class Gateway(Catalog):
         async def on_list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
             return await self.list_tools(context_of(ctx), getattr(params, "cursor", None))
 
-        async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult | types.InputRequiredResult:
             context = context_of(ctx)
             self.check_client(context, params.name, getattr(ctx.session, "client_capabilities", None))
             context.trace = traceparent_of(params)
@@ -370,6 +380,7 @@ class Gateway(Catalog):
                         on_call_tool=on_call_tool, **self.catalog_handlers(context_of),
                         instructions=f"Tools of the cellmono app {self.app.settings.app.name!r}.")
         self.install(server, context_of)
+        server.middleware.append(self.state_boundary(context_of))
         return server
 
 

@@ -30,7 +30,8 @@ from .asgi import Receive, Rejection, Scope, accepts_json, read_body
 from .server import FORBIDDEN, CallContext
 
 # %% auto #0
-__all__ = ['Notification', 'StatelessRequest', 'read_stateless', 'route_stateless', 'Exchange', 'answer']
+__all__ = ['MAX_EVENTS', 'Notification', 'StatelessRequest', 'read_stateless', 'route_stateless', 'Exchange', 'sse_body',
+           'answer']
 
 # %% ../../nbs/46_stateless.ipynb #2c153cb2
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def route_stateless(scope: Scope, read: StatelessRequest, headers: Mapping[str, 
 # %% ../../nbs/46_stateless.ipynb #c6223766
 @dataclass
 class Exchange:
-    """The SDK `DispatchContext` of one stateless HTTP request (no back channel, no notifications)."""
+    """The SDK `DispatchContext` of one stateless HTTP request: no back channel; notifications kept for an SSE answer."""
 
     transport: TransportContext
     request_id: Any
@@ -108,23 +109,40 @@ class Exchange:
     progress_token: Any = None
     cancel_requested: anyio.Event = field(default_factory=anyio.Event)
     can_send_request: bool = False
+    events: list[dict[str, Any]] | None = None  # notifications for the answer's SSE stream; None: the client takes JSON only
 
     async def send_raw_request(self, method: str, params: Mapping[str, Any] | None, opts: Any = None) -> dict[str, Any]:
         """Refused: a 2026-07-28 server cannot send requests to its client."""
         raise NoBackChannelError(method)
 
     async def notify(self, method: str, params: Mapping[str, Any] | None, opts: Any = None) -> None:
-        """Dropped: answers are plain JSON, so there is no stream to notify on."""
+        """Kept for the answer's SSE stream (at most `MAX_EVENTS`); dropped when the client takes JSON only."""
+        if self.events is not None and len(self.events) < MAX_EVENTS:
+            self.events.append({"jsonrpc": "2.0", "method": method, **({"params": dict(params)} if params else {})})
 
     async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
-        """Dropped, as notifications are."""
+        """`notifications/progress` on the request's token, when it gave one."""
+        if self.progress_token is not None:
+            params = {"progressToken": self.progress_token, "progress": progress, "total": total, "message": message}
+            await self.notify("notifications/progress", {k: v for k, v in params.items() if v is not None})
+
+
+MAX_EVENTS = 1000
+
+
+def sse_body(events: list[dict[str, Any]], final: dict[str, Any]) -> bytes:
+    """The notifications then the response, as one `text/event-stream` body."""
+    return b"".join(b"event: message\ndata: " + json.dumps(event).encode() + b"\n\n" for event in [*events, final])
 
 
 async def answer(server: Server[Any], request: JSONRPCRequest, route: InboundModernRoute,
-                 context: CallContext) -> tuple[int, dict[str, Any]]:
-    """Serve `request` with the SDK's single-request driver: the HTTP status and the JSON-RPC response."""
+                 context: CallContext, events: list[dict[str, Any]] | None = None) -> tuple[int, dict[str, Any]]:
+    """Serve `request` with the SDK's single-request driver: the HTTP status and the JSON-RPC response;
+    the request's notifications (progress, logs) go to `events` when given."""
+    meta = (request.params or {}).get("_meta")
     exchange = Exchange(TransportContext(kind="streamable-http", can_send_request=False), request.id,
-                        ServerMessageMetadata(request_context=context))
+                        ServerMessageMetadata(request_context=context),
+                        progress_token=meta.get("progressToken") if isinstance(meta, dict) else None, events=events)
     connection = Connection.from_envelope(route.protocol_version, route.client_info, route.client_capabilities)
     try:
         result = await serve_one(server, exchange, request.method, request.params, connection=connection,

@@ -3,13 +3,15 @@
 Served by `cellmono serve --settings examples/conformance/settings.ini`; `.ci/conformance` runs the suite."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cellmono.core.cell import Cell, CompletionRequest, Empty, ToolContent, completes, prompt, resource, tool
+from cellmono.core.cell import Cell, Empty, completes, prompt, resource, tool
+from cellmono.core.context import CompletionRequest, Context, ToolContent, elicitation, list_roots, sampling
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 WAV = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
@@ -47,6 +49,10 @@ class Contact(BaseModel):
 
 class Prompted(BaseModel):
     prompt: str = ""
+
+
+class Message(BaseModel):
+    message: str = ""
 
 
 class Region(BaseModel):
@@ -180,3 +186,138 @@ class ConformanceCell(Cell):
     @completes("id", resource="test://template/{id}/data", requires=())
     async def complete_id(self, request: CompletionRequest) -> list[str]:
         return [value for value in ("123", "124", "200") if value.startswith(request.value)]
+
+    # -- handler contexts: progress, logging, elicitation, sampling, roots, MRTR (cellmono.core.context) ---------
+    @tool(requires=())
+    async def test_tool_with_progress(self, request: Empty, ctx: Context) -> ToolContent:
+        """Tests tool that reports progress notifications"""
+        for step in (0, 50, 100):
+            await ctx.progress(step, 100, f"Completed step {step} of 100")
+            if step < 100:
+                await asyncio.sleep(0.05)
+        return _text("Progress reported")
+
+    @tool(requires=())
+    async def test_tool_with_logging(self, request: Empty, ctx: Context) -> ToolContent:
+        """Tests tool that emits log messages during execution"""
+        for text in ("Tool execution started", "Tool processing data", "Tool execution completed"):
+            await ctx.log("info", text)
+            if text != "Tool execution completed":
+                await asyncio.sleep(0.05)
+        return _text("Tool with logging executed successfully")
+
+    @tool(requires=())
+    async def test_sampling(self, request: Prompted, ctx: Context) -> ToolContent:
+        """Tests server-initiated sampling (LLM completion request)"""
+        return _text(f"LLM response: {await ctx.sample(request.prompt, max_tokens=100)}")
+
+    @tool(requires=())
+    async def test_elicitation(self, request: Message, ctx: Context) -> ToolContent:
+        """Tests server-initiated elicitation (user input request)"""
+        answer = await ctx.elicit(request.message, USER_SCHEMA)
+        return _text(f"User response: action={answer.get('action')}, content={json.dumps(answer.get('content') or {})}")
+
+    @tool(requires=())
+    async def test_elicitation_sep1034_defaults(self, request: Empty, ctx: Context) -> ToolContent:
+        """Tests elicitation with default values for all primitive types (SEP-1034)"""
+        answer = await ctx.elicit("Please provide user information", DEFAULTS_SCHEMA)
+        return _text(f"Elicitation result: action={answer.get('action')}, content={json.dumps(answer.get('content') or {})}")
+
+    @tool(requires=())
+    async def test_elicitation_sep1330_enums(self, request: Empty, ctx: Context) -> ToolContent:
+        """Tests elicitation with enum schema variations per SEP-1330"""
+        answer = await ctx.elicit("Please select values using different enum schema types", ENUMS_SCHEMA)
+        return _text(f"Elicitation completed: action={answer.get('action')}, content={json.dumps(answer.get('content') or {})}")
+
+    @tool(requires=())
+    async def test_input_required_result_elicitation(self, request: Empty, ctx: Context) -> ToolContent:
+        """Tests InputRequiredResult with a single elicitation request"""
+        answer = await ctx.elicit("What is your name?", NAME_SCHEMA, key="user_name")
+        return _text(f"Hello, {(answer.get('content') or {}).get('name', 'stranger')}!")
+
+    @tool(requires=())
+    async def test_input_required_result_sampling(self, request: Empty, ctx: Context) -> ToolContent:
+        """Tests InputRequiredResult with a single sampling request"""
+        return _text(f"Model said: {await ctx.sample('What is the capital of France?', key='capital_question')}")
+
+    @tool(requires=())
+    async def test_input_required_result_list_roots(self, request: Empty, ctx: Context) -> ToolContent:
+        """Tests InputRequiredResult with a single roots/list request"""
+        return _text(f"Client exposed {len(await ctx.roots(key='client_roots'))} root(s).")
+
+    @tool(requires=())
+    async def test_input_required_result_request_state(self, request: Empty, ctx: Context) -> ToolContent:
+        """Tests requestState round-tripping in the InputRequiredResult flow"""
+        previous = ctx.state
+        ctx.keep("request-state-nonce")
+        await ctx.ask({"confirm": elicitation("Please confirm", OK_SCHEMA)})
+        return _text("state-ok: confirmation received" if previous == "request-state-nonce" else "state lost")
+
+    @tool(requires=())
+    async def test_input_required_result_multiple_inputs(self, request: Empty, ctx: Context) -> ToolContent:
+        """Tests InputRequiredResult carrying elicitation, sampling and roots requests together"""
+        await ctx.ask({"user_name": elicitation("What is your name?", NAME_SCHEMA),
+                       "greeting": sampling("Generate a greeting", max_tokens=50), "client_roots": list_roots()})
+        return _text("All inputs received.")
+
+    @tool(requires=())
+    async def test_input_required_result_multi_round(self, request: Empty, ctx: Context) -> ToolContent:
+        """Tests a three-round InputRequiredResult flow with evolving requestState"""
+        ctx.keep("round-1")
+        name = (await ctx.elicit("Step 1: What is your name?", NAME_SCHEMA, key="step1")).get("content") or {}
+        ctx.keep("round-2")
+        color = (await ctx.elicit("Step 2: What is your favorite color?", COLOR_SCHEMA, key="step2")).get("content") or {}
+        return _text(f"{name.get('name')} likes {color.get('color')}.")
+
+    @tool(requires=())
+    async def test_input_required_result_tampered_state(self, request: Empty, ctx: Context) -> ToolContent:
+        """Tests that the server rejects a tampered requestState echo"""
+        ctx.keep("round-1")
+        await ctx.ask({"confirm": elicitation("Please confirm", OK_SCHEMA)})
+        return _text(f"state-ok: {ctx.state}")
+
+    @tool(requires=())
+    async def test_input_required_result_capabilities(self, request: Empty, ctx: Context) -> ToolContent:
+        """Tests that inputRequests only include methods the client declared support for"""
+        ctx.keep("capability-gated")
+        asked = {key: question for key, question, needs in (
+            ("sample", sampling("Say hello", max_tokens=50), "sampling"),
+            ("ask", elicitation("What is your name?", NAME_SCHEMA), "elicitation")) if ctx.supports(needs)}
+        await ctx.ask(asked)
+        return _text(f"Answered: {', '.join(asked) or 'nothing asked'}")
+
+    @prompt(requires=(), description="Tests InputRequiredResult from prompts/get (SEP-2322 non-tool request)")
+    async def test_input_required_result_prompt(self, request: Empty, ctx: Context) -> str:
+        answer = await ctx.elicit("What context should the prompt use?", CONTEXT_SCHEMA, key="user_context")
+        return f"Use the following context: {(answer.get('content') or {}).get('context', '?')}"
+
+
+def _form(**properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+NAME_SCHEMA = _form(name={"type": "string"})
+COLOR_SCHEMA = _form(color={"type": "string"})
+OK_SCHEMA = _form(ok={"type": "boolean"})
+CONTEXT_SCHEMA = _form(context={"type": "string"})
+USER_SCHEMA = _form(username={"type": "string", "description": "User's response"},
+                    email={"type": "string", "description": "User's email address"})
+DEFAULTS_SCHEMA: dict[str, Any] = {"type": "object", "required": [], "properties": {
+    "name": {"type": "string", "description": "User name", "default": "John Doe"},
+    "age": {"type": "integer", "description": "User age", "default": 30},
+    "score": {"type": "number", "description": "User score", "default": 95.5},
+    "status": {"type": "string", "description": "User status", "enum": ["active", "inactive", "pending"],
+               "default": "active"},
+    "verified": {"type": "boolean", "description": "Verification status", "default": True}}}
+ENUMS_SCHEMA: dict[str, Any] = {"type": "object", "required": [], "properties": {
+    "untitledSingle": {"type": "string", "description": "Simple enum without titles", "enum": ["active", "inactive", "pending"]},
+    "titledSingle": {"type": "string", "description": "Enum with titled options (oneOf)", "oneOf": [
+        {"const": "low", "title": "Low Priority"}, {"const": "medium", "title": "Medium Priority"},
+        {"const": "high", "title": "High Priority"}]},
+    "legacyEnum": {"type": "string", "description": "Legacy enum with enumNames", "enum": ["small", "medium", "large"],
+                   "enumNames": ["Small Size", "Medium Size", "Large Size"]},
+    "untitledMulti": {"type": "array", "description": "Multi-select without titles",
+                      "items": {"type": "string", "enum": ["read", "write", "execute"]}},
+    "titledMulti": {"type": "array", "description": "Multi-select with titled options", "items": {"anyOf": [
+        {"const": "feature", "title": "New Feature"}, {"const": "bug", "title": "Bug Fix"},
+        {"const": "docs", "title": "Documentation"}]}}}}
