@@ -332,13 +332,16 @@ class Cell:
                     raise PayloadInvalid(f"{subject}: payload is not a valid {model_in.__name__}: "
                                          f"{validation_summary(error)}") from None
             if context_name is not None:  # a handler taking a Context: keywords, and a question stops it
-                named: dict[str, Any] = {context_name: Context.of(self._bus, envelope)}
+                context = Context.of(self._bus, envelope)
+                named: dict[str, Any] = {context_name: context}
                 if envelope_name is not None:
                     named[envelope_name] = envelope
                 try:
                     result = await method(message, **named)
                 except InputRequired as stop:
                     return stop.answer()
+                finally:
+                    await context.close()
             else:
                 result = await (method(message, envelope) if takes_envelope else method(message))
             if role is not None:

@@ -364,7 +364,7 @@ class Gateway(Catalog):
                 context.session = ctx
                 return context  # a session request, authenticated by cellmono.gateway.http
             if request is None and local is not None:
-                return CallContext(local, "stdio", ctx.protocol_version)
+                return CallContext(local, "stdio", ctx.protocol_version, session=ctx)
             raise MCPError(FORBIDDEN, "unauthenticated request")  # never reached through the gateway's own paths
 
         async def on_list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
