@@ -110,3 +110,12 @@ class Echo(Cell):
     async def shout(self, request: Text) -> Text:
         """Repeat the text loudly."""
         return Text(text=request.text.upper())
+
+
+def mcp_json(response) -> dict:
+    """The JSON-RPC message of an MCP HTTP answer: a JSON body, or the last `data:` event of an SSE body
+    (2025-11-25 sessions answer on SSE, so progress, logs and requests to the client can ride the stream)."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        events = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
+        return json.loads([event for event in events if event][-1])
+    return response.json()

@@ -18,7 +18,7 @@ from cellmono.gateway.server import MemoryAudit
 from cellmono.gateway.http import GatewayHTTP
 from cellmono.gateway.bridge import GatewayGuard
 from cellmono.runtime.serve import build
-from gateway_support import ROOT, modern_request
+from gateway_support import ROOT, mcp_json, modern_request
 
 pytestmark = pytest.mark.anyio
 
@@ -80,8 +80,8 @@ async def test_role_by_tool_matrix_on_both_protocol_revisions() -> None:
             listed = (await client.post("/mcp", headers=headers, content=body)).json()["result"]["tools"]
             assert {tool["name"] for tool in listed} == allowed, role
             session = await legacy_session(client, key)
-            legacy_listed = (await client.post("/mcp", headers=session, json={
-                "jsonrpc": "2.0", "id": 1, "method": "tools/list"})).json()["result"]["tools"]
+            legacy_listed = mcp_json((await client.post("/mcp", headers=session, json={
+                "jsonrpc": "2.0", "id": 1, "method": "tools/list"})))["result"]["tools"]
             assert {tool["name"] for tool in legacy_listed} == allowed, role
             for tool in TOOLS:
                 headers, body = modern_request("tools/call", {"name": tool, "arguments": ARGUMENTS[tool]}, key=key)
@@ -92,7 +92,7 @@ async def test_role_by_tool_matrix_on_both_protocol_revisions() -> None:
                 for response in (modern, legacy):
                     if tool in allowed:
                         assert response.status_code == 200, (role, tool, response.text)
-                        assert response.json()["result"]["isError"] is False, (role, tool, response.text)
+                        assert mcp_json(response)["result"]["isError"] is False, (role, tool, response.text)
                     else:
                         assert response.status_code == 403, (role, tool, response.status_code)
                         challenge = response.headers["www-authenticate"]
