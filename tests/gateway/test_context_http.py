@@ -5,7 +5,9 @@ state is refused and audited, and a client without the capability gets -32021.""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -17,7 +19,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from cellmono.security.audit import AuditLog
-from gateway_support import META, serve
+from gateway_support import CELLMONO, META, ROOT, serve, state_environment
 
 pytestmark = pytest.mark.anyio
 SETTINGS = "examples/conformance/settings.ini"
@@ -85,10 +87,10 @@ async def test_logs_reach_a_2025_client_at_its_level(server) -> None:
     assert logs == ["info:Tool execution started", "info:Tool processing data", "info:Tool execution completed"]
 
 
-def call(server, params: dict, meta: dict | None = None) -> httpx.Response:
+def call(server, params: dict, meta: dict | None = None, key: str | None = None) -> httpx.Response:
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {**params, "_meta": meta or META}}
     return httpx.post(server.url, json=body, timeout=10, headers={
-        "Authorization": f"Bearer {server.key}", "Accept": "application/json, text/event-stream",
+        "Authorization": f"Bearer {key or server.key}", "Accept": "application/json, text/event-stream",
         "Mcp-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": params["name"]})
 
 
@@ -102,6 +104,12 @@ def test_tampered_and_foreign_request_state_is_refused_and_audited(tmp_path: Pat
         good = call(server, {"name": "test_input_required_result_tampered_state", "arguments": {},
                              "inputResponses": answered, "requestState": state}, meta).json()
         assert good["result"]["content"][0]["text"] == "state-ok: round-1"
+        other = subprocess.run([CELLMONO, "serve", "--settings", SETTINGS, "--new-key", "eve", "--role", "admin"],
+                               cwd=ROOT, env={**os.environ, **state_environment(server.state)}, capture_output=True,
+                               text=True, check=True).stdout.strip().splitlines()[-1]
+        stolen = call(server, {"name": "test_input_required_result_tampered_state", "arguments": {},
+                               "inputResponses": answered, "requestState": state}, meta, key=other)
+        assert stolen.json()["error"]["code"] == -32602, stolen.text  # another principal cannot resume it
         tampered = state[:-4] + ("AAAA" if not state.endswith("AAAA") else "BBBB")
         for name, forged in [("test_input_required_result_tampered_state", tampered),
                              ("test_input_required_result_tampered_state", "v1.forged"),
@@ -114,7 +122,7 @@ def test_tampered_and_foreign_request_state_is_refused_and_audited(tmp_path: Pat
         assert log.verify().ok
         records = [entry.fields for entry in log.entries()]
     refusals = [r for r in records if r["outcome"] == "rejected" and r["reason"] == "invalid or expired requestState"]
-    assert len(refusals) == 3
+    assert len(refusals) == 4
 
 
 def test_a_client_without_elicitation_gets_a_clear_error(server) -> None:
