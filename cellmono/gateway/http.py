@@ -27,7 +27,7 @@ from .auth import (Authenticator, Identity, InsufficientScope, Unauthenticated, 
 from .limits import ConcurrencyCap, Overloaded, RateLimited, retry_after_header
 from .server import FORBIDDEN, CallContext, Gateway
 from ..security.records import GatewayRecord
-from .stateless import Notification, answer, read_stateless, route_stateless, sse_body
+from .stateless import Notification, answer_or_leave, read_stateless, route_stateless, sse_body
 
 ANONYMOUS = Identity(principal="anonymous", method="local")
 
@@ -226,7 +226,12 @@ class GatewayHTTP:
             return
         context = CallContext(identity, "http", route.protocol_version, started)
         events: list[dict[str, Any]] | None = [] if "text/event-stream" in headers.get("accept", "") else None
-        status, document = await answer(self.server, read.request, route, context, events)
+        answered = await answer_or_leave(self.server, read.request, route, context, receive, events)
+        if answered is None:  # the client left: its call was cancelled, and nothing is sent
+            if not context.recorded:
+                self._audit(identity, method, "cancelled", 499, "the client disconnected", started)
+            return
+        status, document = answered
         if events:  # progress or logs were sent: the answer is an SSE stream ending with the response
             await self._respond(send, status, sse_body(events, document), [(b"content-type", b"text/event-stream")])
         else:

@@ -31,7 +31,7 @@ from .server import FORBIDDEN, CallContext
 
 # %% auto #0
 __all__ = ['MAX_EVENTS', 'Notification', 'StatelessRequest', 'read_stateless', 'route_stateless', 'Exchange', 'sse_body',
-           'answer']
+           'answer', 'answer_or_leave']
 
 # %% ../../nbs/46_stateless.ipynb #2c153cb2
 @dataclass(frozen=True)
@@ -152,3 +152,21 @@ async def answer(server: Server[Any], request: JSONRPCRequest, route: InboundMod
         status = 403 if data.code == FORBIDDEN else ERROR_CODE_HTTP_STATUS.get(data.code, 200)
         return status, {"jsonrpc": "2.0", "id": request.id, "error": data.model_dump(mode="json", exclude_none=True)}
     return 200, {"jsonrpc": "2.0", "id": request.id, "result": result}
+
+
+async def answer_or_leave(server: Server[Any], request: JSONRPCRequest, route: InboundModernRoute, context: CallContext,
+                          receive: Receive, events: list[dict[str, Any]] | None = None) -> tuple[int, dict[str, Any]] | None:
+    """`answer`, cancelled when the client disconnects (how a 2026-07-28 client cancels): None then."""
+    outcome: list[tuple[int, dict[str, Any]]] = []
+    async with anyio.create_task_group() as group:
+        async def watch() -> None:
+            for _ in range(1000):  # a server may hand out empty body parts before the disconnect
+                if (await receive())["type"] == "http.disconnect":
+                    group.cancel_scope.cancel()
+                    return
+            await anyio.sleep_forever()
+
+        group.start_soon(watch)
+        outcome.append(await answer(server, request, route, context, events))
+        group.cancel_scope.cancel()
+    return outcome[0] if outcome else None
