@@ -33,6 +33,7 @@ from ..core.envelope import trace_id_of
 from ..core.errors import AccessDenied, CellmonoError, PayloadInvalid, RequestTimeout
 from .limits import RateLimited, RateLimiter
 from .metrics import GatewayMetrics
+from .tasks import Tasks
 from ..security.guard import security_section
 from ..security.records import GatewayRecord, Outcome, from_gateway
 
@@ -232,6 +233,7 @@ class Gateway(Catalog):
         self.init_catalog()
         self.principal_limits = RateLimiter(self.settings.rate, self.settings.burst)
         self.tool_limits = RateLimiter(self.settings.tool_rate, self.settings.tool_burst)
+        self.tasks = Tasks(self)  # the tasks extension (cellmono.gateway.tasks), served when a tool supports tasks
 
     # -- decisions ------------------------------------------------------------------------------
     def visible(self, identity: Identity) -> list[types.Tool]:
@@ -370,6 +372,7 @@ class Gateway(Catalog):
                         on_call_tool=on_call_tool, **self.catalog_handlers(context_of),
                         instructions=f"Tools of the cellmono app {self.app.settings.app.name!r}.")
         self.install(server, context_of)
+        self.tasks.install(server, context_of)
         return server
 
 

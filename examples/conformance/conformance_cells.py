@@ -180,3 +180,50 @@ class ConformanceCell(Cell):
     @completes("id", resource="test://template/{id}/data", requires=())
     async def complete_id(self, request: CompletionRequest) -> list[str]:
         return [value for value in ("123", "124", "200") if value.startswith(request.value)]
+
+
+# -- tasks (SEP-2663, io.modelcontextprotocol/tasks): the fixtures of the suite's tasks-* scenarios ----------------
+import anyio  # noqa: E402  (this block is the tasks helper's; kept apart so the blocks merge cleanly)
+
+from cellmono.core.errors import ContractError  # noqa: E402
+from cellmono.gateway.task_store import task_support  # noqa: E402
+
+
+class Name(BaseModel):
+    name: str = "World"
+
+
+class Compute(BaseModel):
+    seconds: float = Field(default=0.0, ge=0, le=3600)
+    label: str = ""
+
+
+class TasksCell(Cell):
+    """Long-running tools for the tasks scenarios: a client declaring the extension gets a task."""
+
+    name = "tasks"
+
+    @tool(requires=())
+    async def greet(self, request: Name) -> ToolContent:
+        """Greets by name (synchronous only)"""
+        return _text(f"Hello, {request.name}!")
+
+    @tool(requires=())
+    @task_support("optional")
+    async def slow_compute(self, request: Compute) -> ToolContent:
+        """Sleeps `seconds`, then answers (a task for a declaring client; cancellable)"""
+        await anyio.sleep(request.seconds)
+        return _text(f"Computed {request.label or 'result'} after {request.seconds:g}s")
+
+    @tool(requires=())
+    @task_support("required")
+    async def failing_job(self, request: Empty) -> ToolContent:
+        """Fails with a tool error after about a second (runs only as a task)"""
+        await anyio.sleep(1.0)
+        raise RuntimeError("failing_job failed, as it always does")
+
+    @tool(requires=())
+    @task_support("optional")
+    async def protocol_error_job(self, request: Empty) -> ToolContent:
+        """Breaks its own contract: the task fails with a protocol error, not a tool error"""
+        raise ContractError("protocol_error_job broke its contract on purpose")
