@@ -174,3 +174,36 @@ def test_cancel_stops_the_cells_work(tmp_path: Path) -> None:
         assert again["resultType"] == "complete"
     records = [r for r in audit(tmp_path) if r.get("reason") == f"task {task_id} cancelled"]
     assert records, "the cell's work was not reported as cancelled"
+
+
+def session(url: str, key: str) -> Any:
+    """A 2025-11-25 session that declared the extension: a function sending one request on it."""
+    headers = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream",
+               "Content-Type": "application/json"}
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {"extensions": {EXTENSION: {}}},
+        "clientInfo": {"name": "test", "version": "1"}}}
+    answer = httpx.post(url, headers=headers, content=json.dumps(hello), timeout=30)
+    headers = {**headers, "Mcp-Session-Id": answer.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
+    httpx.post(url, headers=headers, content=json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}), timeout=30)
+
+    def send(method: str, params: dict[str, Any]) -> dict[str, Any]:
+        body = {"jsonrpc": "2.0", "id": 2, "method": method, "params": params}
+        return httpx.post(url, headers=headers, content=json.dumps(body), timeout=30).json()
+    return send
+
+
+def test_the_2025_wire_serves_result_and_list_of_ones_own_tasks(tmp_path: Path) -> None:
+    settings = settings_file(tmp_path)
+    alice, bob = new_key(tmp_path, "alice", "admin"), new_key(tmp_path, "bob", "admin")
+    with serve(tmp_path, "--settings", str(settings), environment=PATH) as running:
+        url = running.url
+        mine = call(url, alice, "slow_compute", {"seconds": 0.3, "label": "old-wire"})["result"]["taskId"]
+        theirs = call(url, bob, "slow_compute", {"seconds": 0})["result"]["taskId"]
+        old = session(url, alice)
+        assert "Computed old-wire" in old("tasks/result", {"taskId": mine})["result"]["content"][0]["text"]
+        assert [t["taskId"] for t in old("tasks/list", {})["result"]["tasks"]] == [mine]
+        assert old("tasks/result", {"taskId": theirs})["error"]["code"] == -32602
+        sync = old("tools/call", {"name": "slow_compute", "arguments": {"seconds": 0, "label": "s"}})["result"]
+        assert "taskId" not in sync and not sync["isError"]  # no task is created on the 2025-11-25 wire
+        assert old("tools/call", {"name": "failing_job", "arguments": {}})["error"]["code"] == -32021
