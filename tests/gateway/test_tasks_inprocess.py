@@ -1,15 +1,19 @@
-"""Cancelling a task stops the cell's work: the handler sees the cancellation and never finishes (in-memory bus, real app)."""
+"""Tasks in process (real app, in-memory bus): a cancel stops the cell's handler; a handler asking for input parks the
+task until `tasks/update` answers, then runs again with the answers and its kept state."""
 
 from __future__ import annotations
 
 import asyncio
 
+import json
+
 import anyio
 import mcp_types as types
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from cellmono.core.app import App
 from cellmono.core.cell import Cell, tool
+from cellmono.core.envelope import Envelope
 from cellmono.gateway.auth import Identity
 from cellmono.gateway.server import CallContext, Gateway
 from cellmono.gateway.task_store import task_support
@@ -25,6 +29,10 @@ class Done(BaseModel):
     ok: bool
 
 
+class Reply(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
 class Worker(Cell):
     name = "worker"
     seen: list[str]
@@ -32,6 +40,19 @@ class Worker(Cell):
     def __init__(self) -> None:
         super().__init__()
         self.seen = []
+
+    @tool(requires=())
+    @task_support("required")
+    async def confirm(self, job: Job, envelope: Envelope) -> Reply:
+        """Ask for a confirmation (the handler context's wire shape), then act on it."""
+        context = json.loads(envelope.headers.get("mcp-context", "{}"))
+        answer = context.get("answers", {}).get("confirm")
+        if answer is None:
+            self.seen.append("asked")
+            return Reply(resultType="input_required", state="kept-1",
+                         inputRequests={"confirm": {"method": "elicitation/create", "params": {"message": "Sure?"}}})
+        self.seen.append(f"answered {answer['action']} with state {context.get('state')}")
+        return Reply(text=f"done: {answer['action']}")
 
     @tool(requires=())
     @task_support("optional")
@@ -89,6 +110,33 @@ def test_a_short_task_is_not_cancelled_by_a_late_cancel() -> None:
             gateway.tasks.cancel(ended)  # idempotent on an ended task: it stays completed
             assert gateway.tasks.store.load("alice", None, record.task_id).status == "completed"
             assert worker.seen == ["started", "finished"]
+        finally:
+            await app.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_task_asking_for_input_parks_then_resumes_with_the_answers() -> None:
+    async def scenario() -> None:
+        worker = Worker()
+        app = App([worker])
+        gateway = Gateway(app)
+        await app.start()
+        try:
+            owner = CallContext(Identity(principal="alice", roles=("admin",)))
+            record = gateway.tasks.start(owner, gateway.entry("worker.confirm"), {"seconds": 0})
+            with anyio.fail_after(5):
+                await gateway.tasks.finished[record.task_id].wait()
+            parked = gateway.tasks.find(CallContext(owner.identity), "tasks/get", DECLARED, record.task_id, "read")
+            shown = parked.detailed()
+            assert shown["status"] == "input_required" and list(shown["inputRequests"]) == ["confirm"]
+            assert "state" not in shown and "requestState" not in shown and parked.state == "kept-1"
+            gateway.tasks.update(CallContext(owner.identity), parked, {"confirm": {"action": "accept"}})
+            with anyio.fail_after(5):
+                await gateway.tasks.finished[record.task_id].wait()
+            done = gateway.tasks.store.load("alice", None, record.task_id)
+            assert done.status == "completed" and "done: accept" in done.result["content"][0]["text"]
+            assert worker.seen == ["asked", "answered accept with state kept-1"]
         finally:
             await app.stop()
 
