@@ -39,6 +39,7 @@ def serve_cellmono(port: int, folder: Path) -> None:
     from cellmono.core.app import App
     from cellmono.core.cell import Cell, prompt, resource, tool
     from cellmono.core.config import Settings
+    from cellmono.gateway.task_store import task_support
     from cellmono.runtime.serve import build, serve_http
 
     class Text(BaseModel):
@@ -53,6 +54,12 @@ def serve_cellmono(port: int, folder: Path) -> None:
         @tool(requires="bench:read")
         async def echo(self, request: Text) -> Text:
             """Echo the text."""
+            return Text(text=request.text)
+
+        @tool(requires="bench:read")
+        @task_support("optional")
+        async def job(self, request: Text) -> Text:
+            """Echo the text, as a task for a client declaring the tasks extension."""
             return Text(text=request.text)
 
         @resource("bench://notes/{id}", requires="bench:read")
@@ -222,7 +229,8 @@ def token(folder: Path, port: int) -> str:
 
     private = serialization.load_pem_private_key((folder / "private.pem").read_bytes(), password=None)
     return jwt.encode({"sub": "bench-user", "iss": ISSUER, "aud": f"http://127.0.0.1:{port}/mcp",
-                       "exp": time.time() + 3600, "scope": "tool:call:bench.echo resource:read:bench.note prompt:get:bench.greet bench:read",
+                       "exp": time.time() + 3600, "scope": "tool:call:bench.echo resource:read:bench.note prompt:get:bench.greet bench:read "
+                                "tool:call:bench.job task:read:bench.job",
                        "client_id": "bench"}, private, algorithm="RS256", headers={"kid": "bench"})
 
 
@@ -231,6 +239,38 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def task_roundtrip(port: int, bearer: str, rounds: int) -> float:
+    """p50 ms of one task's round trip: `tools/call` answered with a task, then `tasks/get` until it completed."""
+    import httpx
+
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {"extensions": {"io.modelcontextprotocol/tasks": {}}}}
+    url = f"http://127.0.0.1:{port}/mcp"
+
+    def rpc(client: httpx.Client, method: str, params: dict, name: str) -> dict:
+        headers = {"Authorization": f"Bearer {bearer}", "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method,
+                   "Mcp-Name": name, "Accept": "application/json, text/event-stream"}
+        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": meta}}
+        answer = client.post(url, json=body, headers=headers).json()
+        if "result" not in answer:
+            raise RuntimeError(f"{method}: {answer}")
+        return answer["result"]
+
+    times: list[float] = []
+    with httpx.Client(timeout=30) as client:
+        for _ in range(rounds + 5):  # the first five warm up
+            started = time.perf_counter()
+            task = rpc(client, "tools/call", {"name": "bench.job", "arguments": {"text": TEXT}}, "bench.job")
+            for _ in range(1000):
+                got = rpc(client, "tasks/get", {"taskId": task["taskId"]}, task["taskId"])
+                if got["status"] == "completed":
+                    break
+            else:
+                raise RuntimeError(f"task {task['taskId']} did not complete")
+            times.append((time.perf_counter() - started) * 1000)
+    return sorted(times[5:])[len(times[5:]) // 2]
 
 
 def measure(name: str, folder: Path, seconds: float) -> dict[str, float]:
@@ -265,6 +305,7 @@ def measure(name: str, folder: Path, seconds: float) -> dict[str, float]:
         if name == "cellmono":  # the catalog: resources and prompts over the same door, 16 clients
             figures["resource_read_per_s"] = run_load(16, seconds / 2, "resources/read")["calls_per_s"]
             figures["prompt_get_per_s"] = run_load(16, seconds / 2, "prompts/get")["calls_per_s"]
+            figures["task_roundtrip_ms"] = task_roundtrip(port, bearer, 50 if seconds < 4 else 300)
         return figures
     finally:
         server.terminate()
@@ -318,8 +359,8 @@ def main() -> None:
         "fastmcp_server_cpu_ms_per_call": round(fastmcp["cpu_ms_per_call"], 3),
         "resource_read_per_s": round(cellmono["resource_read_per_s"], 1),
         "prompt_get_per_s": round(cellmono["prompt_get_per_s"], 1),
-        # not measured yet: the gateway has no tasks and no progress path (issue 14, later slices)
-        "task_roundtrip_ms": None,
+        "task_roundtrip_ms": round(cellmono["task_roundtrip_ms"], 2),
+        # not measured yet: the gateway has no progress path (issue 14, a later slice)
         "progress_overhead": None,
     }
     print(json.dumps(result))

@@ -35,6 +35,7 @@ from ..core.envelope import trace_id_of
 from ..core.errors import AccessDenied, CellmonoError, PayloadInvalid, RequestTimeout
 from .limits import RateLimited, RateLimiter
 from .metrics import GatewayMetrics
+from .tasks import Tasks
 from ..security.guard import security_section
 from ..security.records import GatewayRecord, Outcome, from_gateway
 
@@ -231,6 +232,7 @@ class Gateway(Catalog):
         self.init_catalog()
         self.principal_limits = RateLimiter(self.settings.rate, self.settings.burst)
         self.tool_limits = RateLimiter(self.settings.tool_rate, self.settings.tool_burst)
+        self.tasks = Tasks(self)  # the tasks extension (cellmono.gateway.tasks), served when a tool supports tasks
 
     # -- decisions ------------------------------------------------------------------------------
     def visible(self, identity: Identity) -> list[types.Tool]:
@@ -381,6 +383,7 @@ class Gateway(Catalog):
                         instructions=f"Tools of the cellmono app {self.app.settings.app.name!r}.")
         self.install(server, context_of)
         server.middleware.append(self.state_boundary(context_of))
+        self.tasks.install(server, context_of)
         return server
 
 

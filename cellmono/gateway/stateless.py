@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from .asgi import Receive, Rejection, Scope, accepts_json, read_body
 from .server import FORBIDDEN, CallContext
+from .tasks import check_task_name
 
 # %% auto #0
 __all__ = ['MAX_EVENTS', 'Notification', 'StatelessRequest', 'read_stateless', 'route_stateless', 'Exchange', 'sse_body',
@@ -87,6 +88,7 @@ def route_stateless(scope: Scope, read: StatelessRequest, headers: Mapping[str, 
     verdict = classify_inbound_request(read.message, headers=headers)
     if isinstance(verdict, InboundLadderRejection):
         raise Rejection(ERROR_CODE_HTTP_STATUS.get(verdict.code, 400), verdict.code, verdict.message, data=verdict.data)
+    check_task_name(read.message, headers)  # SEP-2663: Mcp-Name is the taskId on tasks/get|update|cancel
     params = read.message.get("params")
     if tool_schema is not None and read.request.method == "tools/call" and isinstance(params, dict):
         schema = tool_schema(str(params.get("name")))

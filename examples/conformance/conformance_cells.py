@@ -321,3 +321,96 @@ ENUMS_SCHEMA: dict[str, Any] = {"type": "object", "required": [], "properties": 
     "titledMulti": {"type": "array", "description": "Multi-select with titled options", "items": {"anyOf": [
         {"const": "feature", "title": "New Feature"}, {"const": "bug", "title": "Bug Fix"},
         {"const": "docs", "title": "Documentation"}]}}}}
+
+# -- tasks (SEP-2663, io.modelcontextprotocol/tasks): the fixtures of the suite's tasks-* scenarios ----------------
+import anyio  # noqa: E402  (this block is the tasks helper's; kept apart so the blocks merge cleanly)
+
+from cellmono.core.envelope import Envelope  # noqa: E402
+from cellmono.core.errors import ContractError  # noqa: E402
+from cellmono.gateway.task_store import task_support  # noqa: E402
+from cellmono.gateway.tasks import CONTEXT_HEADER  # noqa: E402
+
+
+class Name(BaseModel):
+    name: str = "World"
+
+
+class Compute(BaseModel):
+    seconds: float = Field(default=0.0, ge=0, le=3600)
+    label: str = ""
+
+
+class Filename(BaseModel):
+    filename: str = "file.txt"
+
+
+class Asked(BaseModel):
+    """A tool's answer: content blocks, or (MRTR) the input it still needs, in the handler context's wire shape."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def _answers(envelope: Envelope) -> dict[str, Any]:
+    """The input responses a resumed task call carries (the handler context's `mcp-context` header)."""
+    return dict(json.loads(envelope.headers.get(CONTEXT_HEADER, "{}")).get("answers") or {})
+
+
+def _confirm(message: str) -> dict[str, Any]:
+    return {"method": "elicitation/create", "params": {"mode": "form", "message": message, "requestedSchema": {
+        "type": "object", "properties": {"confirm": {"type": "boolean"}}, "required": ["confirm"]}}}
+
+
+def _ask(requests: dict[str, Any]) -> Asked:
+    return Asked(resultType="input_required", inputRequests=requests)
+
+
+def _done(text: str) -> Asked:
+    return Asked(content=[{"type": "text", "text": text}])
+
+
+class TasksCell(Cell):
+    """Long-running tools for the tasks scenarios: a client declaring the extension gets a task."""
+
+    name = "tasks"
+
+    @tool(requires=())
+    async def greet(self, request: Name) -> ToolContent:
+        """Greets by name (synchronous only)"""
+        return _text(f"Hello, {request.name}!")
+
+    @tool(requires=())
+    @task_support("optional")
+    async def slow_compute(self, request: Compute) -> ToolContent:
+        """Sleeps `seconds`, then answers (a task for a declaring client; cancellable)"""
+        await anyio.sleep(request.seconds)
+        return _text(f"Computed {request.label or 'result'} after {request.seconds:g}s")
+
+    @tool(requires=())
+    @task_support("required")
+    async def failing_job(self, request: Empty) -> ToolContent:
+        """Fails with a tool error after about a second (runs only as a task)"""
+        await anyio.sleep(1.0)
+        raise RuntimeError("failing_job failed, as it always does")
+
+    @tool(requires=())
+    @task_support("optional")
+    async def protocol_error_job(self, request: Empty) -> ToolContent:
+        """Breaks its own contract: the task fails with a protocol error, not a tool error"""
+        raise ContractError("protocol_error_job broke its contract on purpose")
+
+    @tool(requires=())
+    @task_support("required")
+    async def confirm_delete(self, request: Filename, envelope: Envelope) -> Asked:
+        """Asks for one confirmation (the task parks input_required), then deletes nothing and says so"""
+        answer = _answers(envelope).get("confirm")
+        if answer is None:
+            return _ask({"confirm": _confirm(f"Delete {request.filename}?")})
+        return _done(f"{request.filename}: {'deleted' if answer.get('action') == 'accept' else 'kept'}")
+
+    @tool(requires=())
+    @task_support("required")
+    async def multi_input(self, request: Empty, envelope: Envelope) -> Asked:
+        """Asks two questions at once; a client may answer them one tasks/update at a time"""
+        answers = _answers(envelope)
+        missing = {key: _confirm(f"Question {key}?") for key in ("first", "second") if key not in answers}
+        return _ask(missing) if missing else _done(f"answered: {', '.join(sorted(answers))}")
