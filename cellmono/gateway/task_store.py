@@ -23,8 +23,9 @@ from ..core.errors import ContractError
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['TASKS_EXTENSION', 'TaskSupport', 'TaskStatus', 'TERMINAL', 'task_support', 'task_mode', 'TaskSettings', 'TaskRecord',
-           'new_task', 'owner_key', 'TaskStore', 'MemoryTaskStore', 'StoredTasks', 'tool_modes', 'task_store_of']
+__all__ = ['TASKS_EXTENSION', 'TaskSupport', 'TaskStatus', 'TERMINAL', 'task_support', 'task_mode', 'asks_first', 'TaskSettings',
+           'TaskRecord', 'new_task', 'owner_key', 'TaskStore', 'MemoryTaskStore', 'StoredTasks', 'tool_modes',
+           'asking_first', 'task_store_of']
 
 # %% ../../nbs/49b_task_store.ipynb #c45af1e3
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"  # SEP-2663: the extension's id in `capabilities.extensions`
@@ -32,16 +33,20 @@ TaskSupport = Literal["optional", "required"]
 TaskStatus = Literal["working", "input_required", "completed", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 _MARK = "__cellmono_task__"
+_ASKS = "__cellmono_task_asks_first__"
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
-def task_support(mode: TaskSupport = "optional") -> Callable[[_Method], _Method]:
-    """Mark a `@tool` as long-running: a client declaring the tasks extension gets a task at once."""
+def task_support(mode: TaskSupport = "optional", *, asks_first: bool = False) -> Callable[[_Method], _Method]:
+    """Mark a `@tool` as long-running: a client declaring the tasks extension gets a task at once. With
+    `asks_first`, the tool gathers its input synchronously first (MRTR rounds, SEP-2322) and becomes a task
+    on the call that carries the answers (the SEP-2663 composition)."""
     if mode not in ("optional", "required"):
         raise ContractError(f"task_support mode must be 'optional' or 'required', not {mode!r}")
 
     def mark(function: _Method) -> _Method:
         setattr(function, _MARK, mode)
+        setattr(function, _ASKS, asks_first)
         return function
     return mark
 
@@ -50,6 +55,11 @@ def task_mode(method: Any) -> TaskSupport | None:
     """The task support a tool method declares (`@task_support`), None for a synchronous tool."""
     mode = getattr(method, _MARK, None)
     return mode if mode in ("optional", "required") else None
+
+
+def asks_first(method: Any) -> bool:
+    """Whether a task tool gathers its input synchronously before it becomes a task."""
+    return getattr(method, _ASKS, False) is True
 
 # %% ../../nbs/49b_task_store.ipynb #8d55ebaf
 class TaskSettings(Section):
@@ -194,16 +204,25 @@ class StoredTasks:
         self.namespace.delete(f"{owner_key(record.principal, record.tenant)}/{record.task_id}")
 
 # %% ../../nbs/49b_task_store.ipynb #8ac6992b
-def tool_modes(gateway: Any) -> dict[str, TaskSupport]:
-    """The task support of each exposed tool, by MCP name (read from the cells' `@task_support` marks)."""
-    by_subject: dict[str, TaskSupport] = {}
+def _marks(gateway: Any, read: Callable[[Any], Any]) -> dict[str, Any]:
+    by_subject: dict[str, Any] = {}
     for cell in gateway.app.cells.values():
         for spec in cell.tools():
-            mode = task_mode(getattr(type(cell), spec.attribute, None))
-            if mode is not None:
-                by_subject[spec.subject] = mode
+            mark = read(getattr(type(cell), spec.attribute, None))
+            if mark is not None:
+                by_subject[spec.subject] = mark
     return {name: by_subject[entry.spec.subject] for name, entry in gateway.tools.items()
             if entry.spec.subject in by_subject}
+
+
+def tool_modes(gateway: Any) -> dict[str, TaskSupport]:
+    """The task support of each exposed tool, by MCP name (read from the cells' `@task_support` marks)."""
+    return _marks(gateway, task_mode)
+
+
+def asking_first(gateway: Any) -> frozenset[str]:
+    """The exposed task tools, by MCP name, that gather their input synchronously before becoming a task."""
+    return frozenset(_marks(gateway, lambda method: True if asks_first(method) else None))
 
 
 def task_store_of(app: Any) -> TaskStore:

@@ -29,7 +29,7 @@ from .asgi import Rejection
 from .auth import InsufficientScope
 from .catalog import page, tool_content
 from .task_store import (TASKS_EXTENSION, TERMINAL, MemoryTaskStore, TaskRecord, TaskSettings, TaskStore,
-                                         TaskSupport, new_task, task_store_of, tool_modes)
+                                         TaskSupport, asking_first, new_task, task_store_of, tool_modes)
 
 _log = logging.getLogger(__name__)
 _FORBIDDEN = -32003  # cellmono.gateway.server.FORBIDDEN (this module sits below it)
@@ -169,7 +169,9 @@ class TaskRunner:
             raise MCPError(_RATE_LIMITED, message)
         record = resumed or new_task(identity.principal, identity.tenant, entry.spec.subject, self.settings,
                                      dict(arguments or {}))
-        if answers:
+        if answers:  # the SDK parses a call's answers into its models; the record keeps them as JSON
+            answers = {key: value.model_dump(mode="json", by_alias=True, exclude_none=True)
+                       if isinstance(value, BaseModel) else value for key, value in answers.items()}
             record = record.model_copy(update={"input_responses": {**record.input_responses, **answers}})
         self.store.save(record)
         self.scopes[record.task_id] = scope = anyio.CancelScope()
@@ -210,6 +212,7 @@ class TaskAccess(TaskRunner):
     """Who gets a task, and who may see one: negotiation, authorization, lookup within the caller's own tasks."""
 
     modes: dict[str, TaskSupport]
+    asking: frozenset[str]
 
     def wanted(self, context: Any, name: Any, capabilities: Any) -> bool:
         """Whether this call becomes a task: a task tool and a declaring client; -32021 for a required one otherwise."""
@@ -313,6 +316,7 @@ class Tasks(TaskActions):
         self.gateway = gateway
         self.settings = settings or gateway.app.settings.section("tasks", TaskSettings)
         self.modes = tool_modes(gateway)
+        self.asking = asking_first(gateway)
         self.store = store if store is not None else task_store_of(gateway.app) if self.modes else MemoryTaskStore()
         self.init_runner()
         self.recovered = self.recover() if self.modes else 0
@@ -338,7 +342,8 @@ class Tasks(TaskActions):
 
         async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> Any:
             context = context_of(ctx)  # tasks are created on the 2026-07-28 wire (SEP-2663 builds on its envelope)
-            if not self.wanted(context, params.name, capabilities(ctx) if modern(ctx) else None):
+            if (not self.wanted(context, params.name, capabilities(ctx) if modern(ctx) else None)
+                    or (params.input_responses is None and params.name in self.asking)):  # MRTR rounds first
                 return await synchronous.handler(ctx, params) if synchronous is not None else None
             entry = self.create(context, params.name)
             record = self.start(context, entry, params.arguments or {}, answers=params.input_responses)

@@ -386,6 +386,14 @@ class TasksCell(Cell):
         return _text(f"Computed {request.label or 'result'} after {request.seconds:g}s")
 
     @tool(requires=())
+    @task_support("required", asks_first=True)
+    async def test_tool_with_task(self, request: Empty, ctx: Context) -> ToolContent:
+        """Asks for a name (a synchronous MRTR round), then runs as a task and greets by that name"""
+        answer = await ctx.elicit("What is your name?", NAME_SCHEMA, key="user_name")
+        await anyio.sleep(0.2)
+        return _text(f"Hello, {(answer.get('content') or {}).get('name', 'stranger')}!")
+
+    @tool(requires=())
     @task_support("required")
     async def failing_job(self, request: Empty) -> ToolContent:
         """Fails with a tool error after about a second (runs only as a task)"""
