@@ -49,6 +49,7 @@ class Served:
     api_keys: ApiKeys | None
     new_key: str | None
     audit_log: AuditLog
+    telemetry: Telemetry | None = None  # the app's meter, when `[telemetry] metrics` is on: the trigger loop reads it
 
 
 def state_folder(app: App, settings: GatewaySettings) -> Path:
@@ -103,10 +104,12 @@ def build(app: App, *, port: int | None = None, host: str | None = None, audit: 
     audit = audit or AuditLogSink(runtime.audit)
     gateway = Gateway(app, settings=settings, policy=policy, audit=audit, minter=minter or token_minter(runtime, policy))
     telemetry = Telemetry.attach(app)  # before the app starts: its handlers are metered as they are bound
-    if app.meter is telemetry:
+    metered = app.meter is telemetry
+    if metered:
         gateway.metrics.exporters.append(lambda: prometheus_text(telemetry))
     http = GatewayHTTP(gateway, Authenticator(api_keys=api_keys, jwt=jwt))
-    return Served(app, gateway, http, settings, state, api_keys, new_key, runtime.audit)
+    return Served(app, gateway, http, settings, state, api_keys, new_key, runtime.audit,
+                  telemetry if metered else None)
 
 
 def runtime_of(app: App) -> Runtime:
@@ -249,11 +252,13 @@ async def serve_stdio(served: Served) -> None:
 
 
 async def _control(served: Served) -> Controlled | None:
-    """The control socket of an app whose cells can move (`cellmono promote` / `demote`), in its state folder."""
+    """The control socket of an app whose cells can move (`cellmono promote` / `demote`, `triggers status` / `record`)
+    in its state folder, and its trigger loop over the app's telemetry."""
     if not isinstance(served.app, LiveApp):
         return None
     runtime = runtime_of(served.app)
-    return await Controlled(served.app, served.state, runtime.audit, runtime.authority.roles).start()
+    return await Controlled(served.app, served.state, runtime.audit, runtime.authority.roles,
+                            telemetry=served.telemetry).start()
 
 
 async def _stop(served: Served, control: Controlled | None) -> None:
