@@ -26,6 +26,7 @@ from ..gateway.bridge import AuditLogSink, GatewayGuard, TokenMinter
 from ..gateway.http import GatewayHTTP
 from ..gateway.server import AuditSink, Gateway, GatewaySettings, Minter, app_policy, gateway_settings
 from ..ops.prometheus import prometheus_text
+from ..ops.signals import trigger_config
 from ..ops.telemetry import Telemetry
 from ..security.audit import AuditLog
 from .control import Controlled
@@ -76,6 +77,7 @@ def build(app: App, *, port: int | None = None, host: str | None = None, audit: 
           minter: Minter | None = None, create_admin: bool = True) -> Served:
     """Assemble the gateway of `app`: settings, state folder, credentials, audit, the ASGI app."""
     settings = gateway_settings(app)
+    trigger_config(app.settings)  # a bad [triggers] section is refused before anything starts
     updates: dict[str, object] = {}
     if host is not None:
         updates["host"] = host
