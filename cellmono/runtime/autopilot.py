@@ -24,7 +24,7 @@ from ..topology.switch import LiveApp
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['KEEP_RECORDS', 'SIGNALS', 'PromoterMover', 'AppTriggers', 'cell_status', 'status', 'to_mermaid']
+__all__ = ['SIGNALS', 'KEEP_RECORDS', 'PromoterMover', 'cell_status', 'status', 'AppTriggers', 'to_mermaid']
 
 # %% ../../nbs/71b_autopilot.ipynb #78f87478
 class PromoterMover:
@@ -42,6 +42,30 @@ class PromoterMover:
         else:
             raise PromotionRefused(f"cell {decision.cell!r}: {decision.action} resizes running workers, which the "
                                    "promoter does not do: demote, then promote with --replicas")
+
+# %% ../../nbs/71b_autopilot.ipynb #757857da
+SIGNALS = ("cpu", "memory", "users")
+
+
+def cell_status(triggers: AppTriggers, name: str) -> dict[str, Any]:
+    """One cell's trigger status, JSON-ready."""
+    settings = triggers.config.for_cell(name)
+    state = triggers.states.get(name, CellState())
+    last = triggers.last.get(name)
+    inputs = last.inputs if last is not None else {}
+    signals = {key: {"value": inputs.get(key), "enter": getattr(settings, f"{key}_enter"),
+                     "exit": getattr(settings, f"{key}_exit")} for key in SIGNALS}
+    burns = {key: value for key, value in inputs.items() if key.startswith("burn_")}
+    return {"cell": name, "placement": triggers.app.where.get(name, "inprocess"), "mode": settings.mode,
+            "level": state.level, "state": (last.blocked_by or last.action) if last is not None else "not sampled",
+            "in_state_s": round(max(0, triggers.tick - 1 - state.entered) * settings.interval, 3) if last else None,
+            "rule": last.rule if last is not None else None, "reason": last.reason if last is not None else None,
+            "signals": signals, "burn": burns, "p95_ms": inputs.get("p95_ms"), "slo_p95_ms": inputs.get("slo_p95_ms")}
+
+
+def status(triggers: AppTriggers) -> list[dict[str, Any]]:
+    """Every cell's trigger status, in the app's order."""
+    return [cell_status(triggers, name) for name in triggers.app.cells]
 
 # %% ../../nbs/71b_autopilot.ipynb #20ad25ff
 KEEP_RECORDS = 20_000  # trace records kept for `triggers record` (about 80 minutes of 4 cells at 15 s)
@@ -86,35 +110,15 @@ class AppTriggers(TriggerController):
                     "level": level, "isolated": False, "entered": self.tick, "last_move": self.tick,
                     "last_direction": 1 if level > state.level else -1, "up_count": 0, "down_count": 0,
                     "recommendations": ()})
-        return await super().step()
+        decisions = await super().step()
+        for name in self.app.cells:  # the live app diagram shows each cell's trigger state
+            row = cell_status(self, name)
+            self.app.trigger_states[name] = f"{row['mode']}, {row['state']}"
+        return decisions
 
     def header(self) -> TraceHeader:
         """The header of a trace of this app's samples."""
         return TraceHeader(interval=self.config.default.interval, app=self.app.settings.app.name, started=self.started)
-
-# %% ../../nbs/71b_autopilot.ipynb #757857da
-SIGNALS = ("cpu", "memory", "users")
-
-
-def cell_status(triggers: AppTriggers, name: str) -> dict[str, Any]:
-    """One cell's trigger status, JSON-ready."""
-    settings = triggers.config.for_cell(name)
-    state = triggers.states.get(name, CellState())
-    last = triggers.last.get(name)
-    inputs = last.inputs if last is not None else {}
-    signals = {key: {"value": inputs.get(key), "enter": getattr(settings, f"{key}_enter"),
-                     "exit": getattr(settings, f"{key}_exit")} for key in SIGNALS}
-    burns = {key: value for key, value in inputs.items() if key.startswith("burn_")}
-    return {"cell": name, "placement": triggers.app.where.get(name, "inprocess"), "mode": settings.mode,
-            "level": state.level, "state": (last.blocked_by or last.action) if last is not None else "not sampled",
-            "in_state_s": round(max(0, triggers.tick - 1 - state.entered) * settings.interval, 3) if last else None,
-            "rule": last.rule if last is not None else None, "reason": last.reason if last is not None else None,
-            "signals": signals, "burn": burns, "p95_ms": inputs.get("p95_ms"), "slo_p95_ms": inputs.get("slo_p95_ms")}
-
-
-def status(triggers: AppTriggers) -> list[dict[str, Any]]:
-    """Every cell's trigger status, in the app's order."""
-    return [cell_status(triggers, name) for name in triggers.app.cells]
 
 # %% ../../nbs/71b_autopilot.ipynb #4f7ffe5c
 def to_mermaid(triggers: AppTriggers) -> str:
