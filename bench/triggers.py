@@ -13,7 +13,8 @@ Keys of the last line:
   with an error;
 - detect_s: from load start to the promotion decision; promote_s: from the decision until the promotion returned,
   i.e. the cell's subjects route to the broker and the in-process copy is drained: all traffic served by workers;
-- p95_before_ms / p95_after_ms: client latency under the same load, in process vs in workers;
+- p95_before_ms / p95_after_ms: client latency under the same load, in process (from 0.5 s after load start to the
+  decision) vs in workers (from `WARM_UP` s after the promotion to the demotion);
 - telemetry_overhead: in-process bus request/reply with the default telemetry on vs off, minus 1 (thread CPU,
   paired rounds, from `bench/telemetry.py`); tracing is off by default and not part of it;
 - demote_lost: requests lost while `Promoter.demote` brings the cell back under the same load;
@@ -42,6 +43,7 @@ from cellmono.ops.signals import Sample, TriggerConfig, TriggerSettings
 from cellmono.ops.telemetry import Telemetry
 from cellmono.ops.triggers import CellState, Decision, decide, history_ticks
 from cellmono.runtime.autopilot import AppTriggers
+from cellmono.security.audit import AuditLog
 from cellmono.security.guard import Principal
 from cellmono.topology.switch import LiveApp
 from cellmono.topology.workers import build_app
@@ -104,6 +106,7 @@ def write_app(folder: Path) -> Path:
 # Two closed-loop clients against two workers. With four, the workers' p95 is worse than in process: a worker runs the
 # CPU-bound handler on its event loop, and a reply waits in the NATS client's buffer behind the next handler call.
 CLIENTS = 2
+WARM_UP = 2.0  # seconds after the promotion before the 'after' latencies count
 TIMEOUT = 2.5  # seconds before a request counts as lost: well above any p95 here, below the phases' lengths
 
 
@@ -190,7 +193,7 @@ async def measure_move(folder: Path, quick: bool) -> dict[str, float | int | Non
     triggers.mover = mover
     await app.start()
     load = Load(app, clients=CLIENTS, rounds=8000)
-    after_s = 5.0 if quick else 10.0
+    after_s = 4.0 if quick else 10.0
     figures: dict[str, float | int | None] = {}
     loop = None
     try:
@@ -204,8 +207,8 @@ async def measure_move(folder: Path, quick: bool) -> dict[str, float | int | Non
         await loop
         if mover.moved is None or mover.decided is None:
             raise SystemExit(f"no promotion: {mover.error!r} (decision {mover.decision})")
-        settled = mover.moved + 0.5
-        await asyncio.sleep(0.5 + after_s)
+        settled = mover.moved + WARM_UP  # fresh workers' first calls are slow (lazy imports, cold caches)
+        await asyncio.sleep(WARM_UP + after_s)
         lost_before_demote = load.lost
         demote_started = time.monotonic()
         await promoter.demote("hot", actor="bench")
@@ -235,6 +238,11 @@ async def measure_move(folder: Path, quick: bool) -> dict[str, float | int | Non
         await promoter.close()
     for line in load.errors[:5]:
         print(line, file=sys.stderr)
+    with AuditLog(folder / "audit.sqlite") as log:  # where the promotion's time went, from its audit steps
+        steps = [(entry.fields["action"], entry.fields["time"]) for entry in log.entries()
+                 if str(entry.fields.get("action", "")).startswith("promote.")]
+    if steps:
+        print("promotion steps: " + ", ".join(f"{action} +{at - steps[0][1]:.2f} s" for action, at in steps))
     return figures
 
 
