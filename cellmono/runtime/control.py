@@ -23,7 +23,7 @@ from ..core.errors import CellmonoError, ConfigError
 from ..gateway.auth import ApiKeys
 from ..gateway.server import GatewaySettings
 from ..ops.promotion import Promoter
-from ..ops.signals import TraceRecord
+from ..ops.signals import TraceRecord, trigger_config
 from ..ops.telemetry import Telemetry
 from ..security.audit import AuditLog
 from ..security.capabilities import CapabilitySet, Roles
@@ -276,17 +276,20 @@ class Controlled:
 
 
 async def run_controlled(app: App, seconds: float | None = None) -> None:
-    """`cellmono run`: run the app; a `LiveApp` also opens its control socket for `cellmono promote` / `demote`."""
+    """`cellmono run`: run the app; a `LiveApp` also opens its control socket and runs its trigger loop over telemetry."""
     if not isinstance(app, LiveApp):
         await app.run(seconds)
         return
+    trigger_config(app.settings)  # a bad [triggers] section is refused before anything starts
+    telemetry = Telemetry.attach(app)  # before start: handlers are metered as they are bound
     await app.start()
     controlled: Controlled | None = None
     try:
         runtime = app.services
         audit = runtime.audit if isinstance(runtime, Runtime) else None
         roles = runtime.authority.roles if isinstance(runtime, Runtime) else Roles({})
-        controlled = await Controlled(app, control_socket(app.settings).parent, audit, roles).start()
+        controlled = await Controlled(app, control_socket(app.settings).parent, audit, roles,
+                                      telemetry=telemetry if app.meter is telemetry else None).start()
         await app.wait_for_stop(seconds)
     finally:
         if controlled is not None:
