@@ -101,7 +101,7 @@ class ControlServer:
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
             if reply.get("ok") and reply.get("records") == "follow":
-                await self._stream(writer, float(request["seconds"]))
+                await self._stream(writer, float(request.get("seconds", 0)))
         except (ConnectionError, OSError):
             pass
         finally:
