@@ -17,14 +17,21 @@ from ..core.errors import CellmonoError
 from ..runtime.control import control_socket, send_request
 
 # %% auto #0
-__all__ = ['command_promote', 'command_demote', 'add_common_arguments', 'register']
+__all__ = ['operator_key', 'ask', 'command_promote', 'command_demote', 'add_common_arguments', 'register']
 
 # %% ../../nbs/80_cli_promote.ipynb #fddcf28d
-def _ask(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
-    key = args.key or os.environ.get("CELLMONO_API_KEY", "")
+def operator_key(args: argparse.Namespace, command: str) -> str:
+    """The operator's API key (`--key`, else `CELLMONO_API_KEY`); a one-line `CellmonoError` naming `command` without one."""
+    key: str = args.key or os.environ.get("CELLMONO_API_KEY", "")
     if not key:
-        raise CellmonoError(f"'cellmono {request['action']}' needs an operator API key whose roles grant ops:promote: "
+        raise CellmonoError(f"'cellmono {command}' needs an operator API key whose roles grant ops:promote: "
                             "--key KEY or CELLMONO_API_KEY")
+    return key
+
+
+def ask(args: argparse.Namespace, request: dict[str, Any], command: str | None = None) -> dict[str, Any]:
+    """Send `request` with the operator's key to the app of `--settings`; its reply, or a one-line `CellmonoError`."""
+    key = operator_key(args, command or request["action"])
     path = control_socket(load_settings(args.settings))
     reply = asyncio.run(send_request(path, {**request, "key": key}, timeout=args.timeout))
     if not reply.get("ok"):
@@ -34,7 +41,7 @@ def _ask(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
 
 def command_promote(args: argparse.Namespace) -> int:
     """`cellmono promote CELL`: the running app moves the cell to workers; one line on success, exit 2 on refusal."""
-    reply = _ask(args, {"action": "promote", "cell": args.cell, "replicas": args.replicas, "transport": args.transport})
+    reply = ask(args, {"action": "promote", "cell": args.cell, "replicas": args.replicas, "transport": args.transport})
     placement = reply["placement"]
     print(f"promoted {args.cell}: {placement['replicas']} worker(s) over {placement['transport']}")
     return 0
@@ -42,7 +49,7 @@ def command_promote(args: argparse.Namespace) -> int:
 
 def command_demote(args: argparse.Namespace) -> int:
     """`cellmono demote CELL`: the running app brings the cell back in process."""
-    _ask(args, {"action": "demote", "cell": args.cell})
+    ask(args, {"action": "demote", "cell": args.cell})
     print(f"demoted {args.cell}: runs in process")
     return 0
 

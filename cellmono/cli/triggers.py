@@ -1,4 +1,4 @@
-"""`cellmono triggers simulate | explain | record | status`: replay a recorded trace through the trigger policy, say why the last decision about a cell was made; `record` and `status` need the running app's control path and say so.
+"""`cellmono triggers simulate | explain | record | status`: replay a recorded trace through the trigger policy, say why the last decision about a cell was made; ask the running app, over its control socket, for each cell's state (`status`) and for its samples as a trace (`record`).
 
 Docs: https://cellmono.github.io/cellmono/cli_triggers.html.md"""
 
@@ -8,19 +8,24 @@ Docs: https://cellmono.github.io/cellmono/cli_triggers.html.md"""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import datetime
+import json
 from pathlib import Path
 from typing import Any
 
 from ..core.config import load_settings
 from ..core.errors import CellmonoError
-from ..ops.signals import TriggerConfig, read_trace, trigger_config
+from ..ops.signals import TraceHeader, TraceRecord, TriggerConfig, read_trace, trigger_config, write_trace
 from ..ops.triggers import Decision, replay
 from ..security.audit import AuditLog
 from ..security.guard import security_section
+from .promote import ask, operator_key
+from ..runtime.control import MAX_RECORD_SECONDS, control_socket, stream_request
 
 # %% auto #0
-__all__ = ['decision_line', 'explain_lines', 'register']
+__all__ = ['decision_line', 'explain_lines', 'status_lines', 'register']
 
 # %% ../../nbs/79_cli_triggers.ipynb #68d1a514
 def _config(args: argparse.Namespace) -> TriggerConfig:
@@ -96,15 +101,72 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 # %% ../../nbs/79_cli_triggers.ipynb #49a3809d
-def _not_yet(args: argparse.Namespace) -> int:
-    raise CellmonoError(f"'cellmono triggers {args.triggers_command}' is not available yet: it needs the running "
-                        "app's control path, which comes with live promotion (issue 12); 'simulate' and 'explain' "
-                        "work on files today")
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def status_lines(reply: dict[str, Any]) -> list[str]:
+    """The lines of `triggers status` from the app's reply: per cell, placement, mode, state and time in it, signals vs thresholds."""
+    lines = [f"trigger loop: every {reply['interval']:g} s, tick {reply['tick']}"]
+    for row in reply["cells"]:
+        where = "in process" if row["placement"] == "inprocess" else row["placement"]
+        since = "" if row["in_state_s"] is None else f" for {row['in_state_s']:g} s"
+        signals = ", ".join(f"{name} {_number(signal['value'])} (enter {signal['enter']:g}, exit {signal['exit']:g})"
+                            for name, signal in row["signals"].items())
+        lines.append(f"{row['cell']}: {where}; {row['mode']} mode, level {row['level']}, {row['state']}{since}; "
+                     f"{signals}; p95 {_number(row['p95_ms'])} ms (slo {_number(row['slo_p95_ms'])})")
+        if row["rule"] not in (None, "none"):
+            lines.append(f"  last decision [{row['rule']}]: {row['reason']}")
+    return lines
+
+
+def _status(args: argparse.Namespace) -> int:
+    reply = ask(args, {"action": "status"}, "triggers status")
+    print(json.dumps(reply["cells"], indent=2) if args.json else "\n".join(status_lines(reply)))
+    return 0
+
+
+async def _recording(path: Path, request: dict[str, Any], timeout: float) -> tuple[TraceHeader, list[TraceRecord]]:
+    header: TraceHeader | None = None
+    records: list[TraceRecord] = []
+    async with contextlib.aclosing(stream_request(path, request, timeout)) as stream:
+        async for item in stream:
+            if header is None:
+                if not item.get("ok"):
+                    raise CellmonoError(str(item.get("message") or item.get("error") or "refused"))
+                header = TraceHeader.model_validate(item["header"])
+            elif item.get("done"):
+                return header, records
+            else:
+                records.append(TraceRecord.model_validate(item))
+    raise CellmonoError(f"the app at {path} stopped before the recording ended")
+
+
+def _record(args: argparse.Namespace) -> int:
+    if not 0 <= args.seconds <= MAX_RECORD_SECONDS:
+        raise CellmonoError(f"--seconds {args.seconds:g}: expected 0 to {MAX_RECORD_SECONDS:g}")
+    out = Path(args.trace)
+    if out.exists() and not args.force:
+        raise CellmonoError(f"{out} exists: name a new file, or --force to replace it")
+    key = operator_key(args, "triggers record")
+    path = control_socket(load_settings(args.settings))
+    header, records = asyncio.run(_recording(path, {"action": "record", "seconds": args.seconds, "key": key},
+                                             args.seconds + args.timeout))
+    count = write_trace(out, header, records)
+    print(f"recorded {count} samples of {len({record.sample.cell for record in records})} cells to {out}")
+    return 0
 
 
 def _with_settings(command: argparse.ArgumentParser) -> argparse.ArgumentParser:
     command.add_argument("--settings", default="settings.ini", metavar="FILE",
                          help="settings file (default ./settings.ini)")
+    return command
+
+
+def _operator(command: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    _with_settings(command)
+    command.add_argument("--key", default=None, help="an API key granting ops:promote (default: $CELLMONO_API_KEY)")
+    command.add_argument("--timeout", type=float, default=30.0, metavar="S", help="how long to wait for the app")
     return command
 
 
@@ -124,6 +186,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     explain.add_argument("cell", metavar="CELL")
     explain.add_argument("--db", help="audit database (default: [security] audit_path)")
     explain.set_defaults(handler=_explain)
-    for name, summary in (("record", "record the running app's samples as a trace (not yet)"),
-                          ("status", "each cell's signals, thresholds and state in the running app (not yet)")):
-        _with_settings(commands.add_parser(name, help=summary, description=summary)).set_defaults(handler=_not_yet)
+    record = _operator(commands.add_parser(
+        "record", help="record the running app's samples as a trace",
+        description="Write the running app's kept samples, then each new one for --seconds, to a JSONL trace."))
+    record.add_argument("trace", metavar="TRACE.jsonl", help="the file to write")
+    record.add_argument("--seconds", type=float, default=0.0, metavar="S",
+                        help="keep recording new samples for S seconds (default 0: only the kept ones)")
+    record.add_argument("--force", action="store_true", help="replace TRACE.jsonl if it exists")
+    record.set_defaults(handler=_record)
+    status = _operator(commands.add_parser(
+        "status", help="each cell's signals, thresholds and state in the running app",
+        description="Each cell of the running app: placement, mode, state and time in it, signals vs thresholds."))
+    status.add_argument("--json", action="store_true", help="print the cells as JSON")
+    status.set_defaults(handler=_status)

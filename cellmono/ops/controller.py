@@ -112,7 +112,8 @@ class TriggerController:
             return
         self._audited[decision.cell] = key
         if decision.moves and not acted and error is None:
-            _log.info("cell %s: would %s (%s) [%s mode]", decision.cell, decision.action, decision.reason, mode)
+            _log.info("cell %s: would %s [rule %s: %s] (%s mode, not acted on; %s)", decision.cell, decision.action,
+                      decision.rule, decision.reason, mode, decision.counterfactual)
         if self.audit is not None:
             self.audit.append(audit_record(self.actor, "triggers.decision", resource=decision.cell, error=error,
                                            reason=decision.reason, details=_details(decision, mode, acted)))

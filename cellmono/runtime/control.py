@@ -13,6 +13,8 @@ import logging
 import os
 import socket
 import struct
+import contextlib
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +23,27 @@ from ..core.errors import CellmonoError, ConfigError
 from ..gateway.auth import ApiKeys
 from ..gateway.server import GatewaySettings
 from ..ops.promotion import Promoter
+from ..ops.signals import TraceRecord, trigger_config
+from ..ops.telemetry import Telemetry
 from ..security.audit import AuditLog
 from ..security.capabilities import CapabilitySet, Roles
 from ..security.records import audit_record
 from ..topology.services import Runtime
 from ..topology.switch import LiveApp
 from ..core.app import App
+from .autopilot import AppTriggers, status
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['OPERATOR_CAPABILITY', 'SOCKET_NAME', 'MAX_LINE', 'control_socket', 'ControlServer', 'send_request', 'Controlled',
-           'run_controlled']
+__all__ = ['OPERATOR_CAPABILITY', 'SOCKET_NAME', 'MAX_LINE', 'MAX_RECORD_SECONDS', 'control_socket', 'ControlServer',
+           'send_request', 'stream_request', 'Controlled', 'run_controlled']
 
 # %% ../../nbs/71_control.ipynb #0a8a3da2
 OPERATOR_CAPABILITY = "ops:promote"
 SOCKET_NAME = "control.sock"
 MAX_LINE = 64 * 1024
+MAX_RECORD_SECONDS = 24 * 3600.0  # `triggers record --seconds`: at most a day
 
 
 def control_socket(settings: Settings) -> Path:
@@ -49,11 +55,12 @@ def control_socket(settings: Settings) -> Path:
 
 # %% ../../nbs/71_control.ipynb #2f24921a
 class ControlServer:
-    """Serves `promote` / `demote` requests on a 0600 Unix socket to callers whose key grants `ops:promote`."""
+    """Serves `promote` / `demote` / `status` / `record` on a 0600 Unix socket to callers whose key grants `ops:promote`."""
 
     def __init__(self, promoter: Promoter, *, path: Path, api_keys: ApiKeys, roles: Roles,
-                 audit: AuditLog | None = None) -> None:
+                 audit: AuditLog | None = None, triggers: AppTriggers | None = None) -> None:
         self.promoter, self.path, self.api_keys, self.roles, self.audit = promoter, path, api_keys, roles, audit
+        self.triggers = triggers
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> ControlServer:
@@ -93,6 +100,8 @@ class ControlServer:
                 reply = await self.handle(request if isinstance(request, dict) else {})
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
+            if reply.get("ok") and reply.get("records") == "follow":
+                await self._stream(writer, float(request.get("seconds", 0)))
         except (ConnectionError, OSError):
             pass
         finally:
@@ -101,7 +110,7 @@ class ControlServer:
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """One request: authenticate its key, authorize `ops:promote`, then promote or demote; a JSON-ready reply."""
         action, cell = str(request.get("action", "")), str(request.get("cell", ""))
-        resource = f"cell:{cell}"
+        resource = f"cell:{cell}" if cell else "app"
         try:
             identity = self.api_keys.identify(str(request.get("key") or ""))
         except CellmonoError:
@@ -122,11 +131,50 @@ class ControlServer:
                                                         str(request.get("transport", "nats")), actor=identity.principal)
             elif action == "demote":
                 placement = await self.promoter.demote(cell, actor=identity.principal)
+            elif action in ("status", "record"):
+                return self._triggers_reply(action, request)
             else:
                 return {"ok": False, "error": "BadRequest", "message": f"unknown action {action!r}"}
         except (CellmonoError, ValueError) as error:
             return {"ok": False, "error": type(error).__name__, "message": str(error)}
         return {"ok": True, "placement": placement.model_dump()}
+
+    def _triggers_reply(self, action: str, request: dict[str, Any]) -> dict[str, Any]:
+        if self.triggers is None:
+            return {"ok": False, "error": "TriggersOff", "message": "this app runs no trigger loop (telemetry off, or "
+                                                                   "[triggers] mode = off for every cell)"}
+        if action == "status":
+            return {"ok": True, "interval": self.triggers.config.default.interval, "tick": self.triggers.tick,
+                    "cells": status(self.triggers)}
+        seconds = request.get("seconds", 0)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_RECORD_SECONDS:
+            return {"ok": False, "error": "BadRequest",
+                    "message": f"--seconds: expected 0 to {MAX_RECORD_SECONDS:g}, got {seconds!r}"}
+        return {"ok": True, "header": self.triggers.header().model_dump(exclude_none=True), "records": "follow"}
+
+    async def _stream(self, writer: asyncio.StreamWriter, seconds: float) -> None:
+        """The kept records, then each new one for `seconds`, one JSON line each; a last line says how many."""
+        assert self.triggers is not None
+        queue: asyncio.Queue[TraceRecord] = asyncio.Queue()
+        kept = list(self.triggers.records)
+        self.triggers.listeners.append(queue.put_nowait)
+        count = 0
+        try:
+            for record in kept:
+                writer.write(record.model_dump_json(exclude_defaults=True).encode() + b"\n")
+                count += 1
+            await writer.drain()
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with asyncio.timeout(seconds):
+                    while True:
+                        record = await queue.get()
+                        writer.write(record.model_dump_json(exclude_defaults=True).encode() + b"\n")
+                        await writer.drain()
+                        count += 1
+            writer.write(json.dumps({"done": True, "records": count}).encode() + b"\n")
+            await writer.drain()
+        finally:
+            self.triggers.listeners.remove(queue.put_nowait)
 
     async def close(self) -> None:
         """Stop listening and remove the socket."""
@@ -165,23 +213,58 @@ async def send_request(path: Path, request: dict[str, Any], timeout: float = 120
     reply: dict[str, Any] = json.loads(line)
     return reply
 
+
+async def stream_request(path: Path, request: dict[str, Any], timeout: float) -> AsyncGenerator[dict[str, Any], None]:
+    """Send one control request and yield each reply line (the first is the answer) until a `done` line or the end."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_LINE)
+    except OSError:
+        raise CellmonoError(f"no running app answers at {path}: start it with 'cellmono serve' or 'cellmono run'") from None
+    try:
+        writer.write(json.dumps(request).encode() + b"\n")
+        await writer.drain()
+        while line := await asyncio.wait_for(reader.readline(), timeout):
+            item: dict[str, Any] = json.loads(line)
+            yield item
+            if item.get("done") or not item.get("ok", True):
+                return
+    finally:
+        writer.close()
+
 # %% ../../nbs/71_control.ipynb #3a5571ca
 class Controlled:
     """The control path of one running app: its promoter and socket, started after the app, stopped around it."""
 
-    def __init__(self, app: LiveApp, state: Path, audit: AuditLog | None, roles: Roles) -> None:
+    def __init__(self, app: LiveApp, state: Path, audit: AuditLog | None, roles: Roles,
+                 telemetry: Telemetry | None = None) -> None:
         self.app = app
         self.promoter = Promoter(app, audit=audit, state=state)
+        triggers = AppTriggers(app, telemetry, self.promoter, audit=audit) if telemetry is not None else None
+        self.triggers = triggers if triggers is not None and triggers.enabled else None
         self.server = ControlServer(self.promoter, path=state / SOCKET_NAME, api_keys=ApiKeys(state / "api-keys.json"),
-                                    roles=roles, audit=audit)
+                                    roles=roles, audit=audit, triggers=self.triggers)
+        self._loop: asyncio.Task[None] | None = None
 
     async def start(self) -> Controlled:
-        """Open the socket (the app is started already)."""
+        """Open the socket (the app is started already) and start the trigger loop, unless every cell's mode is off."""
         await self.server.start()
+        if self.triggers is not None:
+            self._loop = asyncio.create_task(self.triggers.run(), name="cellmono.triggers")
+            _log.info("trigger loop: every %gs, mode %s", self.triggers.config.default.interval,
+                      self.triggers.config.default.mode)
         return self
 
     async def before_stop(self) -> None:
-        """Close the socket and stop the workers: the app's broker connection goes next."""
+        """Stop the trigger loop, close the socket, stop the workers: the app's broker connection goes next."""
+        if self._loop is not None and self.triggers is not None:
+            self.triggers.stop()
+            try:
+                await asyncio.wait_for(self._loop, 60)  # a move in progress finishes (bounded)
+            except asyncio.TimeoutError:
+                _log.warning("trigger loop did not stop in 60 s: cancelled")
+            except Exception as error:  # the loop died earlier: say so, and stop the rest anyway
+                _log.error("trigger loop failed: %s: %s", type(error).__name__, error)
+            self._loop = None
         await self.server.close()
         for group in list(self.promoter.groups.values()):
             await group.stop()
@@ -193,17 +276,20 @@ class Controlled:
 
 
 async def run_controlled(app: App, seconds: float | None = None) -> None:
-    """`cellmono run`: run the app; a `LiveApp` also opens its control socket for `cellmono promote` / `demote`."""
+    """`cellmono run`: run the app; a `LiveApp` also opens its control socket and runs its trigger loop over telemetry."""
     if not isinstance(app, LiveApp):
         await app.run(seconds)
         return
+    trigger_config(app.settings)  # a bad [triggers] section is refused before anything starts
+    telemetry = Telemetry.attach(app)  # before start: handlers are metered as they are bound
     await app.start()
     controlled: Controlled | None = None
     try:
         runtime = app.services
         audit = runtime.audit if isinstance(runtime, Runtime) else None
         roles = runtime.authority.roles if isinstance(runtime, Runtime) else Roles({})
-        controlled = await Controlled(app, control_socket(app.settings).parent, audit, roles).start()
+        controlled = await Controlled(app, control_socket(app.settings).parent, audit, roles,
+                                      telemetry=telemetry if app.meter is telemetry else None).start()
         await app.wait_for_stop(seconds)
     finally:
         if controlled is not None:

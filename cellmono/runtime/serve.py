@@ -26,6 +26,7 @@ from ..gateway.bridge import AuditLogSink, GatewayGuard, TokenMinter
 from ..gateway.http import GatewayHTTP
 from ..gateway.server import AuditSink, Gateway, GatewaySettings, Minter, app_policy, gateway_settings
 from ..ops.prometheus import prometheus_text
+from ..ops.signals import trigger_config
 from ..ops.telemetry import Telemetry
 from ..security.audit import AuditLog
 from .control import Controlled
@@ -49,6 +50,7 @@ class Served:
     api_keys: ApiKeys | None
     new_key: str | None
     audit_log: AuditLog
+    telemetry: Telemetry | None = None  # the app's meter, when `[telemetry] metrics` is on: the trigger loop reads it
 
 
 def state_folder(app: App, settings: GatewaySettings) -> Path:
@@ -75,6 +77,7 @@ def build(app: App, *, port: int | None = None, host: str | None = None, audit: 
           minter: Minter | None = None, create_admin: bool = True) -> Served:
     """Assemble the gateway of `app`: settings, state folder, credentials, audit, the ASGI app."""
     settings = gateway_settings(app)
+    trigger_config(app.settings)  # a bad [triggers] section is refused before anything starts
     updates: dict[str, object] = {}
     if host is not None:
         updates["host"] = host
@@ -103,10 +106,12 @@ def build(app: App, *, port: int | None = None, host: str | None = None, audit: 
     audit = audit or AuditLogSink(runtime.audit)
     gateway = Gateway(app, settings=settings, policy=policy, audit=audit, minter=minter or token_minter(runtime, policy))
     telemetry = Telemetry.attach(app)  # before the app starts: its handlers are metered as they are bound
-    if app.meter is telemetry:
+    metered = app.meter is telemetry
+    if metered:
         gateway.metrics.exporters.append(lambda: prometheus_text(telemetry))
     http = GatewayHTTP(gateway, Authenticator(api_keys=api_keys, jwt=jwt))
-    return Served(app, gateway, http, settings, state, api_keys, new_key, runtime.audit)
+    return Served(app, gateway, http, settings, state, api_keys, new_key, runtime.audit,
+                  telemetry if metered else None)
 
 
 def runtime_of(app: App) -> Runtime:
@@ -249,11 +254,13 @@ async def serve_stdio(served: Served) -> None:
 
 
 async def _control(served: Served) -> Controlled | None:
-    """The control socket of an app whose cells can move (`cellmono promote` / `demote`), in its state folder."""
+    """The control socket of an app whose cells can move (`cellmono promote` / `demote`, `triggers status` / `record`)
+    in its state folder, and its trigger loop over the app's telemetry."""
     if not isinstance(served.app, LiveApp):
         return None
     runtime = runtime_of(served.app)
-    return await Controlled(served.app, served.state, runtime.audit, runtime.authority.roles).start()
+    return await Controlled(served.app, served.state, runtime.audit, runtime.authority.roles,
+                            telemetry=served.telemetry).start()
 
 
 async def _stop(served: Served, control: Controlled | None) -> None:

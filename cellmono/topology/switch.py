@@ -202,6 +202,7 @@ class LiveApp(App):
             raise TypeError("a LiveApp runs on a SwitchTransport")
         self.switch: SwitchTransport = self.bus.transport
         self.where: dict[str, str] = {name: "inprocess" for name in self.cells}  # or "N workers over KIND"
+        self.trigger_states: dict[str, str] = {}  # by cell: the trigger loop's state, for the diagram
 
     async def _start_cell(self, cell: Cell) -> None:
         token = registering_cell.set(cell.name)
@@ -249,4 +250,7 @@ class LiveApp(App):
 
     def _placement(self, name: str) -> str:
         where = self.where.get(name, "inprocess")
+        state = self.trigger_states.get(name)
+        if state is not None:
+            return f"<br/><i>{'in process' if where == 'inprocess' else where}</i><br/>triggers: {state}"
         return "" if where == "inprocess" else f"<br/><i>{where}</i>"

@@ -77,8 +77,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
             (("simulate", "missing.jsonl"), "no such trace file"),
             (("simulate", "t.jsonl", "--settings", "bad.ini"), "cpu_exit (0.6) must be below cpu_enter (0.5)"),
             (("explain", "search", "--db", "none.sqlite"), "does not exist"),
-            (("record",), "not available yet"),
-            (("status",), "not available yet")]:
+            (("record",), "the following arguments are required: TRACE.jsonl"),
+            (("record", "t.jsonl"), "t.jsonl exists: name a new file, or --force"),
+            (("record", "new.jsonl", "--seconds", "-1"), "--seconds -1: expected 0 to 86400"),
+            (("status",), "'cellmono triggers status' needs an operator API key"),
+            (("record", "new.jsonl", "--key", "cmk_x"), "settings.ini: settings file not found"),
+            (("record", "new.jsonl", "--key", "cmk_x", "--settings", "bad.ini"), "no running app answers at")]:
         done = cellmono("triggers", *argv, cwd=tmp_path)
         assert (done.returncode, done.stdout) == (2, ""), (argv, done.stdout, done.stderr)
         assert len(done.stderr.splitlines()) == 1 and expected in done.stderr, (argv, done.stderr)
