@@ -178,7 +178,9 @@ class PromotedApp(App):
         self.status_file = status_path(self.settings)
         self._supervisors: list[asyncio.Task[None]] = []
         self._stopping_workers = False
+        self._status_written = 0.0
         self.ready_timeout = self.settings.supervision.ready_timeout
+
 
     def violations(self) -> list[str]:
         """The whole app's violations, promoted cells included: placement does not change the contracts."""
@@ -226,6 +228,7 @@ class PromotedApp(App):
 
     def write_status(self) -> None:
         """Write `status()` to the status file (`topology.supervisor.status_path`); a failure is logged, never raised."""
+        self._status_written = time.monotonic()
         try:
             write_status(self.status_file, self.status())
         except OSError as error:
@@ -264,6 +267,8 @@ class PromotedApp(App):
                 self.write_status()
             while process.poll() is None and not self._stopping_workers:
                 await asyncio.sleep(0.1)
+                if time.monotonic() - self._status_written > 2.0:  # the broker link's state changes on its own
+                    self.write_status()
             if self._stopping_workers:
                 return
             state = getattr(self.bus.transport, "state", None)
