@@ -143,3 +143,36 @@ async def test_restart_under_load_recovers_within_2_s_and_loses_nothing_acknowle
         await asyncio.wait_for(worker.stop(timeout=1), 15)
     finally:
         server.cleanup()
+
+
+async def test_redis_reader_survives_an_unexpected_error_and_says_so(caplog) -> None:
+    """Not only the client's own errors: whatever breaks the reader, it reconnects and reports it."""
+    caplog.set_level(logging.WARNING)
+    server = require(start_redis)
+    try:
+        caller, worker = Bus(transport("redis", server.url), timeout=5), Bus(transport("redis", server.url), timeout=5)
+        await caller.start()
+        await worker.start()
+        await worker.handle("echo", lambda envelope: envelope.payload)
+        pubsub = caller.transport.pubsub
+        original = pubsub._pubsub.get_message
+
+        async def broken(**options):
+            pubsub._pubsub.get_message = original  # once
+            raise RuntimeError("pubsub connection not set")  # what redis-py raises on a half-closed pub/sub
+        pubsub._pubsub.get_message = broken
+        assert await caller.request("echo", "wake", timeout=2) == "wake"  # the reader's next read is the broken one
+        give_up = time.monotonic() + 5
+        while caller.transport.state()["reconnects"] < 1 and time.monotonic() < give_up:
+            await asyncio.sleep(0.02)
+        state = caller.transport.state()
+        assert state["state"] == "connected" and state["reconnects"] == 1, state
+        assert "RuntimeError: pubsub connection not set" in state["last_error"]
+        assert await caller.request("echo", "after", timeout=2) == "after"
+        assert not pubsub._reader.done(), "the reader task died"
+        messages = " ".join(record.getMessage() for record in caplog.records)
+        assert "connection lost (RuntimeError" in messages and "reconnected" in messages, messages
+        await caller.stop(timeout=1)
+        await worker.stop(timeout=1)
+    finally:
+        server.cleanup()
