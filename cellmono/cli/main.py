@@ -40,6 +40,7 @@ PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
     "regen": ("cellmono.cli.regen:register", "regenerate a cell from its requirements; verify its GenOps ledger"),
     "promote": ("cellmono.cli.promote:register", "move a cell of the running app to worker processes"),
     "demote": ("cellmono.cli.demote:register", "bring a promoted cell back into the running app's process"),
+    "status": ("cellmono.cli.status:register", "the running app's broker link and worker replicas, from its status file"),
 }
 
 # The optional extra that brings each third-party package a command group may need.

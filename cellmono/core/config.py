@@ -54,11 +54,18 @@ class BusSection(Section):
 
 
 class SupervisionSection(Section):
-    """`[supervision]`: restarts of crashed cell tasks (exponential backoff, then unhealthy)."""
+    """`[supervision]`: restarts of crashed cell tasks and worker replicas (exponential backoff, then unhealthy)."""
 
     initial_backoff: PositiveFloat = 0.1
     max_backoff: PositiveFloat = 5.0
     max_restarts: int = Field(default=5, ge=0)
+    # worker replicas (`cellmono.topology.supervisor`): give up after more than max_restarts crashes within
+    # restart_window seconds of service, or when a replica is not ready within ready_timeout; a replica
+    # ready for healthy_after seconds starts its backoff again from initial_backoff
+    restart_window: PositiveFloat = 10.0
+    healthy_after: PositiveFloat = 5.0
+    ready_timeout: PositiveFloat = 30.0
+
 
 
 class LogSection(Section):

@@ -30,7 +30,9 @@ from ..core.transport import Handler, Subscription, Transport
 from .placement import (
     BrokerSection, Placement, broker_kind, build_transport, placements, topology_mermaid)
 from .services import app_from_settings
+from .supervisor import ReplicaStatus, RestartPolicy, status_path, write_status
 from .switch import LiveApp
+from ..security.records import audit_record
 from ..transports.brokers import ContractMismatch, covers
 
 _log = logging.getLogger(__name__)
@@ -171,10 +173,14 @@ class PromotedApp(App):
         super().__init__(cells, **options)
         self.everything, self.placed, self.settings_path = everything, placed, settings_path
         self.workers: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
-        self.restarts: dict[tuple[str, int], int] = {}
+        self.replicas: dict[tuple[str, int], ReplicaStatus] = {}
+        self.policy = RestartPolicy(self.settings.supervision)
+        self.status_file = status_path(self.settings)
         self._supervisors: list[asyncio.Task[None]] = []
         self._stopping_workers = False
-        self.ready_timeout = 30.0
+        self._status_written = 0.0
+        self.ready_timeout = self.settings.supervision.ready_timeout
+
 
     def violations(self) -> list[str]:
         """The whole app's violations, promoted cells included: placement does not change the contracts."""
@@ -207,8 +213,26 @@ class PromotedApp(App):
                 "--cell", cell, "--replica", str(replica)]
 
     def _spawn(self, cell: str, replica: int) -> None:
-        self.workers[(cell, replica)] = subprocess.Popen(self.worker_command(cell, replica), stdin=subprocess.DEVNULL)
-        _log.info("spawned worker %s #%d (pid %d)", cell, replica, self.workers[(cell, replica)].pid)
+        process = subprocess.Popen(self.worker_command(cell, replica), stdin=subprocess.DEVNULL)
+        self.workers[(cell, replica)] = process
+        status = self.replicas.setdefault((cell, replica), ReplicaStatus(cell, replica))
+        status.state, status.pid = "starting", process.pid
+        _log.info("spawned worker %s #%d (pid %d)", cell, replica, process.pid)
+        self.write_status()
+
+    def status(self) -> dict[str, Any]:
+        """The app's broker link and each replica's state: what `cellmono status` shows."""
+        state = getattr(self.bus.transport, "state", None)
+        return {"app": self.settings.app.name, "pid": os.getpid(), "broker": state() if callable(state) else None,
+                "replicas": [status.snapshot() for status in self.replicas.values()]}
+
+    def write_status(self) -> None:
+        """Write `status()` to the status file (`topology.supervisor.status_path`); a failure is logged, never raised."""
+        self._status_written = time.monotonic()
+        try:
+            write_status(self.status_file, self.status())
+        except OSError as error:
+            _log.warning("cannot write the status file %s: %s", self.status_file, error)
 
     async def _await_workers(self) -> None:
         give_up = time.monotonic() + self.ready_timeout
@@ -228,28 +252,62 @@ class PromotedApp(App):
                                        f"the app expects {expected}")
 
     async def _supervise_worker(self, cell: str, replica: int) -> None:
-        """Restart a crashed worker with exponential backoff, up to `[supervision] max_restarts` in a row."""
-        policy = self.settings.supervision
-        key = (cell, replica)
+        """Keep one replica running: restart it when it exits, give up on a crash loop or a replica never ready."""
+        key, status = (cell, replica), self.replicas[(cell, replica)]
         while not self._stopping_workers:
             process = self.workers[key]
+            if not await self._until_ready(cell, replica, process):
+                if process.poll() is None:  # alive but not answering: hung, not unlucky
+                    process.kill()
+                    await asyncio.to_thread(process.wait, 5)
+                    self.policy.never_ready(status)
+                    return self._give_up(status)
+            else:
+                self.policy.ready(status, time.monotonic())
+                self.write_status()
             while process.poll() is None and not self._stopping_workers:
                 await asyncio.sleep(0.1)
+                if time.monotonic() - self._status_written > 2.0:  # the broker link's state changes on its own
+                    self.write_status()
             if self._stopping_workers:
                 return
-            restarts = self.restarts.get(key, 0)
-            if restarts >= policy.max_restarts:
-                _log.error("worker %s #%d exited %s; gave up after %d restarts", cell, replica,
-                           process.returncode, restarts)
-                self.everything.cells[cell].set_health("unhealthy", f"replica {replica} crashed {restarts + 1} times")
-                return
-            delay = min(policy.initial_backoff * 2 ** restarts, policy.max_backoff)
-            self.restarts[key] = restarts + 1
-            _log.warning("worker %s #%d exited with %s; restart %d in %.2g s", cell, replica,
-                         process.returncode, restarts + 1, delay)
+            state = getattr(self.bus.transport, "state", None)
+            broker_up = not callable(state) or state()["state"] == "connected"  # a worker cannot start without it
+            delay = self.policy.crashed(status, time.monotonic(), process.returncode, count=broker_up)
+            if delay is None:
+                return self._give_up(status)
+            _log.warning("worker %s #%d (pid %d) exited with %s; restart %d in %.2g s", cell, replica, process.pid,
+                         process.returncode, status.restarts + 1, delay)
+            self.write_status()
             await asyncio.sleep(delay)
             if not self._stopping_workers:
+                status.restarts += 1
                 self._spawn(cell, replica)
+
+    async def _until_ready(self, cell: str, replica: int, process: subprocess.Popen[bytes]) -> bool:
+        """True once this process answers its replica's ping; False when it exits or `ready_timeout` passes."""
+        give_up = time.monotonic() + self.policy.ready_timeout
+        while process.poll() is None and time.monotonic() < give_up and not self._stopping_workers:
+            try:
+                answer = await self.bus.request(PING_SUBJECT.format(cell=cell, replica=replica), timeout=1.0)
+                if answer.get("pid") == process.pid:
+                    return True
+            except (BusError, ConnectionError):  # not subscribed yet, or the broker is away
+                pass
+            await asyncio.sleep(0.1)
+        return False
+
+    def _give_up(self, status: ReplicaStatus) -> None:
+        """Say it everywhere: ERROR log, audit record, unhealthy cell, status file."""
+        _log.error("gave up on worker %s #%d: %s", status.cell, status.replica, status.reason)
+        self.everything.cells[status.cell].set_health("unhealthy", f"replica {status.replica}: {status.reason}")
+        audit = getattr(self.services, "audit", None)
+        if audit is not None:
+            audit.submit(audit_record("supervisor", "worker.give_up", resource=f"cell:{status.cell}#{status.replica}",
+                                      outcome="error", error="CrashLoop" if status.reason.startswith("crash")
+                                      else "NotReady", reason=status.reason, details=status.snapshot()))
+        self.write_status()
+
 
     async def stop(self) -> None:
         """Stop in-process cells, then the workers (SIGTERM by PID, kill after the drain timeout)."""
@@ -258,6 +316,10 @@ class PromotedApp(App):
         for task in self._supervisors:
             task.cancel()
         await asyncio.gather(*self._supervisors, return_exceptions=True)
+        for status in self.replicas.values():
+            status.state = "stopped" if status.state != "gave_up" else status.state
+        self.write_status()
+
         for process in self.workers.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

@@ -12,8 +12,10 @@ import base64
 import contextvars
 import hashlib
 import logging
+import random
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,7 +29,8 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['BrokerUnavailable', 'ContractMismatch', 'redact', 'missing_extra', 'event_subject', 'request_subject', 'bus_subject',
-           'safe_name', 'covers', 'dead_letter', 'failure_of', 'Counters', 'Send', 'ResponderRunner']
+           'safe_name', 'covers', 'dead_letter', 'failure_of', 'Counters', 'Send', 'ResponderRunner', 'Mailbox',
+           'LinkState']
 
 # %% ../../nbs/30_brokers.ipynb #27803175
 class BrokerUnavailable(BusError, ConnectionError):
@@ -192,3 +195,98 @@ class ResponderRunner:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+
+# %% ../../nbs/30_brokers.ipynb #0e6e8aaf
+class Mailbox:
+    """Bytes queued for one subscription, processed in order by one task."""
+
+    def __init__(self, process: Callable[[str, bytes], Awaitable[None]], capacity: int, name: str) -> None:
+        self.process, self.capacity = process, capacity
+        self.queue: deque[tuple[str, bytes]] = deque()
+        self.busy = False
+        self.closed = False
+        self._wakeup: asyncio.Future[None] | None = None
+        self.task = asyncio.get_running_loop().create_task(self._drain(), name=name)
+
+    def put(self, channel: str, data: bytes) -> None:
+        """Queue one message (dropping the oldest when full); ignored once closed."""
+        if self.closed:
+            return
+        if len(self.queue) >= self.capacity:
+            self.queue.popleft()
+            _log.warning("slow consumer %s: dropped the oldest message", self.task.get_name())
+        self.queue.append((channel, data))
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.queue:
+                if self.closed:
+                    return
+                self._wakeup = loop.create_future()
+                await self._wakeup
+                continue
+            channel, data = self.queue.popleft()
+            self.busy = True
+            try:
+                await self.process(channel, data)
+            except Exception:
+                _log.exception("processing a message on %s failed", channel)
+            finally:
+                self.busy = False
+
+    def idle(self) -> bool:
+        """Nothing queued and nothing in hand."""
+        return not self.queue and not self.busy
+
+    def close(self) -> None:
+        """Take no more messages; the task ends once the queue is empty."""
+        self.closed = True
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+# %% ../../nbs/30_brokers.ipynb #62353b0c
+class LinkState:
+    """A broker connection's state (`connecting`, `connected`, `reconnecting`, `closed`), logged on each change."""
+
+    def __init__(self, broker: str, url: str, reconnect_wait: float = 0.5, max_wait: float = 1.0) -> None:
+        self.broker, self.url = broker, redact(url)
+        self.reconnect_wait, self.max_wait = reconnect_wait, max(max_wait, reconnect_wait)
+        self.state, self.since, self.reconnects, self.failures, self.last_error = "connecting", time.time(), 0, 0, ""
+
+    def _enter(self, state: str) -> None:
+        if state != self.state:
+            self.state, self.since = state, time.time()
+
+    def lost(self, error: BaseException | str) -> None:
+        """The connection broke: log it once and start reconnecting."""
+        self.last_error = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        if self.state in ("connected", "connecting"):
+            _log.warning("%s %s: connection lost (%s); reconnecting", self.broker, self.url, self.last_error)
+            self._enter("reconnecting")
+
+    def retrying(self, error: BaseException | str) -> float:
+        """A reconnect attempt failed: the seconds to wait before the next (exponential, jittered, capped)."""
+        self.failures += 1
+        self.last_error = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        delay = min(self.reconnect_wait * 2 ** min(self.failures - 1, 8), self.max_wait)
+        return float(delay * random.uniform(0.75, 1.0))
+
+    def up(self) -> None:
+        """Connected (again): log a reconnect with how long the link was down."""
+        if self.state == "reconnecting":
+            self.reconnects += 1
+            _log.warning("%s %s: reconnected after %.1f s down", self.broker, self.url, time.time() - self.since)
+        self.failures = 0
+        self._enter("connected")
+
+    def close(self) -> None:
+        """Closed by its owner: no more reconnecting."""
+        self._enter("closed")
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state as plain data, for health checks and `status`."""
+        return {"broker": self.broker, "url": self.url, "state": self.state, "since": self.since,
+                "reconnects": self.reconnects, "failures": self.failures, "last_error": self.last_error}

@@ -187,7 +187,7 @@ class JetStreamDurables:
             except Exception as error:  # broker down or restarting: back off, the client reconnects
                 failures += 1
                 _log.debug("fetch on %s failed (%r), retrying", consumer.pattern, error)
-                await asyncio.sleep(min(self.reconnect_wait * 2 ** min(failures, 5), 5.0))
+                await asyncio.sleep(min(self.reconnect_wait * 2 ** min(failures, 5), 1.0))
                 continue
             finally:
                 consumer.fetching = False

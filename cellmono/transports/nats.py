@@ -18,7 +18,7 @@ from ..core.errors import BusClosed, MessageError, NoResponders, RequestTimeout
 from ..core.subjects import validate_pattern
 from ..core.transport import Handler
 from .brokers import (
-    BrokerUnavailable, Counters, ResponderRunner, event_subject, missing_extra, redact, request_subject)
+    BrokerUnavailable, Counters, LinkState, ResponderRunner, event_subject, missing_extra, redact, request_subject)
 from .jetstream import DurableConsumer, JetStreamDurables
 
 _log = logging.getLogger(__name__)
@@ -102,6 +102,11 @@ class NatsTransport:
         self._inbox = ""
         self._connection: Any = None
         self._closed = False
+        self.link = LinkState("NATS", url, reconnect_wait)  # nats-py reconnects; its callbacks keep this state
+
+    def state(self) -> dict[str, Any]:
+        """The connection's state (`transports.brokers.LinkState`), for health and `cellmono status`."""
+        return self.link.snapshot()
 
     @property
     def max_deliver(self) -> int:
@@ -129,6 +134,7 @@ class NatsTransport:
             raise BrokerUnavailable(f"cannot connect to NATS at {redact(self.url)}: "
                                     f"{type(error).__name__}: {error}") from None
         self._connection.options["max_reconnect_attempts"] = -1  # once up, never give up
+        self.link.up()
         self.max_bytes = min(self.max_bytes, self._connection.max_payload)
         self._inbox = self._connection.new_inbox() + "."
         await self._connection.subscribe(self._inbox + "*", cb=self._on_reply)
@@ -139,11 +145,11 @@ class NatsTransport:
 
     async def _on_disconnect(self) -> None:
         if not self._closed:
-            _log.warning("NATS %s: disconnected, reconnecting", redact(self.url))
+            self.link.lost("disconnected")  # logs once; nats-py retries every `reconnect_wait` (with jitter)
         self._fail_pending(f"connection to NATS at {redact(self.url)} lost")
 
     async def _on_reconnect(self) -> None:
-        _log.warning("NATS %s: reconnected", redact(self.url))
+        self.link.up()
 
     def _fail_pending(self, reason: str) -> None:
         for future in list(self._pending.values()):
@@ -195,6 +201,9 @@ class NatsTransport:
         finally:
             timer.cancel()
             self._pending.pop(token, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # failed by a lost connection while we were still publishing: retrieved here
+
         headers = message.headers
         if headers and headers.get("Status") == "503":
             raise NoResponders(f"no handler for {envelope.subject!r}")
@@ -292,7 +301,9 @@ class NatsTransport:
         if self._closed:
             return
         self._closed = True
+        self.link.close()
         loop = asyncio.get_running_loop()
+
         give_up = loop.time() + timeout
         for subscription in list(self._subscriptions):
             await subscription.stop(give_up - loop.time())

@@ -84,14 +84,22 @@ class RedisTransport:
         """Messages refused as malformed."""
         return self.counters.rejected
 
+    def state(self) -> dict[str, Any]:
+        """The connection's state (`transports.brokers.LinkState`), for health and `cellmono status`."""
+        return self.pubsub.link.snapshot()
+
     # -- connection ----------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect (failing fast with `BrokerUnavailable` naming the URL) and start the reader."""
         if self._client is not None:
             return
         import redis.asyncio  # the `redis` extra (see __init__)
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        # one immediate retry (a pooled connection that died with a restarted server); reconnecting with
+        # backoff is the reader's job, visible in `state()`, not a hidden client loop growing to 10 s
         client = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=self.connect_timeout,
-                                              health_check_interval=0)
+                                              health_check_interval=0, retry=Retry(NoBackoff(), 1))
         try:
             await asyncio.wait_for(client.ping(), self.connect_timeout + 1)
             if self._declared:
@@ -168,6 +176,9 @@ class RedisTransport:
         finally:
             timer.cancel()
             self._pending.pop(envelope.id, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # failed by a lost connection while we were still publishing: retrieved here
+
 
     def _on_reply(self, data: bytes) -> None:
         try:
@@ -277,13 +288,15 @@ class RedisTransport:
                 if subscription.closed:
                     return
                 raise
-            except self._errors as error:
+            except Exception as error:  # the broker restarting, or worse: the reader never dies silently
                 if subscription.closed:
                     return
                 failures += 1
-                _log.debug("stream read on %s failed (%r), retrying", key, error)
-                await asyncio.sleep(min(self.reconnect_wait * 2 ** min(failures - 1, 4), 5.0))
+                level = logging.DEBUG if isinstance(error, self._errors) else logging.ERROR
+                _log.log(level, "stream read on %s failed (%r), retrying", key, error)
+                await asyncio.sleep(min(self.reconnect_wait * 2 ** min(failures - 1, 4), 1.0))
                 continue
+
             for entry, fields, deliveries in batch:
                 retry = await self._consume(subscription, key, group, entry, fields, deliveries)
                 if retry:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -19,13 +18,13 @@ from ..core.errors import MessageError, NoResponders
 from ..core.subjects import is_literal, matches
 from ..core.transport import Handler
 from cellmono.transports.brokers import (
-    BrokerUnavailable, Counters, ResponderRunner, bus_subject, event_subject, missing_extra, redact,
+    BrokerUnavailable, Counters, LinkState, Mailbox, ResponderRunner, bus_subject, event_subject, missing_extra, redact,
     request_subject)
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['glob_for', 'Mailbox', 'RedisSubscription', 'PubSub']
+__all__ = ['glob_for', 'RedisSubscription', 'PubSub']
 
 # %% ../../nbs/33_redis_pubsub.ipynb #0d479679
 def glob_for(wire_pattern: str) -> str:
@@ -38,57 +37,6 @@ def glob_for(wire_pattern: str) -> str:
             tokens.append("".join("\\" + character if character in "*?[]\\" else character
                                   for character in token))
     return ".".join(tokens)
-
-# %% ../../nbs/33_redis_pubsub.ipynb #0e6e8aaf
-class Mailbox:
-    """Bytes queued for one subscription, processed in order by one task."""
-
-    def __init__(self, process: Callable[[str, bytes], Awaitable[None]], capacity: int, name: str) -> None:
-        self.process, self.capacity = process, capacity
-        self.queue: deque[tuple[str, bytes]] = deque()
-        self.busy = False
-        self.closed = False
-        self._wakeup: asyncio.Future[None] | None = None
-        self.task = asyncio.get_running_loop().create_task(self._drain(), name=name)
-
-    def put(self, channel: str, data: bytes) -> None:
-        """Queue one message (dropping the oldest when full); ignored once closed."""
-        if self.closed:
-            return
-        if len(self.queue) >= self.capacity:
-            self.queue.popleft()
-            _log.warning("slow consumer %s: dropped the oldest message", self.task.get_name())
-        self.queue.append((channel, data))
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self.queue:
-                if self.closed:
-                    return
-                self._wakeup = loop.create_future()
-                await self._wakeup
-                continue
-            channel, data = self.queue.popleft()
-            self.busy = True
-            try:
-                await self.process(channel, data)
-            except Exception:
-                _log.exception("processing a message on %s failed", channel)
-            finally:
-                self.busy = False
-
-    def idle(self) -> bool:
-        """Nothing queued and nothing in hand."""
-        return not self.queue and not self.busy
-
-    def close(self) -> None:
-        """Take no more messages; the task ends once the queue is empty."""
-        self.closed = True
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
 
 # %% ../../nbs/33_redis_pubsub.ipynb #5b116e74
 class RedisSubscription:
@@ -162,7 +110,9 @@ class PubSub:
         self.control = f"{prefix}.control"
         self.connected = False
         self.closed = False  # set by the owner once it stops: no more reconnecting or unsubscribing
+        self.link = LinkState("Redis", url, reconnect_wait)  # what status shows: connected, reconnecting, closed
         self._client: Any = None
+        self._listener: Any = None
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._channels: dict[str, list[RedisSubscription]] = {}  # channel or glob -> subscriptions
@@ -172,7 +122,14 @@ class PubSub:
     # -- connection ----------------------------------------------------------------------------
     async def open(self, client: Any) -> None:
         """Listen on the inbox and control channels through `client`; return once the server confirmed both."""
+        import redis.asyncio  # the `redis` extra (see __init__)
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
         self._client = client
+        # the listening connection has its own pool and no silent retry: redis-py would otherwise reconnect it
+        # inside `get_message`, and the requests in flight on the lost connection would wait for their timeout
+        self._listener = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=self.confirm_timeout,
+                                                      health_check_interval=0, retry=Retry(NoBackoff(), 0))
         confirmations = [self._expect(channel) for channel in (self.inbox, self.control)]
         await self._connect()
         self._reader = asyncio.get_running_loop().create_task(self._read(), name=f"redis reader {self.inbox}")
@@ -184,64 +141,71 @@ class PubSub:
         return future
 
     async def _connect(self) -> None:
-        pubsub = self._client.pubsub()
-        await pubsub.subscribe(self.inbox, self.control)
+        pubsub = self._listener.pubsub()
         literal = [channel for channel, subs in self._channels.items() if subs and not _is_glob(subs)]
         globs = [channel for channel, subs in self._channels.items() if subs and _is_glob(subs)]
-        if literal:
-            await pubsub.subscribe(*literal)
-        if globs:
-            await pubsub.psubscribe(*globs)
+        try:
+            await pubsub.subscribe(self.inbox, self.control, *literal)
+            if globs:
+                await pubsub.psubscribe(*globs)
+        except BaseException:
+            await asyncio.shield(pubsub.aclose())  # a failed attempt must not keep a connection
+            raise
         self._pubsub = pubsub
         self.connected = True
+        self.link.up()
 
     async def _read(self) -> None:
-        """The one reader: dispatch pub/sub messages; on a lost connection fail pending requests and reconnect."""
-        failures = 0
+        """The one reader: dispatch pub/sub messages; on any failure fail pending requests and reconnect."""
         while not self.closed:
             try:
                 message = await self._pubsub.get_message(timeout=None)
             except asyncio.CancelledError:
                 return
-            except self._errors as error:
-                if self.closed:
-                    return
-                self.connected = False
-                self.on_lost(f"connection to Redis at {redact(self.url)} lost")
-                failures += 1
-                _log.warning("Redis %s: %s; reconnecting", redact(self.url), error)
-                await asyncio.sleep(min(self.reconnect_wait * 2 ** min(failures - 1, 4), 5.0))
+            except Exception as error:  # whatever broke, the reader reconnects: it never dies silently
+                if not self.closed:
+                    await self._reconnect(error)
+                continue
+            if message is not None:
                 try:
-                    await self._pubsub.aclose()
-                    await self._connect()
-                    failures = 0
-                    _log.warning("Redis %s: reconnected", redact(self.url))
-                except self._errors:
-                    pass
-                continue
-            if message is None:
-                continue
-            kind = message["type"]
-            if kind == "message":
-                channel = message["channel"].decode()
-                if channel == self.inbox:
-                    self.on_reply(message["data"])
-                elif channel == self.control:
-                    self.on_control(message["data"].decode())
-                else:
-                    await self._dispatch(self._channels.get(channel, ()), channel, message["data"])
-            elif kind == "pmessage":
-                channel = message["channel"].decode()
-                await self._dispatch(self._channels.get(message["pattern"].decode(), ()), channel,
-                                     message["data"])
-            elif kind == "pong":
-                future = self._confirm.pop(f"pong:{message['data'].decode()}", None)
-                if future is not None and not future.done():
-                    future.set_result(None)
-            elif kind in ("subscribe", "psubscribe"):
-                future = self._confirm.pop(message["channel"].decode(), None)
-                if future is not None and not future.done():
-                    future.set_result(None)
+                    await self._route(message)
+                except Exception:
+                    _log.exception("Redis %s: routing a message failed", redact(self.url))
+
+    async def _reconnect(self, error: Exception) -> None:
+        """Fail the requests waiting on the lost connection, then reconnect with backoff until up or closed."""
+        self.connected = False
+        self.link.lost(error)
+        self.on_lost(f"connection to Redis at {redact(self.url)} lost")
+        while not self.closed:
+            try:
+                await self._pubsub.aclose()
+            except Exception as problem:  # the old connection is gone either way
+                _log.debug("closing the lost pub/sub connection: %r", problem)
+            try:
+                await self._connect()
+                return
+            except Exception as failure:
+                await asyncio.sleep(self.link.retrying(failure))
+
+    async def _route(self, message: dict[str, Any]) -> None:  # to the inbox, control, or the channel's subscriptions
+        kind = message["type"]
+        if kind == "message":
+            channel = message["channel"].decode()
+            if channel == self.inbox:
+                self.on_reply(message["data"])
+            elif channel == self.control:
+                self.on_control(message["data"].decode())
+            else:
+                await self._dispatch(self._channels.get(channel, ()), channel, message["data"])
+        elif kind == "pmessage":
+            channel = message["channel"].decode()
+            await self._dispatch(self._channels.get(message["pattern"].decode(), ()), channel, message["data"])
+        elif kind in ("pong", "subscribe", "psubscribe"):  # a confirmation someone may wait for
+            name = f"pong:{message['data'].decode()}" if kind == "pong" else message["channel"].decode()
+            future = self._confirm.pop(name, None)
+            if future is not None and not future.done():
+                future.set_result(None)
 
     # -- subscriptions -----------------------------------------------------------------------------
     async def add(self, subscription: RedisSubscription) -> None:
@@ -377,14 +341,17 @@ class PubSub:
     async def close(self) -> None:
         """Stop the reader and close the pub/sub connection (the client belongs to the owner)."""
         self.closed = True
+        self.link.close()
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
-        if self._pubsub is not None:
+        for resource in (self._pubsub, self._listener):
             try:
-                await self._pubsub.aclose()
+                if resource is not None:
+                    await resource.aclose()
             except self._errors:
                 pass
+
 
 
 def _is_glob(subscriptions: list[RedisSubscription]) -> bool:
