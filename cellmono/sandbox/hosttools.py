@@ -26,7 +26,7 @@ from urllib.parse import urljoin, urlsplit
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .policy import AuditSink, LimitExceeded, Policy, SandboxDenied, SandboxError
+from .policy import AuditSink, DeadlineExceeded, LimitExceeded, Policy, SandboxDenied, SandboxError
 
 # %% auto #0
 __all__ = ['Resolver', 'system_resolver', 'is_public_address', 'FetchTarget', 'check_url', 'FetchResult', 'fetch_blocking',
@@ -363,6 +363,9 @@ class HostTools:
             pause = started + (calls - burst) / policy.tool_rate - time.monotonic()
             if pause > 0:  # a guest looping on a tool waits its turn; the host is never flooded
                 await anyio.sleep(pause)
-            return await self.handle(name, arguments, policy, deadline)
+            reply = await self.handle(name, arguments, policy, deadline)
+            if deadline is not None and time.monotonic() >= deadline:  # the call used up the run: end it
+                raise DeadlineExceeded(f"host tools: the run's {policy.wall_seconds} s deadline passed during {name}")
+            return reply
 
         return handle
