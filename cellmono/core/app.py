@@ -27,7 +27,8 @@ from .transport import MemoryTransport, Subscription, Transport
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['Services', 'StartupError', 'Meter', 'NoMeter', 'load_cell_class', 'cells_from_settings', 'App']
+__all__ = ['Services', 'StartupError', 'Meter', 'NoMeter', 'load_cell_class', 'cells_from_settings', 'tool_schema_problems',
+           'check_tool_schemas', 'App']
 
 # %% ../../nbs/07_app.ipynb #62d9bfdf
 class Services(Protocol):
@@ -99,6 +100,32 @@ def cells_from_settings(settings: Settings | str | Path = "settings.ini") -> tup
         cells.append(cell)
     return settings, cells
 
+# %% ../../nbs/07_app.ipynb #y5d6e7f8
+def tool_schema_problems(cell: Cell) -> list[str]:
+    """One sentence per tool of `cell` whose input or output model cannot produce a JSON schema."""
+    problems = []
+    for spec in cell.specs:
+        if spec.kind != "tool":
+            continue
+        for role, model in (("input", spec.input), ("output", spec.output)):
+            if model is None:
+                continue
+            try:
+                model.model_json_schema()
+            except Exception as error:  # pydantic raises several kinds here; each means "no schema"
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                problems.append(f"cell {cell.name!r} tool {spec.name!r}: its {role} model {model.__name__} has no "
+                                f"JSON schema ({reason}); give its fields JSON types (str, int, float, bool, "
+                                "lists, dicts, nested models)")
+    return problems
+
+
+def check_tool_schemas(cells: Iterable[Cell]) -> None:
+    """Raise `ConfigError` naming the cell and tool of every tool whose schema cannot be generated."""
+    problems = [problem for cell in cells for problem in tool_schema_problems(cell)]
+    if problems:
+        raise ConfigError("; ".join(problems))
+
 # %% ../../nbs/07_app.ipynb #26d84971
 class App:
     """Cells composed on one bus: started, supervised, verified and drawn together."""
@@ -159,6 +186,7 @@ class App:
                 if subject not in responders and not any(
                         subject in {s.subject for s in other.specs} for other in self.cells.values()):
                     problems.append(f"cell {cell.name!r} requests {subject!r} but no cell handles it")
+        problems.extend(problem for cell in self.cells.values() for problem in tool_schema_problems(cell))
         problems.extend(self._import_violations())
         return problems
 
