@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterable, Sequence
@@ -18,13 +19,14 @@ from typing import NoReturn
 
 from .. import __version__
 from ..core.app import App, cells_from_settings
-from ..core.errors import CellmonoError
+from ..core.config import Settings, load_settings
+from ..core.errors import CellmonoError, ConfigError
 from ..security.guard import security_section
 from ..topology.workers import build_app  # promoted cells run in supervised worker processes over the broker
 
 # %% auto #0
-__all__ = ['PLUGGED_COMMANDS', 'RUNNER', 'load_command', 'build_parser', 'command_run', 'command_verify', 'command_diagram',
-           'main']
+__all__ = ['PLUGGED_COMMANDS', 'RUNNER', 'load_command', 'build_parser', 'command_run', 'check_cell_roles', 'command_verify',
+           'command_diagram', 'main']
 
 # %% ../../nbs/72_cli.ipynb #5cad1ac5
 PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
@@ -129,6 +131,7 @@ async def _run_app(app: App, seconds: float | None) -> None:
 
 def command_run(args: argparse.Namespace) -> int:
     """`cellmono run`: start the app from its settings; drain and exit 0 on Ctrl-C, SIGTERM or --seconds."""
+    check_cell_roles(load_settings(args.settings))
     app = build_app(args.settings)
     _configure_logging(app.settings.log.level)
     asyncio.run(_run_app(app, args.seconds))
@@ -138,10 +141,20 @@ def command_run(args: argparse.Namespace) -> int:
     return 1 if unhealthy else 0
 
 
+def check_cell_roles(settings: Settings) -> None:
+    """Raise `ConfigError` when a `[cell.NAME] roles` entry names a role `[roles]` does not define."""
+    known = security_section(settings).roles
+    for name, cell in settings.cells.items():
+        for role in cell.roles:
+            if role not in known:
+                raise ConfigError(f"{settings.source} [cell.{name}] roles: unknown role {role!r}; known roles: "
+                                  f"{', '.join(known) or 'none'} (roles are defined in [roles])")
+
+
 def command_verify(args: argparse.Namespace) -> int:
     """`cellmono verify`: exit 0 and say so when the app is sound, else raise its violations; it writes no file."""
     settings, cells = cells_from_settings(args.settings)
-    security_section(settings)  # roles and key settings are checked too, without creating keys
+    check_cell_roles(settings)  # roles and key settings are checked too, without creating keys
     app = App(cells, settings=settings)
     app.verify()
     tools = sum(len(cell.tools()) for cell in app.cells.values())
@@ -173,8 +186,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         return int(handler(args) or 0)
-    except CellmonoError as error:
-        print(f"cellmono: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except BaseException as caught:  # no traceback on any path: one line naming the cause, and the fix
+        if isinstance(caught, SystemExit) or os.environ.get("CELLMONO_TRACEBACK") == "1":
+            raise
+        code, message = _explain(caught)
+        if message:
+            print(f"cellmono: error: {message}", file=sys.stderr)
+        return code
+
+
+def _explain(caught: BaseException) -> tuple[int, str]:
+    """The exit code and the one-line message for an error that reached `main`."""
+    if isinstance(caught, BaseExceptionGroup):  # from a task group: the first real cause
+        leaves = [leaf for leaf in caught.exceptions if not isinstance(leaf, (KeyboardInterrupt, SystemExit))]
+        return _explain(next((leaf for leaf in leaves if isinstance(leaf, CellmonoError)), leaves[0])) if leaves \
+            else (130, "")
+    if isinstance(caught, CellmonoError):
+        return 2, str(caught)
+    if isinstance(caught, KeyboardInterrupt):
+        return 130, ""
+    if isinstance(caught, BrokenPipeError):  # `cellmono diagram | head`: the reader left; nothing to say
+        return 1, ""
+    if isinstance(caught, OSError):
+        where = f"{caught.filename}: " if caught.filename else ""
+        return 2, f"{where}{caught.strerror or caught}; check that the path exists and that you may use it"
+    first = (str(caught).strip().splitlines() or [""])[0][:300]
+    return 1, (f"unexpected {type(caught).__name__}: {first} - a bug in cellmono; please report it "
+               "(CELLMONO_TRACEBACK=1 shows where)")

@@ -7,10 +7,8 @@ Docs: https://cellmono.github.io/cellmono/app.html.md"""
 # %% ../../nbs/07_app.ipynb #d6a40d58
 from __future__ import annotations
 
-import ast
 import asyncio
 import importlib
-import inspect
 import logging
 import sys
 from collections.abc import Iterable, Sequence
@@ -22,13 +20,15 @@ from .cell import NAME_PATTERN, Cell, Health, Spec
 from .config import Settings, load_settings
 from .envelope import Envelope
 from .errors import CellmonoError, ConfigError, VerificationError
+from .imports import import_violations
 from .subjects import is_literal, matches, validate_pattern, validate_subject
 from .transport import MemoryTransport, Subscription, Transport
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['Services', 'StartupError', 'Meter', 'NoMeter', 'load_cell_class', 'cells_from_settings', 'imported_modules', 'App']
+__all__ = ['Services', 'StartupError', 'Meter', 'NoMeter', 'load_cell_class', 'cells_from_settings', 'tool_schema_problems',
+           'check_tool_schemas', 'App']
 
 # %% ../../nbs/07_app.ipynb #62d9bfdf
 class Services(Protocol):
@@ -100,27 +100,31 @@ def cells_from_settings(settings: Settings | str | Path = "settings.ini") -> tup
         cells.append(cell)
     return settings, cells
 
-# %% ../../nbs/07_app.ipynb #12dbadc5
-def imported_modules(module_name: str) -> set[str]:
-    """Fully qualified names of the modules `module_name` imports, read from its source."""
-    module = sys.modules.get(module_name) or importlib.import_module(module_name)
-    try:
-        tree = ast.parse(inspect.getsource(module))
-    except (OSError, TypeError):  # no source (built-in, notebook __main__): nothing to check
-        return set()
-    package = module.__package__ or ""
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{parent}.{base}" if base else parent
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return found
+# %% ../../nbs/07_app.ipynb #y5d6e7f8
+def tool_schema_problems(cell: Cell) -> list[str]:
+    """One sentence per tool of `cell` whose input or output model cannot produce a JSON schema."""
+    problems = []
+    for spec in cell.specs:
+        if spec.kind != "tool":
+            continue
+        for role, model in (("input", spec.input), ("output", spec.output)):
+            if model is None:
+                continue
+            try:
+                model.model_json_schema()
+            except Exception as error:  # pydantic raises several kinds here; each means "no schema"
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                problems.append(f"cell {cell.name!r} tool {spec.name!r}: its {role} model {model.__name__} has no "
+                                f"JSON schema ({reason}); give its fields JSON types (str, int, float, bool, "
+                                "lists, dicts, nested models)")
+    return problems
+
+
+def check_tool_schemas(cells: Iterable[Cell]) -> None:
+    """Raise `ConfigError` naming the cell and tool of every tool whose schema cannot be generated."""
+    problems = [problem for cell in cells for problem in tool_schema_problems(cell)]
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 # %% ../../nbs/07_app.ipynb #26d84971
 class App:
@@ -182,20 +186,12 @@ class App:
                 if subject not in responders and not any(
                         subject in {s.subject for s in other.specs} for other in self.cells.values()):
                     problems.append(f"cell {cell.name!r} requests {subject!r} but no cell handles it")
+        problems.extend(problem for cell in self.cells.values() for problem in tool_schema_problems(cell))
         problems.extend(self._import_violations())
         return problems
 
     def _import_violations(self) -> list[str]:
-        modules = {type(cell).__module__: cell.name for cell in self.cells.values()}
-        problems = []
-        for module, cell_name in modules.items():
-            imported = imported_modules(module)
-            for other_module, other_cell in modules.items():
-                if other_module != module and any(
-                        name == other_module or name.startswith(other_module + ".") for name in imported):
-                    problems.append(f"cell {cell_name!r} (module {module}) imports module {other_module} "
-                                    f"of cell {other_cell!r}: cells may talk only through the bus")
-        return problems
+        return import_violations({type(cell).__module__: cell.name for cell in self.cells.values()})
 
     def verify(self) -> None:
         """Raise `VerificationError` listing every broken invariant; return quietly when sound."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import configparser
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 from .errors import ConfigError
 
 # %% auto #0
-__all__ = ['SectionModel', 'CELL_FRAMEWORK_KEYS', 'Section', 'AppSection', 'BusSection', 'SupervisionSection', 'LogSection',
-           'CellSection', 'section_model', 'Settings', 'load_settings']
+__all__ = ['SectionModel', 'CELL_FRAMEWORK_KEYS', 'KNOWN_SECTIONS', 'SECTION_FAMILIES', 'Section', 'AppSection', 'BusSection',
+           'SupervisionSection', 'LogSection', 'CellSection', 'section_model', 'check_section', 'Settings',
+           'load_settings']
 
 # %% ../../nbs/05_config.ipynb #9899e453
 class Section(BaseModel):
@@ -110,6 +111,12 @@ CELL_FRAMEWORK_KEYS = ("class", "roles", "placement", "transport", "replicas", "
 _SECTIONS: dict[str, type[Section]] = {
     "app": AppSection, "bus": BusSection, "supervision": SupervisionSection, "log": LogSection}
 
+# Every section a settings file may hold; the layers above validate their own (`Settings.section`), but the
+# names are known here, so a misspelled `[gatway]` is an error with a suggestion instead of a silent default.
+KNOWN_SECTIONS = ("app", "bus", "supervision", "log", "security", "roles", "gateway", "telemetry", "triggers",
+                  "runbooks", "nats", "redis")
+SECTION_FAMILIES = {"cell": "NAME", "triggers": "CELL"}  # [cell.NAME], [triggers.CELL]
+
 _EXPECTED = {"string_pattern_mismatch": "an import path like package.module:Class",  # before "string"
              "float": "a number", "int": "an integer", "bool": "true or false", "string": "text",
              "literal": "one of the allowed values", "greater_than": "a positive value"}
@@ -123,25 +130,46 @@ def _describe(issue: Mapping[str, Any]) -> str:
     return str(issue["msg"])
 
 
-def _config_error(source: str, section: str, error: ValidationError, known: list[str]) -> ConfigError:
+def _config_error(source: str, section: str, error: ValidationError, known: list[str],
+                  suggest: Sequence[str] = ()) -> ConfigError:
     issue = error.errors()[0]
     key = ".".join(str(part) for part in issue["loc"]) or "?"
     if issue["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(key, known, n=1)
+        close = difflib.get_close_matches(key.lower(), [*known, *suggest], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return ConfigError(f"{source} [{section}] {key}: unknown key (known keys: {', '.join(known)}){hint}")
+    if not issue["loc"]:  # a check of the whole section (e.g. its roles): the message, never the section's values
+        return ConfigError(f"{source} [{section}]: {str(issue['msg']).removeprefix('Value error, ')}")
     if issue["type"] == "missing":
         return ConfigError(f"{source} [{section}] {key}: required key is missing")
     return ConfigError(f"{source} [{section}] {key}: {_describe(issue)}, got {issue.get('input')!r}")
 
 
-def section_model(source: str, section: str, model: type[SectionModel], values: Mapping[str, Any]) -> SectionModel:
-    """`values` validated as `model`; a `ConfigError` naming source, section, key and expected type."""
+def section_model(source: str, section: str, model: type[SectionModel], values: Mapping[str, Any],
+                  suggest: Sequence[str] = ()) -> SectionModel:
+    """`values` validated as `model`; a `ConfigError` naming source, section, key and expected type, with the
+    closest known key (or one of `suggest`) for an unknown one."""
     try:
         return model.model_validate(dict(values))
     except ValidationError as error:
         known = [field.alias or name for name, field in model.model_fields.items()]
-        raise _config_error(source, section, error, known) from None
+        raise _config_error(source, section, error, known, suggest) from None
+
+
+def _section_names() -> list[str]:
+    return [*KNOWN_SECTIONS, *(f"{family}.{name}" for family, name in SECTION_FAMILIES.items())]
+
+
+def check_section(source: str, name: str) -> None:
+    """Return when `[name]` is a section cellmono reads; else a `ConfigError` with the closest known name."""
+    family, dot, rest = name.partition(".")
+    if (not dot and name in KNOWN_SECTIONS) or (dot and rest and family in SECTION_FAMILIES):
+        return
+    candidates = [*KNOWN_SECTIONS, *(f"{family}.{rest or placeholder}" for family, placeholder in SECTION_FAMILIES.items())]
+    close = difflib.get_close_matches(name.lower(), candidates, n=1, cutoff=0.6)
+    hint = f"did you mean [{close[0]}]? " if close else ""
+    raise ConfigError(f"{source} [{name}]: unknown section; {hint}(known: "
+                      f"{', '.join(f'[{known}]' for known in _section_names())})")
 
 # %% ../../nbs/05_config.ipynb #29aae41b
 class Settings(BaseModel):
@@ -164,22 +192,65 @@ class Settings(BaseModel):
     def cell_options(self, cell: str, model: type[SectionModel]) -> SectionModel:
         """The `[cell.NAME]` options validated as the cell's own `Settings` model."""
         options = self.cells[cell].options if cell in self.cells else {}
-        return section_model(self.source, f"cell.{cell}", model, options)
+        return section_model(self.source, f"cell.{cell}", model, options, suggest=CELL_FRAMEWORK_KEYS)
+
+
+def _override_hint(variable: str) -> str:
+    """`; did you mean CELLMONO__SECTION__KEY?` for a variable that looks like a settings override, else ''."""
+    words = [word for word in variable.upper().removeprefix("CELLMONO").split("_") if word]
+    for size in (2, 1):  # `CELL_NOTES`, then `GATEWAY`
+        section = "_".join(words[:size]).lower()
+        if len(words) > size and (section in KNOWN_SECTIONS or section.partition("_")[0] in SECTION_FAMILIES
+                                  and size == 2):
+            return f"; did you mean CELLMONO__{'_'.join(words[:size])}__{'_'.join(words[size:])}?"
+    return ""  # CELLMONO_KEK, CELLMONO_API_KEY, CELLMONO_CACHE_DIR...: variables of their own
 
 
 def _environment_overrides(parser: configparser.ConfigParser, environ: Mapping[str, str]) -> None:
     for variable, value in environ.items():
-        if not variable.startswith("CELLMONO__"):
+        if not variable.upper().startswith("CELLMONO_"):
+            continue
+        if not variable.startswith("CELLMONO__"):  # CELLMONO_KEK, CELLMONO_API_KEY...: not settings, unless they look so
+            hint = _override_hint(variable)
+            if hint or variable.upper().startswith("CELLMONO__"):
+                raise ConfigError(f"environment variable {variable}: not a settings override (the form is "
+                                  f"CELLMONO__<SECTION>__<KEY>, upper-case prefix){hint or ''}")
             continue
         parts = variable[len("CELLMONO__"):].split("__")
         if len(parts) != 2 or not all(parts):
-            raise ConfigError(f"environment variable {variable}: expected CELLMONO__<SECTION>__<KEY>")
+            raise ConfigError(f"environment variable {variable}: expected CELLMONO__<SECTION>__<KEY>"
+                              f"{_override_hint(variable)}")
         wanted, key = parts[0].lower(), parts[1].lower()
         section = next((name for name in parser.sections() if name.replace(".", "_").lower() == wanted), None)
         if section is None:
-            section = wanted if wanted in _SECTIONS else wanted.replace("_", ".", 1)
+            section = wanted if wanted in KNOWN_SECTIONS else wanted.replace("_", ".", 1)
+            try:
+                check_section(f"environment variable {variable}:", section)
+            except ConfigError:
+                close = difflib.get_close_matches(wanted, [name.replace(".", "_") for name in _section_names()], n=1)
+                hint = f"; did you mean CELLMONO__{close[0].upper()}__{parts[1]}?" if close else ""
+                raise ConfigError(f"environment variable {variable}: unknown section {parts[0]!r}{hint}") from None
             parser.add_section(section)
+        model = _SECTIONS.get(section)
+        if model is not None and key not in model.model_fields:
+            close = difflib.get_close_matches(key, list(model.model_fields), n=1)
+            hint = f"; did you mean CELLMONO__{parts[0]}__{close[0].upper()}?" if close else ""
+            raise ConfigError(f"environment variable {variable}: [{section}] has no key {key!r} "
+                              f"(known: {', '.join(model.model_fields)}){hint}")
         parser.set(section, key, value)
+
+
+def _merge_roles(parser: configparser.ConfigParser, source: str) -> None:
+    """`[roles] NAME = grants` is where roles live; the security layer reads them as `[security] role.NAME`."""
+    if not parser.has_section("roles"):
+        return
+    if not parser.has_section("security"):
+        parser.add_section("security")
+    for name, grants in parser.items("roles"):
+        if parser.has_option("security", f"role.{name}"):
+            raise ConfigError(f"{source} [roles] {name}: the role is also defined as [security] role.{name}; "
+                              "keep the one in [roles]")
+        parser.set("security", f"role.{name}", grants)
 
 
 def load_settings(path: str | os.PathLike[str] | None = "settings.ini",
@@ -199,6 +270,9 @@ def load_settings(path: str | os.PathLike[str] | None = "settings.ini",
         except (configparser.Error, UnicodeDecodeError) as error:
             raise ConfigError(f"{file}: not a valid INI file: {str(error).splitlines()[0]}") from None
     _environment_overrides(parser, environ)
+    for name in parser.sections():
+        check_section(source, name)
+    _merge_roles(parser, source)
     values: dict[str, Any] = {"source": source, "cells": {}, "extra_sections": {}}
     for name in parser.sections():
         items = dict(parser.items(name))

@@ -10,16 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
+import shlex
+import shutil
 import signal
 import socket
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from mcp.server.stdio import stdio_server
 
-from ..core.app import App
+from ..core.app import App, check_tool_schemas
 from ..core.errors import ConfigError
 from ..gateway.auth import ApiKeys, Authenticator, Identity, JwtVerifier, Policy, metadata_url
 from ..gateway.bridge import AuditLogSink, GatewayGuard, TokenMinter
@@ -34,8 +38,8 @@ from ..topology.services import Runtime
 from ..topology.switch import LiveApp
 
 # %% auto #0
-__all__ = ['Served', 'state_folder', 'is_loopback', 'build', 'runtime_of', 'token_minter', 'close', 'instructions', 'serve_http',
-           'serve_stdio', 'new_api_key']
+__all__ = ['Served', 'state_folder', 'is_loopback', 'build', 'runtime_of', 'token_minter', 'close', 'stdio_hint', 'instructions',
+           'serve_http', 'serve_stdio', 'new_api_key']
 
 # %% ../../nbs/70_serve.ipynb #14ddb03d
 @dataclass
@@ -76,6 +80,7 @@ def is_loopback(host: str) -> bool:
 def build(app: App, *, port: int | None = None, host: str | None = None, audit: AuditSink | None = None,
           minter: Minter | None = None, create_admin: bool = True) -> Served:
     """Assemble the gateway of `app`: settings, state folder, credentials, audit, the ASGI app."""
+    check_tool_schemas(app.cells.values())  # a ConfigError naming the cell and tool, before any file is written
     settings = gateway_settings(app)
     trigger_config(app.settings)  # a bad [triggers] section is refused before anything starts
     updates: dict[str, object] = {}
@@ -135,6 +140,22 @@ def close(served: Served) -> None:
     served.audit_log.close()
 
 
+def stdio_hint(served: Served) -> list[str]:
+    """How a client launches this app over stdio, from any folder: absolute paths, and an `mcpServers` block."""
+    script = Path(sys.argv[0])
+    command = os.path.abspath(script) if script.name == "cellmono" and script.is_file() else \
+        shutil.which("cellmono") or str(Path(sys.executable).parent / "cellmono")
+    args = ["serve", "--stdio"]
+    if served.app.settings.source != "<defaults>":
+        args += ["--settings", str(Path(served.app.settings.source).resolve())]
+    name = served.app.settings.app.name
+    block = json.dumps({"mcpServers": {name: {"command": command, "args": args}}}, indent=2)
+    return [f"  or let the client launch it over stdio (runs as {served.settings.local_principal!r}), from any folder:",
+            f"    claude mcp add {name} -- {shlex.join([command, *args])}",
+            "  or paste into the client's MCP settings (Claude Desktop, Cursor...):",
+            *(f"    {line}" for line in block.splitlines())]
+
+
 def instructions(served: Served, url: str) -> str:
     """What `cellmono serve` prints once it listens: URL, tools, credential, how to connect a client."""
     name = served.app.settings.app.name
@@ -151,8 +172,7 @@ def instructions(served: Served, url: str) -> str:
               f'    claude mcp add --transport http {name} {url} --header "Authorization: Bearer {key}"',
               f"    npx @modelcontextprotocol/inspector --cli {url} --transport http "
               f'--header "Authorization: Bearer {key}" --method tools/list',
-              f"  or let the client launch it over stdio: cellmono serve --stdio "
-              f"(runs as {served.settings.local_principal!r})",
+              *stdio_hint(served),
               f"  health: {url.rsplit('/', 1)[0]}/healthz   metrics: {url.rsplit('/', 1)[0]}/metrics   "
               "stop: Ctrl-C"]
     return "\n".join(lines)

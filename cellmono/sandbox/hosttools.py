@@ -7,22 +7,26 @@ Docs: https://cellmono.github.io/cellmono/hosttools.html.md"""
 # %% ../../nbs/22_hosttools.ipynb #b0b0c0e4
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import json
+import math
 import os
 import re
 import socket
 import ssl
 import stat
+import threading
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any, Literal, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .policy import AuditSink, LimitExceeded, Policy, SandboxDenied, SandboxError
+from .policy import AuditSink, DeadlineExceeded, LimitExceeded, Policy, SandboxDenied, SandboxError
 
 # %% auto #0
 __all__ = ['Resolver', 'system_resolver', 'is_public_address', 'FetchTarget', 'check_url', 'FetchResult', 'fetch_blocking',
@@ -128,9 +132,11 @@ class FetchResult(BaseModel):
     redirects: int = 0
 
 
-def fetch_blocking(url: str, policy: Policy, method: str = "GET", resolver: Resolver = system_resolver) -> FetchResult:
-    """Fetch `url` under `policy`, checking every redirect hop; blocking (run it in a thread)."""
-    deadline = time.monotonic() + policy.fetch_seconds
+def fetch_blocking(url: str, policy: Policy, method: str = "GET", resolver: Resolver = system_resolver,
+                   deadline: float | None = None) -> FetchResult:
+    """Fetch `url` under `policy`, every redirect hop checked, all of it done by the fetch deadline or the
+    caller's `deadline` (a `time.monotonic()` value), whichever comes first; blocking (run it in a thread)."""
+    deadline = min(time.monotonic() + policy.fetch_seconds, math.inf if deadline is None else deadline)
     for hop in range(policy.max_redirects + 1):
         target = check_url(url, policy, resolver)
         status, headers, body = _exchange(target, method, deadline, policy.fetch_bytes)
@@ -154,8 +160,22 @@ def _exchange(target: FetchTarget, method: str, deadline: float, max_bytes: int)
 
     try:
         raw = socket.create_connection((target.address, target.port), timeout=remaining())
+    except TimeoutError:
+        raise LimitExceeded("fetch: the fetch deadline passed while connecting", "fetch_time") from None
     except OSError as error:
         raise SandboxError(f"fetch: cannot connect to {target.host}:{target.port}: {error}") from None
+    # A socket timeout bounds one read, not the exchange: a server dripping a byte a second would never
+    # trip it. The watchdog shuts the socket down at the deadline, which ends any read in progress.
+    plain, cut = raw, threading.Event()
+
+    def watchdog() -> None:
+        cut.set()
+        with contextlib.suppress(OSError):
+            plain.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(remaining(), watchdog)
+    timer.daemon = True
+    timer.start()
     try:
         if target.scheme == "https":
             raw = ssl.create_default_context().wrap_socket(raw, server_hostname=target.host)
@@ -174,13 +194,16 @@ def _exchange(target: FetchTarget, method: str, deadline: float, max_bytes: int)
             if size > max_bytes:
                 raise LimitExceeded(f"fetch: the response body passed {max_bytes} bytes", "fetch_size")
             chunks.append(chunk)
+        if cut.is_set():
+            raise TimeoutError
         headers = {key.lower(): value for key, value in response.getheaders()}
         return response.status, headers, b"".join(chunks)
-    except (OSError, http.client.HTTPException) as error:
-        if isinstance(error, TimeoutError):
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        if isinstance(error, TimeoutError) or cut.is_set():
             raise LimitExceeded("fetch: the fetch deadline passed", "fetch_time") from None
         raise SandboxError(f"fetch: {target.host}:{target.port}: {error}") from None
     finally:
+        timer.cancel()
         raw.close()
 
 # %% ../../nbs/22_hosttools.ipynb #39ca3a16
@@ -273,15 +296,17 @@ class HostTools:
         self.principal = principal
         self.resolver = resolver
 
-    async def call(self, name: str, arguments: dict[str, Any], policy: Policy) -> Any:
-        """Run tool `name` with `arguments` under `policy`; raise `SandboxDenied` or `SandboxError` on refusal."""
+    async def call(self, name: str, arguments: dict[str, Any], policy: Policy, deadline: float | None = None) -> Any:
+        """Run tool `name` with `arguments` under `policy`, done by `deadline` (monotonic); raise `SandboxDenied`
+        or `SandboxError` on refusal."""
         record: dict[str, Any] = {"event": "sandbox.tool", "principal": self.principal, "tool": name,
                                   "policy": policy.digest()}
         try:
             if name == "fetch":
                 fetch = FetchArguments.model_validate(arguments)
                 record["target"] = fetch.url[:500]
-                result = await anyio.to_thread.run_sync(fetch_blocking, fetch.url, policy, fetch.method, self.resolver)
+                result = await anyio.to_thread.run_sync(fetch_blocking, fetch.url, policy, fetch.method, self.resolver,
+                                                       deadline)
                 record["status"] = result.status
                 value: Any = result.model_dump()
             elif name == "read_file":
@@ -304,7 +329,7 @@ class HostTools:
         self.audit({**record, "decision": "allow"})
         return value
 
-    async def handle(self, name: str, arguments: str, policy: Policy) -> str:
+    async def handle(self, name: str, arguments: str, policy: Policy, deadline: float | None = None) -> str:
         """Answer a guest's tool call with a JSON reply: `{"value": ...}` or `{"error": ..., "type": ...}`."""
         try:
             parsed = json.loads(arguments)
@@ -315,8 +340,32 @@ class HostTools:
                         "policy": policy.digest(), "decision": "deny", "reason": "arguments are not a JSON object"})
             return json.dumps({"error": "arguments must be a JSON object", "type": "SandboxDenied"})
         try:
-            return json.dumps({"value": await self.call(name, parsed, policy)})
+            return json.dumps({"value": await self.call(name, parsed, policy, deadline)})
         except SandboxDenied as error:
             return json.dumps({"error": str(error), "type": "SandboxDenied"})
         except SandboxError as error:
             return json.dumps({"error": str(error), "type": type(error).__name__})
+
+    def handler(self, policy: Policy, deadline: float | None = None) -> Callable[[str, str], Coroutine[Any, Any, str]]:
+        """The tool handler of one run: paced to `policy.tool_rate` calls a second after a one-second burst,
+        every call done by `deadline`, and the run stopped with `LimitExceeded` past `policy.tool_calls` calls."""
+        calls, started, burst = 0, time.monotonic(), max(1, int(policy.tool_rate))
+
+        async def handle(name: str, arguments: str) -> str:
+            nonlocal calls
+            calls += 1
+            if calls > policy.tool_calls:
+                self.audit({"event": "sandbox.tool", "principal": self.principal, "tool": name[:200],
+                            "policy": policy.digest(), "decision": "deny", "reason": "tool-call limit",
+                            "limit": policy.tool_calls})
+                raise LimitExceeded(f"host tools: the guest passed its limit of {policy.tool_calls} tool calls "
+                                    "in one run; raise Policy.tool_calls if it needs more", "tool_calls")
+            pause = started + (calls - burst) / policy.tool_rate - time.monotonic()
+            if pause > 0:  # a guest looping on a tool waits its turn; the host is never flooded
+                await anyio.sleep(pause)
+            reply = await self.handle(name, arguments, policy, deadline)
+            if deadline is not None and time.monotonic() >= deadline:  # the call used up the run: end it
+                raise DeadlineExceeded(f"host tools: the run's {policy.wall_seconds} s deadline passed during {name}")
+            return reply
+
+        return handle

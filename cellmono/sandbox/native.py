@@ -22,14 +22,15 @@ from typing import Any
 import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from .grants import grant_mounts, sealed_folders
 from .guest import GUEST_CORE_SOURCE, ToolHandler, refuse_tools, result_from_guest
 from .policy import (
-    BackendStatus, BackendUnavailable, DeadlineExceeded, LimitExceeded, Policy, RunRequest, SandboxCrashed,
-    SandboxError, SandboxResult, Usage)
+    BackendStatus, BackendUnavailable, DeadlineExceeded, LimitExceeded, Policy, RunRequest,
+    SandboxCrashed, SandboxError, SandboxResult, Usage)
 
 # %% auto #0
-__all__ = ['RUNNER_SOURCE', 'RUNSC_BASE_TASKS', 'RUNSC_TASKS_PER_PROCESS', 'find_python', 'grant_roots', 'NativeBackend',
-           'find_bwrap', 'BubblewrapBackend', 'runsc_task_limit', 'GvisorBackend']
+__all__ = ['RUNNER_SOURCE', 'RUNSC_BASE_TASKS', 'RUNSC_TASKS_PER_PROCESS', 'find_python', 'NativeBackend', 'find_bwrap',
+           'BubblewrapBackend', 'runsc_task_limit', 'GvisorBackend']
 
 # %% ../../nbs/27_native.ipynb #054a5bf9
 RUNNER_SOURCE = GUEST_CORE_SOURCE + r'''
@@ -72,18 +73,6 @@ def find_python() -> str | None:
         if os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def grant_roots(patterns: tuple[str, ...]) -> list[str]:
-    """The existing folders to bind for glob grants: each pattern cut before its first wildcard."""
-    roots = []
-    for pattern in patterns:
-        cut = min((pattern.find(c) for c in "*?[" if c in pattern), default=-1)
-        path = pattern if cut < 0 else os.path.dirname(pattern[:cut])
-        path = os.path.normpath(path)
-        if path != "/" and os.path.exists(path) and path not in roots:
-            roots.append(path)
-    return roots
 
 # %% ../../nbs/27_native.ipynb #ae3f5ba7
 class NativeBackend:
@@ -256,7 +245,8 @@ class BubblewrapBackend(NativeBackend):
 
     def command(self, policy: Policy, workdir: str) -> list[str]:
         argv = [str(self.bwrap), "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-                "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+                "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev",
+                "--perms", "1777", "--size", str(policy.tmp_bytes), "--tmpfs", "/tmp",
                 "--hostname", "sandbox", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
                 "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8", "--chdir", "/tmp"]
         for top in ("bin", "lib", "lib64", "sbin", "lib32"):
@@ -265,11 +255,16 @@ class BubblewrapBackend(NativeBackend):
                 argv += ["--symlink", os.readlink(path), path]
             elif os.path.isdir(path):
                 argv += ["--ro-bind", path, path]
-        for root in grant_roots(policy.readable):
-            argv += ["--ro-bind", root, root]
-        for root in grant_roots(policy.writable):
-            argv += ["--bind", root, root]
-        return argv + ["--", str(self.python), "-I", "-S", "-c", RUNNER_SOURCE]
+        binds = grant_mounts(policy)
+        sealed = sealed_folders(binds)
+        for folder in sealed:
+            argv += ["--perms", "0555", "--size", str(1 << 20), "--tmpfs", folder]
+        for path, writable in binds:
+            argv += ["--bind" if writable else "--ro-bind", path, path]
+        for folder in reversed(sealed):
+            argv += ["--remount-ro", folder]
+        # the box's own root (the folders made up for mount points) is read-only too
+        return argv + ["--remount-ro", "/", "--", str(self.python), "-I", "-S", "-c", RUNNER_SOURCE]
 
     def details(self) -> dict[str, Any]:
         return {"bwrap": self.bwrap, "user": "nobody" if os.geteuid() == 0 else str(os.geteuid()),
@@ -314,15 +309,21 @@ class GvisorBackend(NativeBackend):
             (rootfs / folder).mkdir(parents=True, exist_ok=True)
         mounts = [{"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]},
                   {"destination": "/proc", "type": "proc", "source": "proc"},
-                  {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["size=64m"]}]
+                  {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                   "options": [f"size={policy.tmp_bytes}", "mode=1777", "nosuid", "nodev"]}]
         for top in ("bin", "lib", "lib64", "sbin"):
             if os.path.islink(f"/{top}"):
                 (rootfs / top).symlink_to(os.readlink(f"/{top}"))
             elif os.path.isdir(f"/{top}"):
                 (rootfs / top).mkdir()
                 mounts.append({"destination": f"/{top}", "type": "bind", "source": f"/{top}", "options": ["rbind", "ro"]})
-        for root, mode in [(r, "ro") for r in grant_roots(policy.readable)] + [(r, "rw") for r in grant_roots(policy.writable)]:
-            mounts.append({"destination": root, "type": "bind", "source": root, "options": ["rbind", mode]})
+        binds = grant_mounts(policy)
+        for folder in sealed_folders(binds):  # root-owned 0555: the guest (nobody) cannot add a sibling file
+            mounts.append({"destination": folder, "type": "tmpfs", "source": "tmpfs",
+                           "options": ["mode=0555", f"size={1 << 20}", "nosuid", "nodev"]})
+        for path, writable in binds:
+            mounts.append({"destination": path, "type": "bind", "source": path,
+                           "options": ["rbind", "rw" if writable else "ro"]})
         config = {
             "ociVersion": "1.0.0",
             "process": {"terminal": False, "user": {"uid": 65534, "gid": 65534},

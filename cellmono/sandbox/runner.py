@@ -93,8 +93,8 @@ class Sandbox:
         request = RunRequest(code=code, inputs=inputs or {}, policy=policy)
         chosen = self.backend(backend)
 
-        async def tool_handler(name: str, arguments: str) -> str:
-            return await self.host_tools.handle(name, arguments, policy)
+        # paced and capped per run; a fetch ends by the run's own deadline, not only by its fetch deadline
+        tool_handler = self.host_tools.handler(policy, time.monotonic() + policy.wall_seconds)
 
         started = time.perf_counter()
         record: dict[str, Any] = {"event": "sandbox.run", "principal": self.principal, "backend": chosen.name,

@@ -31,7 +31,7 @@ async def test_gvisor_hides_host_files_and_mounts_grants_as_granted() -> None:
             os.chmod(f"{shared}/out", 0o777)
             Path(f"{shared}/in/a.txt").write_text("granted")
             os.chmod(f"{shared}/in/a.txt", 0o644)
-            grants = Policy.from_capabilities([f"fs:read:{shared}/in/*", f"fs:write:{shared}/out/*"], processes=16)
+            grants = Policy.from_capabilities([f"fs:read:{shared}/in/*", f"fs:write:{shared}/out/**"], processes=16)
             code = (f"text = open('{shared}/in/a.txt').read()\nopen('{shared}/out/b.txt', 'w').write(text + '!')\n"
                     f"try:\n    open('{shared}/in/c.txt', 'w')\n    denied = False\nexcept OSError:\n    denied = True\n"
                     "[text, denied]")
