@@ -65,6 +65,9 @@ def report(result: RunResult, limit: int = 2000) -> str:
     return ""
 
 # %% ../../nbs/69_runbook_tool.ipynb #e1538526
+_KINDS: tuple[tuple[Mode, str, str], ...] = (("dry-run", "", "run"), ("apply", ".apply", "apply"))
+
+
 class RunbookToolCell(Cell):
     """Serves the runbooks its settings expose as MCP tools: `runbooks.NAME` (dry run) and `runbooks.NAME.apply`."""
 
@@ -82,7 +85,7 @@ class RunbookToolCell(Cell):
         specs: list[Spec] = []
         for name in options.expose:
             runbook = runbook_named(name, options.folder)
-            for mode, suffix, capability in (("dry-run", "", "run"), ("apply", ".apply", "apply")):
+            for mode, suffix, capability in _KINDS:
                 attribute = f"_tool_{len(specs)}"
                 self.__dict__[attribute] = self._tool(runbook, mode)
                 specs.append(Spec(kind="tool", attribute=attribute, subject=f"{self.name}.{name}{suffix}",

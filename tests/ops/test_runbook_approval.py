@@ -68,6 +68,7 @@ def test_apply_needs_an_approval_bound_to_the_dry_run_and_used_once(tmp_path: Pa
 
 def test_foreign_stale_and_expired_tokens_are_refused(tmp_path: Path) -> None:
     settings, boss, _ = _app(tmp_path)
+    ring = SigningKeys.load_or_create(tmp_path / "var" / "signing-keys.json")  # the app's, as `cellmono serve` makes it
     runbook = load_runbook(RUNBOOKS / f"{NAME}.ipynb")
     digest = content_hash(runbook, validate_parameters(runbook, {}))
     for parameters in ([], ["-p", "replicas=2"]):
@@ -81,7 +82,6 @@ def test_foreign_stale_and_expired_tokens_are_refused(tmp_path: Path) -> None:
     assert stale.returncode == 0, stale.stderr
     line = _one_line(_apply(tmp_path, stale.stdout.strip()).stderr)
     assert "it approves another runbook or another content hash" in line, line
-    ring = SigningKeys.load(tmp_path / "var" / "signing-keys.json")
     expired = TokenIssuer(ring, clock=lambda: time.time() - 7200).issue(
         "boss", [f"runbook:approve:{NAME}"], approval_audience(NAME, digest), ttl=60)
     assert "expired" in _one_line(_apply(tmp_path, expired).stderr)
