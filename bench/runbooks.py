@@ -2,9 +2,16 @@
 a store through the runbooks against SQLite's own online backup + a file copy, and how many runbooks dry-run on a
 fresh app. Last stdout line: one JSON object.
 
-`backup_restore_ratio` compares the work of the runbooks' steps (their cells' durations as papermill records them
-in the archived notebooks: backup, manifest checksum, integrity check, restore, and decrypting every restored item)
-with `sqlite3 .backup` + a copy of the same store; the kernel start is the runner's overhead, reported apart.
+What `backup_restore_ratio` compares, like against like:
+- the baseline, timed in this process: `Connection.backup` of the live store into a fresh file (SQLite's defaults,
+  so it syncs) and `shutil.copy` of that file: a backup and a restore with no checks at all;
+- the runbooks, timed by the kernel's own clock (from its 'busy' status to its execute reply, per cell) over the
+  cells of their steps and verifications, in `--apply` runs: backup-store's online backup (also durable: one fsync,
+  then an atomic rename), its integrity check and SHA-256 manifest; restore-store's copy, its SHA-256 check against
+  the manifest and the decryption of every restored item with the app's key.
+Left out of the ratio, since the baseline has none of them: the kernel start, imports and the set-up cell (the
+runner's overhead, `overhead_s`), papermill's per-cell round trip, and the dry runs that must precede an apply.
+Each round times the baseline and both runbooks on the same store; the figures are medians over the rounds.
 Usage: python bench/runbooks.py [--quick]
 """
 

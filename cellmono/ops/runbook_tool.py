@@ -65,11 +65,11 @@ def report(result: RunResult, limit: int = 2000) -> str:
     return ""
 
 # %% ../../nbs/69_runbook_tool.ipynb #e1538526
-_KINDS: tuple[tuple[Mode, str, str], ...] = (("dry-run", "", "run"), ("apply", ".apply", "apply"))
+_KINDS: tuple[tuple[Mode, str, str], ...] = (("dry-run", "", "run"), ("apply", "-apply", "apply"))
 
 
 class RunbookToolCell(Cell):
-    """Serves the runbooks its settings expose as MCP tools: `runbooks.NAME` (dry run) and `runbooks.NAME.apply`."""
+    """Serves the runbooks its settings expose as MCP tools: `runbooks.NAME` (dry run) and `runbooks.NAME-apply`."""
 
     name = "runbooks"
     Settings = RunbookToolSettings

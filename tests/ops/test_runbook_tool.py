@@ -88,8 +88,8 @@ async def test_only_exposed_runbooks_are_tools_and_each_is_gated(tmp_path: Path)
         async with _client(url, keys["admin"]) as mcp:
             tools = {tool.name: tool for tool in (await mcp.list_tools()).tools}
         runbook_tools = sorted(name for name in tools if name.startswith("runbooks."))
-        assert runbook_tools == ["runbooks.health-check", "runbooks.health-check.apply", "runbooks.promote-cell",
-                                 "runbooks.promote-cell.apply"]
+        assert runbook_tools == ["runbooks.health-check", "runbooks.health-check-apply", "runbooks.promote-cell",
+                                 "runbooks.promote-cell-apply"]
         schema = tools["runbooks.promote-cell"].input_schema
         assert sorted(schema["properties"]) == ["cell", "replicas", "transport"]
         assert schema["additionalProperties"] is False
@@ -104,14 +104,14 @@ async def test_only_exposed_runbooks_are_tools_and_each_is_gated(tmp_path: Path)
             assert not dry.is_error, dry.content
             assert (dry.structured_content["mode"], dry.structured_content["ok"]) == ("dry-run", True)
             with pytest.raises(MCPError):
-                await mcp.call_tool("runbooks.promote-cell.apply", {})
+                await mcp.call_tool("runbooks.promote-cell-apply", {})
             bad = await mcp.call_tool("runbooks.promote-cell", {"replicas": "many"})
             assert bad.is_error
         assert settings.read_text() == before, "a dry run or a refused apply changed the settings"
         async with _client(url, keys["applier"]) as mcp:
-            unrehearsed = await mcp.call_tool("runbooks.promote-cell.apply", {"replicas": 2})
+            unrehearsed = await mcp.call_tool("runbooks.promote-cell-apply", {"replicas": 2})
             assert unrehearsed.is_error and "needs a successful dry run" in unrehearsed.content[0].text
-            applied = await mcp.call_tool("runbooks.promote-cell.apply", {})
+            applied = await mcp.call_tool("runbooks.promote-cell-apply", {})
             assert not applied.is_error, applied.content
             assert (applied.structured_content["mode"], applied.structured_content["ok"]) == ("apply", True)
         assert "placement = process" in settings.read_text()
@@ -128,7 +128,7 @@ async def test_no_runbook_is_a_tool_unless_listed_and_no_secret_reaches_a_result
         async with _client(url, keys["admin"]) as mcp:
             names = {tool.name for tool in (await mcp.list_tools()).tools}
             assert {name for name in names if name.startswith("runbooks.")} == {"runbooks.health-check",
-                                                                                "runbooks.health-check.apply"}
+                                                                                "runbooks.health-check-apply"}
             result = await mcp.call_tool("runbooks.health-check", {"probe_key": "env:PROBE_KEY"})
             assert not result.is_error and result.structured_content["ok"], result.content
             refused = await mcp.call_tool("runbooks.health-check", {"probe_key": probe})
