@@ -1,4 +1,4 @@
-"""Run a runbook under papermill: dry run by default, destructive cells only on `--apply` after a matching dry run, every run archived read-only in `var/runbooks/` and audited.
+"""Run a runbook under papermill: dry run by default, destructive cells only on `--apply` after a matching dry run (and, where required, an approval token bound to it), every run archived read-only in `var/runbooks/` and audited.
 
 Docs: https://cellmono.github.io/cellmono/runbook_runner.html.md"""
 

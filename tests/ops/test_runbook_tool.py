@@ -4,13 +4,7 @@ when the app exposes them, refused without `runbook:run:NAME`, a dry run by defa
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -21,10 +15,9 @@ from mcp.shared.exceptions import MCPError
 
 from cellmono.gateway.auth import ApiKeys
 
-from runbooks_support import ROOT, audit_runs, fresh_app
+from runbooks_support import audit_runs, fresh_app, serve_app
 
 pytestmark = pytest.mark.anyio
-CELLMONO = str(ROOT / ".venv" / "bin" / "cellmono") if (ROOT / ".venv" / "bin" / "cellmono").exists() else "cellmono"
 
 
 @pytest.fixture
@@ -43,34 +36,6 @@ def _app(folder: Path, expose: str) -> Path:
     return settings
 
 
-@contextlib.contextmanager
-def _serve(folder: Path, probe: str = "") -> Iterator[str]:
-    """`cellmono serve --port 0` in the app folder (its own var/), `probe` in its environment as PROBE_KEY; its URL."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROBE_KEY": probe}
-    env.pop("CELLMONO_KEK", None)
-    process = subprocess.Popen([CELLMONO, "serve", "--port", "0"], cwd=folder, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        assert process.stdout is not None
-        output, url, deadline = [], None, time.monotonic() + 60
-        while time.monotonic() < deadline and url is None:
-            line = process.stdout.readline()
-            if not line:
-                break
-            output.append(line)
-            found = re.search(r"listening on (http://\S+)", line)
-            url = found.group(1) if found else None
-        assert url is not None, "cellmono serve did not start:\n" + "".join(output)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def _client(url: str, key: str) -> Client:
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=httpx2.Timeout(300.0))
     return Client(streamable_http_client(url, http_client=http), mode="2026-07-28", cache=None)
@@ -84,7 +49,7 @@ def _keys(folder: Path) -> dict[str, str]:
 async def test_only_exposed_runbooks_are_tools_and_each_is_gated(tmp_path: Path) -> None:
     settings = _app(tmp_path, "health-check, promote-cell")
     keys = _keys(tmp_path)
-    with _serve(tmp_path) as url:
+    with serve_app(tmp_path) as url:
         async with _client(url, keys["admin"]) as mcp:
             tools = {tool.name: tool for tool in (await mcp.list_tools()).tools}
         runbook_tools = sorted(name for name in tools if name.startswith("runbooks."))
@@ -124,7 +89,7 @@ async def test_no_runbook_is_a_tool_unless_listed_and_no_secret_reaches_a_result
     _app(tmp_path, "health-check")
     keys = _keys(tmp_path)
     probe = ApiKeys(tmp_path / "var" / "api-keys.json").create("probe", ["reader"])
-    with _serve(tmp_path, probe) as url:
+    with serve_app(tmp_path, {"PROBE_KEY": probe}) as url:
         async with _client(url, keys["admin"]) as mcp:
             names = {tool.name for tool in (await mcp.list_tools()).tools}
             assert {name for name in names if name.startswith("runbooks.")} == {"runbooks.health-check",
