@@ -189,7 +189,9 @@ def parameters_help(runbook: Runbook) -> str:
     schema = runbook.parameters.model_json_schema()
     lines = [f"{runbook.name}: {runbook.summary}", "", f"When to use: {runbook.when}", "", "Parameters:"]
     for name, field in runbook.parameters.model_fields.items():
-        kind = schema["properties"][name].get("format") or schema["properties"][name].get("type", "value")
+        options = [schema["properties"][name], *schema["properties"][name].get("anyOf", [])]  # optional: anyOf null
+        kind = next((kind for option in options if (kind := option.get("format") or option.get("type"))
+                     and kind != "null"), "value")
         default = "required" if field.is_required() else f"default {field.default!r}"
         lines.append(f"  {name} ({kind}, {default}){': ' + field.description if field.description else ''}")
     if not runbook.parameters.model_fields:
