@@ -1,4 +1,4 @@
-"""`cellmono runbook list | show NAME | run NAME -p key=value ... [--dry-run | --apply] | history [NAME]`: operational procedures from the command line, rehearsed by default, archived and audited.
+"""`cellmono runbook list | show NAME | run NAME -p key=value ... [--dry-run | --apply [--approval TOKEN]] | approve NAME -p ... | history [NAME]`: operational procedures from the command line, rehearsed by default, archived and audited.
 
 Docs: https://cellmono.github.io/cellmono/cli_runbook.html.md"""
 
@@ -13,7 +13,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..ops.runbook_runner import Mode, history, run_runbook
+from ..ops.runbook_runner import Mode, approve, history, run_runbook
 from ..ops.runbooks import find_runbooks, load_runbook, parameters_help, parse_pairs, runbook_named, validate_parameters
 
 # %% auto #0
@@ -50,13 +50,25 @@ def _run(args: argparse.Namespace) -> int:
     tty = sys.stdout.isatty()
     if tty:
         print(f"{runbook.name}: {mode}")
-    result = run_runbook(runbook, parameters, mode=mode, settings=_settings(args), progress=print if tty else None)
+    approval = args.approval or os.environ.get("CELLMONO_RUNBOOK_APPROVAL") or None
+    result = run_runbook(runbook, parameters, mode=mode, settings=_settings(args), progress=print if tty else None,
+                         approval=approval)
     if not result.ok:
         where = "the kernel died" if result.failed_cell == -1 else f"failed at cell {result.failed_cell}"
         print(f"cellmono: runbook {runbook.name!r} {where}: {result.error} (archive: {result.archive})",
               file=sys.stderr)
         return 1
     print(f"ok: {runbook.name} ({mode}) in {result.duration:.1f} s; archive {result.archive}")
+    return 0
+
+
+def _approve(args: argparse.Namespace) -> int:
+    runbook = runbook_named(args.name, _folder(args))
+    parameters = validate_parameters(runbook, parse_pairs(args.parameter))
+    key = args.key or os.environ.get("CELLMONO_API_KEY", "")
+    print(approve(runbook, parameters, key=key, settings=_settings(args)))  # only the token: TOKEN=$(...)
+    print(f"approved {runbook.name} for one --apply with these parameters; pass the token as --approval TOKEN or "
+          "CELLMONO_RUNBOOK_APPROVAL", file=sys.stderr)
     return 0
 
 
@@ -70,25 +82,34 @@ def _history(args: argparse.Namespace) -> int:
 
 # %% ../../nbs/81_cli_runbook.ipynb #1ba7c0d4
 def register(parser: argparse.ArgumentParser) -> None:
-    """Add `list`, `show`, `run` and `history` to the `cellmono runbook` parser; each sets `handler`."""
-    commands = parser.add_subparsers(dest="runbook_command", metavar="{list,show,run,history}")
+    """Add `list`, `show`, `run`, `approve` and `history` to the `cellmono runbook` parser; each sets `handler`."""
+    commands = parser.add_subparsers(dest="runbook_command", metavar="{list,show,run,approve,history}")
     commands.required = True
     parsers = {name: commands.add_parser(name, help=text, description=text) for name, text in (
         ("list", "list the runbooks"), ("show", "print a runbook's summary, parameters and schema"),
-        ("run", "run a runbook: a dry run unless --apply"), ("history", "list past runs from the audit log"))}
+        ("run", "run a runbook: a dry run unless --apply"),
+        ("approve", "approve one --apply of a dry-run runbook (prints the approval token)"),
+        ("history", "list past runs from the audit log"))}
     for command in parsers.values():
         command.add_argument("--runbooks", metavar="DIR", help="runbook folder (default: nbs/runbooks of this source tree)")
-    for name in ("run", "history"):
+    for name in ("run", "approve", "history"):
         parsers[name].add_argument("--cwd", metavar="DIR", help="the app's folder (default: the current one)")
         parsers[name].add_argument("--settings", default="settings.ini", metavar="FILE",
                                    help="settings file, relative to --cwd (default settings.ini)")
     parsers["show"].add_argument("name", metavar="NAME")
     parsers["history"].add_argument("name", metavar="NAME", nargs="?")
+    for name in ("run", "approve"):
+        parsers[name].add_argument("name", metavar="NAME")
+        parsers[name].add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
+                                   help="a parameter")
+    parsers["approve"].add_argument("--key", default=None,
+                                    help="an API key granting runbook:approve:NAME (default: $CELLMONO_API_KEY)")
     run = parsers["run"]
-    run.add_argument("name", metavar="NAME")
-    run.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE", help="a parameter")
+    run.add_argument("--approval", default=None, metavar="TOKEN",
+                     help="approval token, when the runbook requires one (default: $CELLMONO_RUNBOOK_APPROVAL)")
     modes = run.add_mutually_exclusive_group()
     modes.add_argument("--dry-run", action="store_true", help="read, check and say what would change (default)")
     modes.add_argument("--apply", action="store_true", help="also run the destructive steps (needs a dry run first)")
-    for name, handler in (("list", _list), ("show", _show), ("run", _run), ("history", _history)):
+    for name, handler in (("list", _list), ("show", _show), ("run", _run), ("approve", _approve),
+                          ("history", _history)):
         parsers[name].set_defaults(handler=handler)

@@ -69,6 +69,7 @@ class CellmonoError(Exception):
     │   ├── SecretUnresolved (LookupError)    a secret reference that does not resolve; names it, never a value
     │   ├── CheckFailed                       a runbook step's check did not hold
     │   ├── ApplyRefused (PermissionError)    --apply without a dry run of the same content hash
+    │   ├── ApprovalRefused (PermissionError) --apply without a valid, unused approval token
     │   └── RunbookFailed                     a step failed, the archive was not writable, or the kernel died
     ├── TraceError (ValueError)               a file that is not a trigger trace (ops)
     ├── PromotionError                        a live move of a cell to workers or back (ops)

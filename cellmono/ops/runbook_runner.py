@@ -1,4 +1,4 @@
-"""Run a runbook under papermill: dry run by default, destructive cells only on `--apply` after a matching dry run, every run archived read-only in `var/runbooks/` and audited.
+"""Run a runbook under papermill: dry run by default, destructive cells only on `--apply` after a matching dry run (and, where required, an approval token bound to it), every run archived read-only in `var/runbooks/` and audited.
 
 Docs: https://cellmono.github.io/cellmono/runbook_runner.html.md"""
 
@@ -23,21 +23,31 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PositiveFloat
+from pydantic import BaseModel, ConfigDict, PositiveFloat, field_validator
 
 from ..core.config import Section, load_settings
+from ..core.errors import CellmonoError
+from ..gateway.auth import ApiKeys
+from ..gateway.server import GatewaySettings
 from .runbooks import Runbook, RunbookError, content_hash
 from ..security.audit import AuditLog
-from ..security.guard import security_section
+from ..security.guard import SecuritySection, security_section
 from ..security.records import audit_record
+from ..security.signing import SigningKeys
+from ..security.tokens import TokenAudienceMismatch, TokenInvalid, TokenIssuer, TokenVerifier
 
 # %% auto #0
-__all__ = ['Mode', 'SKIPPED', 'ApplyRefused', 'RunbookFailed', 'RunbooksSection', 'AppPaths', 'app_paths', 'check_archive',
-           'last_dry_run', 'prepared', 'RunResult', 'run_runbook', 'history']
+__all__ = ['Mode', 'SKIPPED', 'ApplyRefused', 'ApprovalRefused', 'RunbookFailed', 'RunbooksSection', 'AppPaths', 'app_paths',
+           'check_archive', 'last_dry_run', 'approval_audience', 'needs_approval', 'approve', 'check_approval',
+           'prepared', 'RunResult', 'run_runbook', 'history']
 
 # %% ../../nbs/61_runbook_runner.ipynb #06f34e4c
 class ApplyRefused(RunbookError, PermissionError):
     """`--apply` without a successful dry run of the same content hash within the window."""
+
+
+class ApprovalRefused(RunbookError, PermissionError):
+    """An apply that needs an approval token without a valid one, or an approval its requester may not give."""
 
 
 class RunbookFailed(RunbookError):
@@ -45,11 +55,19 @@ class RunbookFailed(RunbookError):
 
 
 class RunbooksSection(Section):
-    """`[runbooks]`: where runs are archived (beside the settings file) and how long a dry run allows an apply."""
+    """`[runbooks]`: where runs are archived (beside the settings file), how long a dry run allows an apply, which
+    runbooks need an approval token to apply, and which are exposed as MCP tools (`cellmono.ops.runbook_tool`)."""
 
     archive: str = "var/runbooks"
     apply_window: PositiveFloat = 3600.0
     timeout: PositiveFloat = 600.0
+    approval: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()
+
+    @field_validator("approval", "tools", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return tuple(part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else value
 
 
 Mode = Literal["dry-run", "apply"]
@@ -102,6 +120,89 @@ def last_dry_run(audit: Path, name: str, digest: str, window: float, now: float 
                     and details.get("content_hash") == digest and now - float(fields["time"]) <= window):
                 return float(fields["time"])
     return None
+
+# %% ../../nbs/61_runbook_runner.ipynb #f2d1fb36
+def approval_audience(name: str, digest: str) -> str:
+    """The audience an approval token is bound to: one runbook and one content hash."""
+    return f"runbook-approval:{name}:{digest}"
+
+
+def needs_approval(runbook: Runbook, section: RunbooksSection) -> bool:
+    """True when the runbook declares `REQUIRES_APPROVAL = True` or the app lists it in `[runbooks] approval`."""
+    return runbook.requires_approval or runbook.name in section.approval
+
+
+def _security(paths: AppPaths) -> SecuritySection:
+    return security_section(paths.settings) if paths.settings.is_file() else SecuritySection()
+
+
+def _ring_path(paths: AppPaths) -> Path:
+    path = Path(_security(paths).signing_keys)
+    return path if path.is_absolute() else paths.folder / path
+
+
+def _api_keys(paths: AppPaths) -> ApiKeys:
+    loaded = load_settings(paths.settings) if paths.settings.is_file() else None
+    state = loaded.section("gateway", GatewaySettings).state if loaded is not None else GatewaySettings().state
+    return ApiKeys((state if state.is_absolute() else paths.folder / state) / "api-keys.json")
+
+
+def approve(runbook: Runbook, parameters: BaseModel, *, key: str, settings: str | Path = "settings.ini",
+            now: float | None = None) -> str:
+    """An approval token for applying `runbook` with `parameters`, for the holder of API `key` granted
+    `runbook:approve:NAME`, once a dry run of the same content hash passed; `ApprovalRefused` otherwise."""
+    paths, digest, needed = app_paths(settings), content_hash(runbook, parameters), f"runbook:approve:{runbook.name}"
+    try:
+        identity = _api_keys(paths).identify(key)
+    except CellmonoError:
+        raise ApprovalRefused("approving needs a known API key (--key or CELLMONO_API_KEY)") from None
+    roles = _security(paths).role_map()
+    if not roles.capabilities(roles.known(identity.roles)).allows(needed):
+        raise ApprovalRefused(f"{identity.principal} (roles {', '.join(identity.roles) or 'none'}) lacks {needed}")
+    window = paths.section.apply_window
+    if last_dry_run(paths.audit, runbook.name, digest, window, now) is None:
+        raise ApprovalRefused(f"runbook {runbook.name!r}: nothing to approve: no successful dry run of content hash "
+                              f"{digest[:12]} in the last {window:g} s (approve what was rehearsed)")
+    clock = time.time if now is None else (lambda: now)
+    token = TokenIssuer(SigningKeys.load_or_create(_ring_path(paths)), clock=clock).issue(
+        identity.principal, [needed], approval_audience(runbook.name, digest), ttl=window)
+    with AuditLog(paths.audit) as log:
+        log.append(audit_record(identity.principal, "runbook.approve", resource=runbook.name,
+                                details={"content_hash": digest}))
+    return token
+
+
+def _used(audit: Path, token_id: str) -> bool:
+    with AuditLog(audit, create=False) as log:
+        return any(entry.fields.get("action") == "runbook.run"
+                   and entry.fields.get("details", {}).get("approval") == token_id for entry in log.entries())
+
+
+def check_approval(token: str | None, runbook: Runbook, digest: str, paths: AppPaths,
+                   now: float | None = None) -> tuple[str, str]:
+    """(approver, token id) when `token` approves applying `runbook` at content hash `digest`, unused so far;
+    `ApprovalRefused` with the reason otherwise."""
+    name = runbook.name
+    if not token:
+        raise ApprovalRefused(f"runbook {name!r} requires approval: --apply needs --approval TOKEN from "
+                              f"'cellmono runbook approve {name}' by someone granted runbook:approve:{name}")
+    if not _ring_path(paths).exists():
+        raise ApprovalRefused(f"approval token refused: this app has no signing keys ({_ring_path(paths)})")
+    clock = time.time if now is None else (lambda: now)
+    verifier = TokenVerifier(SigningKeys.load(_ring_path(paths)), approval_audience(name, digest), clock=clock)
+    try:
+        verified = verifier.verify(token)
+    except TokenAudienceMismatch:
+        raise ApprovalRefused(f"approval token refused: it approves another runbook or another content hash (this "
+                              f"run is {name!r} at {digest[:12]}; the notebook or parameters changed?)") from None
+    except TokenInvalid as error:
+        raise ApprovalRefused(f"approval token refused: {error}") from None
+    if not verified.allows(f"runbook:approve:{name}"):
+        raise ApprovalRefused(f"approval token refused: it does not grant runbook:approve:{name}")
+    if paths.audit.exists() and _used(paths.audit, verified.token_id):
+        raise ApprovalRefused(f"approval token refused: it was used already (token {verified.token_id}); "
+                              "an approval is good for one apply")
+    return verified.subject, verified.token_id
 
 # %% ../../nbs/61_runbook_runner.ipynb #b0945510
 SKIPPED = "# dry run: not run (tagged destructive); `--apply` runs it\n"
@@ -216,8 +317,9 @@ def _archive(output: Path, notebook: dict[str, Any], facts: dict[str, Any], targ
 
 def run_runbook(runbook: Runbook, parameters: BaseModel, *, mode: Mode = "dry-run",
                 settings: str | Path = "settings.ini", progress: Callable[[str], None] | None = None,
-                now: float | None = None) -> RunResult:
-    """Run `runbook` with validated `parameters` on the app of `settings`: gate, execute, archive, audit."""
+                now: float | None = None, approval: str | None = None, actor: str | None = None) -> RunResult:
+    """Run `runbook` with validated `parameters` on the app of `settings`: gate (dry run, approval), execute,
+    archive, audit; `actor` names who asked (default: the operating-system user)."""
     paths = app_paths(settings)
     digest = content_hash(runbook, parameters)
     check_archive(paths.archive)
@@ -225,6 +327,9 @@ def run_runbook(runbook: Runbook, parameters: BaseModel, *, mode: Mode = "dry-ru
         raise ApplyRefused(f"runbook {runbook.name!r}: --apply needs a successful dry run of the same notebook and "
                            f"parameters (content hash {digest[:12]}) in the last {paths.section.apply_window:g} s; "
                            "run it without --apply first")
+    approved: tuple[str, str] | None = None
+    if mode == "apply" and needs_approval(runbook, paths.section):
+        approved = check_approval(approval, runbook, digest, paths)
     started, moment = time.perf_counter(), datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
     notebook = prepared(runbook, mode)
     output = paths.archive / f".running-{os.getpid()}-{runbook.name}.ipynb"
@@ -232,7 +337,7 @@ def run_runbook(runbook: Runbook, parameters: BaseModel, *, mode: Mode = "dry-ru
                 "runbook_settings": str(paths.settings)}
     failed_cell, error = _execute(notebook, output, injected, paths.folder, paths.section.timeout, progress)
     duration = time.perf_counter() - started
-    who = _who()
+    who = actor or _who()
     facts: dict[str, Any] = {"runbook": runbook.name, "mode": mode, "parameters": parameters.model_dump(mode="json"),
              "content_hash": digest, "result": "ok" if error is None else "failed", "failed_cell": failed_cell,
              "error": error, "who": who, "started": moment.isoformat()}
@@ -244,7 +349,8 @@ def run_runbook(runbook: Runbook, parameters: BaseModel, *, mode: Mode = "dry-ru
                                 error=None if error is None else "RunbookFailed", reason=error,
                                 details={key: facts[key] for key in ("mode", "parameters", "content_hash", "result",
                                                                      "failed_cell")}
-                                | {"archive": target.name, "archive_hash": archive_hash}))
+                                | {"archive": target.name, "archive_hash": archive_hash}
+                                | ({"approved_by": approved[0], "approval": approved[1]} if approved else {})))
     return RunResult(name=runbook.name, mode=mode, ok=error is None, content_hash=digest, archive=target,
                      archive_hash=archive_hash, duration=duration, failed_cell=failed_cell, error=error)
 

@@ -94,6 +94,7 @@ class Runbook(BaseModel):
     parameters: type[BaseModel]
     destructive: tuple[int, ...]
     cells: tuple[dict[str, Any], ...]
+    requires_approval: bool = False
 
 
 def _tags(cell: Mapping[str, Any]) -> list[str]:
@@ -136,7 +137,7 @@ def load_runbook(path: str | Path) -> Runbook:
                            "extra='forbid'")
     destructive = tuple(index for index, cell in enumerate(cells) if "destructive" in _tags(cell))
     return Runbook(name=name, path=path, summary=summary, when=when, parameters=model, destructive=destructive,
-                   cells=cells)
+                   cells=cells, requires_approval=namespace.get("REQUIRES_APPROVAL") is True)
 
 # %% ../../nbs/60_runbooks.ipynb #912d531a
 # the source tree beside the installed package (an editable install, or a clone)
@@ -188,12 +189,17 @@ def parameters_help(runbook: Runbook) -> str:
     schema = runbook.parameters.model_json_schema()
     lines = [f"{runbook.name}: {runbook.summary}", "", f"When to use: {runbook.when}", "", "Parameters:"]
     for name, field in runbook.parameters.model_fields.items():
-        kind = schema["properties"][name].get("format") or schema["properties"][name].get("type", "value")
+        options = [schema["properties"][name], *schema["properties"][name].get("anyOf", [])]  # optional: anyOf null
+        kind = next((kind for option in options if (kind := option.get("format") or option.get("type"))
+                     and kind != "null"), "value")
         default = "required" if field.is_required() else f"default {field.default!r}"
         lines.append(f"  {name} ({kind}, {default}){': ' + field.description if field.description else ''}")
     if not runbook.parameters.model_fields:
         lines.append("  (none)")
-    lines += ["", f"Destructive steps (run only with --apply): {len(runbook.destructive)}", "",
+    lines += ["", f"Destructive steps (run only with --apply): {len(runbook.destructive)}"]
+    if runbook.requires_approval:
+        lines.append(f"Requires approval: --apply needs a token from 'cellmono runbook approve {runbook.name}'")
+    lines += ["",
               "Schema:", json.dumps(schema, indent=1)]
     return "\n".join(lines)
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,3 +56,31 @@ def write_runbook(folder: Path, name: str, steps: list[tuple[str, list[str]]]) -
     path = folder / f"{name}.ipynb"
     path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
     return path
+
+
+@contextlib.contextmanager
+def serve_app(folder: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`cellmono serve --port 0` run in the app `folder` (its state in its own var/); its URL; stopped with SIGTERM."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "CELLMONO__LOG__LEVEL": "WARNING", **(env or {})}
+    environment.pop("CELLMONO_KEK", None)
+    process = subprocess.Popen([*CLI, "serve", "--port", "0"], cwd=folder, env=environment, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert process.stdout is not None
+        output, url, deadline = [], None, time.monotonic() + 60
+        while time.monotonic() < deadline and url is None:
+            line = process.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            found = re.search(r"listening on (http://\S+)", line)
+            url = found.group(1) if found else None
+        assert url is not None, "cellmono serve did not start:\n" + "".join(output)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,5 +1,6 @@
-"""Every runbook dry-runs on a fresh app through `cellmono runbook run`, archived (0400) and audited; applies
-change the app with nothing lost; secrets never reach the archive, the audit log or the output."""
+"""Every runbook dry-runs on a fresh app through `cellmono runbook run`, archived (0400) and audited, and the
+audit log verifies (what .ci/runbooks checks, so the pytest pass of CI covers it); applies change the app with
+nothing lost; secrets never reach the archive, the audit log or the output."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def test_each_runbook_dry_runs_on_a_fresh_app_archived_and_audited(tmp_path: Pat
     assert run["details"]["archive_hash"] == hashlib.sha256(archives[0].read_bytes()).hexdigest()
     assert (tmp_path / "settings.ini").read_text() == before, "a dry run changed the settings"
     assert not (tmp_path / "var" / "backups").exists() and not (tmp_path / "var" / "restored").exists()
+    verified = cellmono("audit", "verify", "--settings", str(tmp_path / "settings.ini"), cwd=tmp_path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def _items(settings: Path) -> dict[tuple[str, str], bytes | None]:
@@ -91,3 +94,26 @@ def test_a_secret_never_reaches_the_archive_the_audit_log_or_the_output(tmp_path
                  done.stdout.encode(), done.stderr.encode()):
         assert key.encode() not in text
     assert audit_runs(tmp_path)[0]["details"]["parameters"] == {"probe_key": "env:PROBE_KEY"}
+
+
+def test_a_backup_changed_after_its_manifest_is_never_restored_as_good(tmp_path: Path) -> None:
+    settings = fresh_app(tmp_path)
+    security = app_security(settings)
+    Path(security.store_path).parent.mkdir(parents=True)
+    with open_store(security, create_key_file=True) as store:
+        for number in range(20):
+            store.put("notes", f"note-{number}", bytes([number]) * 4096)
+    for name, mode in (("backup-store", "--dry-run"), ("backup-store", "--apply"), ("restore-store", "--dry-run")):
+        done = cellmono("runbook", "run", name, mode, "--cwd", str(tmp_path), cwd=tmp_path)
+        assert done.returncode == 0, (name, mode, done.stderr)
+    [backup] = (tmp_path / "var" / "backups").glob("*-store.sqlite")
+    data = bytearray(backup.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one bit of rot in the middle of the file, after the manifest was written
+    backup.chmod(0o600)
+    backup.write_bytes(bytes(data))
+    applied = cellmono("runbook", "run", "restore-store", "--apply", "--cwd", str(tmp_path), cwd=tmp_path)
+    assert applied.returncode == 1
+    assert "does not match its manifest" in applied.stderr or "fails authentication" in applied.stderr, applied.stderr
+    rehearsed = cellmono("runbook", "run", "restore-store", "--cwd", str(tmp_path), cwd=tmp_path)
+    assert rehearsed.returncode == 1 and "the backup does not match its manifest" in rehearsed.stderr
+    assert [run["details"]["result"] for run in audit_runs(tmp_path)][-2:] == ["failed", "failed"]
