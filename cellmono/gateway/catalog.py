@@ -24,6 +24,7 @@ from pydantic import BaseModel, TypeAdapter
 from ..core.app import App
 from ..core.cell import Completions, PromptResult, ResourceContents, Spec, ToolContent
 from ..core.errors import AccessDenied, CellmonoError, ConfigError, PayloadInvalid, RequestTimeout
+from .bridge import downstream_requirements
 from .auth import Identity, InsufficientScope, Policy
 from ..security.records import Outcome
 
@@ -168,6 +169,14 @@ class CatalogBase:
         self.resources, self.prompts, self.completions = catalog_entries(self.app, self.settings.bare_names)
         unique_names([(entry.name, entry.spec.subject) for entry in self.resources], "resources")
 
+    def downstream(self, spec: Spec) -> tuple[str, ...]:
+        """`downstream_requirements` of `spec`, computed once."""
+        cache: dict[str, tuple[str, ...]] = self.__dict__.setdefault("_downstream", {})
+        found = cache.get(spec.subject)
+        if found is None:
+            found = cache[spec.subject] = downstream_requirements(self.app, spec)
+        return found
+
     def allowed(self, identity: Identity, requires: tuple[str, ...]) -> bool:
         """True when `identity` holds every capability in `requires`."""
         return self.policy.missing(identity, requires) is None
@@ -184,7 +193,7 @@ class CatalogBase:
         bus = self.app.bus
         envelope = bus.envelope(spec.subject, payload, kind="request", timeout=self.settings.call_timeout,
                                 principal=identity.principal, tenant=identity.tenant,
-                                capability=self.minter.mint(identity, requires))
+                                capability=self.minter.mint(identity, (*requires, *self.downstream(spec))))
         correlation = envelope.id
         try:
             result = await bus.send_request(envelope)

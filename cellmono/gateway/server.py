@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 import mcp_types as types
 from mcp.server import Server
 from mcp.shared.exceptions import MCPError
+from opentelemetry import trace as otel_trace
 from mcp_types.jsonrpc import INVALID_PARAMS
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, field_validator
 
@@ -28,7 +29,7 @@ from ..core.app import App
 from .auth import Identity, InsufficientScope, Policy, tool_requirements
 from ..core.cell import Spec, ToolContent
 from .catalog import Catalog, mcp_name, page, tool_content, unique_names
-from ..core.config import Section
+from .asgi import FrontSettings
 from ..core.envelope import trace_id_of
 from ..core.errors import AccessDenied, CellmonoError, PayloadInvalid, RequestTimeout
 from .limits import RateLimited, RateLimiter
@@ -50,8 +51,8 @@ __all__ = ['AuditSink', 'FORBIDDEN', 'RATE_LIMITED', 'GatewaySettings', 'gateway
            'JsonlAudit', 'Minter', 'NoMinter', 'ToolEntry', 'CallContext', 'tool_entries', 'Gateway', 'traceparent_of']
 
 # %% ../../nbs/43_server.ipynb #4a1b8829
-class GatewaySettings(Section):
-    """`[gateway]`: where the gateway listens, how it authenticates, its limits."""
+class GatewaySettings(FrontSettings):
+    """`[gateway]`: where the gateway listens, how it authenticates, its limits (those of its HTTP front inherited)."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
@@ -208,8 +209,10 @@ def tool_entries(app: App, bare: bool = False) -> dict[str, ToolEntry]:
             name = mcp_name(spec, bare)
             unique_names([*((n, e.spec.subject) for n, e in entries.items()), (name, spec.subject)], "tools")
             content = issubclass(spec.output, ToolContent)  # content blocks as they are: no output schema
-            tool = types.Tool(name=name, description=_description(spec),
-                              input_schema=spec.input.model_json_schema(),
+            schema = spec.input.model_json_schema()
+            if not schema.get("properties"):  # a model without fields accepts nothing (`call_tool` refuses extras)
+                schema["additionalProperties"] = False
+            tool = types.Tool(name=name, description=_description(spec), input_schema=schema,
                               output_schema=None if content else spec.output.model_json_schema())
             entries[name] = ToolEntry(spec, tool_requirements(spec.subject, spec.requires), tool)
     return entries
@@ -303,10 +306,15 @@ class Gateway(Catalog):
         if not isinstance(arguments, dict):
             self.record(context, "tools/call", tool_name, "invalid", reason="arguments must be an object")
             return _error_result("arguments must be a JSON object")
+        if arguments and not entry.tool.input_schema.get("properties"):  # a model without fields takes nothing
+            reason = f"{tool_name} takes no arguments; got {', '.join(sorted(arguments))[:200]}"
+            self.record(context, "tools/call", tool_name, "invalid", reason=reason)
+            return _error_result(reason)
         bus = self.app.bus
         envelope = bus.envelope(tool_name, arguments, kind="request", timeout=self.settings.call_timeout,
                                 principal=identity.principal, tenant=identity.tenant,
-                                capability=self.minter.mint(identity, entry.requires), trace=context.trace)
+                                capability=self.minter.mint(identity, (*entry.requires, *self.downstream(entry.spec))),
+                                trace=context.trace)
         correlation = envelope.id
         metrics = self.metrics
         metrics.in_flight += 1
@@ -370,6 +378,10 @@ class Gateway(Catalog):
                         on_call_tool=on_call_tool, **self.catalog_handlers(context_of),
                         instructions=f"Tools of the cellmono app {self.app.settings.app.name!r}.")
         self.install(server, context_of)
+        if isinstance(otel_trace.get_tracer_provider(), otel_trace.ProxyTracerProvider):
+            # no global tracer provider: the SDK's span per request would be a no-op costing ~0.1 ms a call
+            # (cellmono's own tracing, `cellmono.ops.tracing`, has its own provider and traces the bus)
+            server.middleware = [m for m in server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"]
         return server
 
 

@@ -21,6 +21,7 @@ from mcp.server.stdio import stdio_server
 
 from ..core.app import App
 from ..core.errors import ConfigError
+from ..gateway.asgi import edge_protocol
 from ..gateway.auth import ApiKeys, Authenticator, Identity, JwtVerifier, Policy, metadata_url
 from ..gateway.bridge import AuditLogSink, GatewayGuard, TokenMinter
 from ..gateway.http import GatewayHTTP
@@ -189,8 +190,9 @@ async def serve_http(served: Served, *, seconds: float | None = None,
         if jwt is not None and not settings.public_url:
             jwt.audience = served.http.resource
     config = uvicorn.Config(served.http, lifespan="on", log_level="warning", access_log=False,
-                            http="httptools" if _has("httptools") else "h11", loop="none",
-                            timeout_graceful_shutdown=5, server_header=False)
+                            http=edge_protocol(settings) if _has("httptools") else "h11", loop="none",
+                            h11_max_incomplete_event_size=settings.max_header_bytes,  # h11 only: httptools' is the edge
+                            timeout_keep_alive=5, timeout_graceful_shutdown=5, server_header=False)
     server = Server(config)
     loop = asyncio.get_running_loop()
 

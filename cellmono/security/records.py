@@ -23,7 +23,7 @@ __all__ = ['Outcome', 'Verdict', 'MAX_REASON', 'AuditRecord', 'audit_record', 'f
 
 # %% ../../nbs/15_records.ipynb #7c0d1e06
 Outcome = Literal["ok", "denied", "error", "invalid", "timeout", "unauthenticated", "rate_limited", "overloaded",
-                  "rejected", "unknown_tool"]
+                  "rejected", "unknown_tool", "cancelled"]
 Verdict = Literal["allow", "deny"]
 MAX_REASON = 1000
 
