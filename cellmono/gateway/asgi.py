@@ -158,7 +158,9 @@ def edge_protocol(limits: FrontSettings) -> type:
     class EdgeProtocol(HttpToolsProtocol):
         _edge_ip: str | None = None
         _edge_timer: Any = None
-        _edge_head = -1  # header bytes of the request being read; -1 while none is being read
+        _edge_head = -1  # bytes received while reading a request's headers; -1 while none is being read
+        _edge_size = 0  # the size of the headers parsed so far
+        _edge_refused = False
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -188,10 +190,25 @@ def edge_protocol(limits: FrontSettings) -> type:
             if self._edge_head > limits.max_header_bytes and not self.transport.is_closing():
                 self._edge_refuse(too_large)
 
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._edge_size += len(name) + len(value) + 4
+            super().on_header(name, value)
+
         def on_headers_complete(self) -> None:
             self._edge_head = -1
             self._edge_stop_timer()
+            if self._edge_size > limits.max_header_bytes:  # headers that arrived whole in one chunk
+                self._edge_refuse(too_large)
+                return
             super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if not self._edge_refused:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            if not self._edge_refused:
+                super().on_message_complete()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -199,7 +216,7 @@ def edge_protocol(limits: FrontSettings) -> type:
                 self._edge_expect_head()
 
         def _edge_expect_head(self) -> None:
-            self._edge_head = 0
+            self._edge_head = self._edge_size = 0
             self._edge_stop_timer()
             self._edge_timer = self.loop.call_later(limits.header_timeout, self._edge_timed_out)
 
@@ -214,7 +231,7 @@ def edge_protocol(limits: FrontSettings) -> type:
                 self._edge_timer = None
 
         def _edge_refuse(self, answer: bytes) -> None:
-            self._edge_head = -1
+            self._edge_head, self._edge_refused = -1, True
             self._edge_stop_timer()
             if answer:
                 self.transport.write(answer)

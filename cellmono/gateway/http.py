@@ -78,6 +78,11 @@ class GatewayHTTP:
                 self._manager_running = False
                 self._aggregate_refusals(everything=True)
 
+    async def close_sessions(self) -> None:
+        """End every 2025-11-25 session and its open streams (on Ctrl-C: the server then stops at once)."""
+        for transport in list(getattr(self.manager, "_server_instances", {}).values()):
+            await transport.terminate()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
@@ -308,8 +313,7 @@ class GatewayHTTP:
                         started, tool)
 
     async def _read_stateless(self, scope: Scope, receive: Receive, headers: dict[str, str]
-                              ) -> StatelessRequest | Notification:
-        """`read_stateless` within the body deadline (408), so a slow body holds no more than its connection."""
+                              ) -> StatelessRequest | Notification:  # within the body deadline (408)
         timeout = self.settings.body_timeout
         with anyio.move_on_after(timeout):
             return await read_stateless(scope, receive, headers, self.settings.max_body_bytes)
@@ -349,8 +353,7 @@ class GatewayHTTP:
             if ip is not None:
                 self._leave(ip)
 
-    def _check_sessions(self, principal: str) -> None:
-        """Refuse (429) a new session for a principal holding `max_sessions_per_principal` live ones."""
+    def _check_sessions(self, principal: str) -> None:  # 429 past `max_sessions_per_principal` live ones
         try:
             self.sessions.check(principal, getattr(self.manager, "_server_instances", None))  # the SDK's live sessions
         except RateLimited as error:

@@ -197,7 +197,10 @@ async def serve_http(served: Served, *, seconds: float | None = None,
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
+        closing.append(loop.create_task(served.http.close_sessions()))  # open streams would hold the exit
         server.should_exit = True
+
+    closing: list[asyncio.Task[None]] = []
 
     for number in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
