@@ -73,7 +73,8 @@ def serve_cellmono(port: int, folder: Path) -> None:
     settings = Settings(source=str(folder / "settings.ini"), extra_sections={
         "gateway": {"port": str(port), "jwks": str(folder / "jwks.json"), "issuer": ISSUER, "api_keys": "false",
                     "state": str(folder / "cellmono-state"), "rate": "1e9", "burst": "1e9", "tool_rate": "1e9",
-                    "tool_burst": "1e9", "max_in_flight": "4096"},
+                    "tool_burst": "1e9", "max_in_flight": "4096", "max_in_flight_per_ip": "4096",
+                    "max_connections_per_ip": "4096"},
         "roles": {"admin": "*:*"}})
     served = build(App([BenchCell()], settings=settings))
     import uvloop

@@ -12,14 +12,19 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
+import anyio
 from mcp_types.jsonrpc import INVALID_REQUEST
+from pydantic import PositiveFloat, PositiveInt
+
+from ..core.config import Section
+
 
 JSON_CONTENT = (b"content-type", b"application/json")
 PROMETHEUS_CONTENT = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
 
 # %% auto #0
 __all__ = ['JSON_CONTENT', 'PROMETHEUS_CONTENT', 'Rejection', 'json_bytes', 'rejection_body', 'request_headers', 'header_matches',
-           'accepts_json', 'send_response', 'read_body']
+           'accepts_json', 'send_response', 'read_body', 'FrontSettings', 'edge_protocol', 'client_ip']
 
 # %% ../../nbs/44_asgi.ipynb #7bf465f7
 # The ASGI spec's types (as in Starlette and asgiref): a server may pass any mutable mapping.
@@ -81,8 +86,18 @@ async def send_response(send: Send, status: int, body: bytes, headers: Headers) 
     await send({"type": "http.response.body", "body": body})
 
 
-async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
-    """The whole request body; `Rejection` 413 past `limit` bytes (declared or streamed), 400 for a bad length or a disconnect."""
+async def read_body(receive: Receive, headers: Mapping[str, str], limit: int, timeout: float | None = None) -> bytes:
+    """The whole request body; `Rejection` 413 past `limit` bytes (declared or streamed), 400 for a bad length or a
+    disconnect, 408 when it has not all arrived within `timeout` seconds (a slow-body client)."""
+    if timeout is None:
+        return await _read_body(receive, headers, limit)
+    with anyio.move_on_after(timeout):
+        return await _read_body(receive, headers, limit)
+    raise Rejection(408, INVALID_REQUEST, f"request body not received within {timeout:g} s", outcome="rejected",
+                    headers=[(b"connection", b"close")])
+
+
+async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
     declared = headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -102,3 +117,127 @@ async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) ->
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+# %% ../../nbs/44_asgi.ipynb #2943386a
+class FrontSettings(Section):
+    """The HTTP front's deadlines and caps against slow or greedy clients (part of `[gateway]`)."""
+
+    header_timeout: PositiveFloat = 10.0  # seconds for a request's headers, from the connection or the last answer
+    body_timeout: PositiveFloat = 30.0  # seconds for a request's body
+    max_header_bytes: PositiveInt = 16 * 1024
+    max_connections_per_ip: PositiveInt = 256
+    max_in_flight_per_ip: PositiveInt = 128
+    max_sessions_per_principal: PositiveInt = 16
+    session_idle_timeout: PositiveFloat = 1800.0
+    audit_refusals: PositiveInt = 20  # refusals of unauthenticated traffic recorded one by one, per address and window
+    audit_window: PositiveFloat = 60.0
+    metrics_capability: str = "gateway:metrics"  # what `/metrics` needs (an admin's `*:*` allows it)
+
+
+def _edge_answer(status: int, reason: str, error: str, message: str) -> bytes:
+    body = json_bytes({"error": error, "message": message})
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+def edge_protocol(limits: FrontSettings) -> type:
+    """A uvicorn httptools protocol class enforcing `limits` on every connection (pass it as `uvicorn.Config(http=...)`)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # the gateway extra's server
+
+    per_ip: dict[str, int] = {}
+    too_large = _edge_answer(431, "Request Header Fields Too Large", "request_header_fields_too_large",
+                             f"request headers over the limit of {limits.max_header_bytes} bytes")
+    too_slow = _edge_answer(408, "Request Timeout", "request_timeout",
+                            f"request headers not received within {limits.header_timeout:g} s")
+    too_many = _edge_answer(429, "Too Many Requests", "too_many_connections",
+                            f"over {limits.max_connections_per_ip} connections from this address")
+
+    class EdgeProtocol(HttpToolsProtocol):
+        _edge_ip: str | None = None
+        _edge_timer: Any = None
+        _edge_head = -1  # bytes received while reading a request's headers; -1 while none is being read
+        _edge_size = 0  # the size of the headers parsed so far
+        _edge_refused = False
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            ip = self.client[0] if self.client else ""
+            count = per_ip.get(ip, 0) + 1
+            per_ip[ip], self._edge_ip = count, ip
+            if count > limits.max_connections_per_ip:
+                self._edge_refuse(too_many)
+                return
+            self._edge_expect_head()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._edge_stop_timer()
+            ip, self._edge_ip = self._edge_ip, None
+            if ip is not None:
+                count = per_ip.get(ip, 1) - 1
+                if count > 0:
+                    per_ip[ip] = count
+                else:
+                    per_ip.pop(ip, None)
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._edge_head >= 0:
+                self._edge_head += len(data)
+            super().data_received(data)
+            if self._edge_head > limits.max_header_bytes and not self.transport.is_closing():
+                self._edge_refuse(too_large)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._edge_size += len(name) + len(value) + 4
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._edge_head = -1
+            self._edge_stop_timer()
+            if self._edge_size > limits.max_header_bytes:  # headers that arrived whole in one chunk
+                self._edge_refuse(too_large)
+                return
+            super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if not self._edge_refused:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            if not self._edge_refused:
+                super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._edge_expect_head()
+
+        def _edge_expect_head(self) -> None:
+            self._edge_head = self._edge_size = 0
+            self._edge_stop_timer()
+            self._edge_timer = self.loop.call_later(limits.header_timeout, self._edge_timed_out)
+
+        def _edge_timed_out(self) -> None:
+            self._edge_timer = None
+            if self._edge_head >= 0 and not self.transport.is_closing():
+                self._edge_refuse(too_slow if self._edge_head else b"")
+
+        def _edge_stop_timer(self) -> None:
+            if self._edge_timer is not None:
+                self._edge_timer.cancel()
+                self._edge_timer = None
+
+        def _edge_refuse(self, answer: bytes) -> None:
+            self._edge_head, self._edge_refused = -1, True
+            self._edge_stop_timer()
+            if answer:
+                self.transport.write(answer)
+            self.transport.close()
+
+    return EdgeProtocol
+
+# %% ../../nbs/44_asgi.ipynb #0e9aed8a
+def client_ip(scope: Scope | None) -> str:
+    """The client's address in an ASGI scope (`unknown` when the server gives none)."""
+    client = scope.get("client") if scope is not None else None
+    return str(client[0]) if client else "unknown"

@@ -348,12 +348,11 @@ class Authenticator:
 # %% ../../nbs/40_auth.ipynb #ab23a771
 def resource_metadata(resource: str, authorization_servers: Iterable[str] = (),
                       scopes: Iterable[str] = ()) -> dict[str, Any]:
-    """The RFC 9728 protected-resource metadata document of this server."""
-    document: dict[str, Any] = {"resource": resource, "bearer_methods_supported": ["header"],
-                                "resource_name": "cellmono MCP gateway"}
+    """The RFC 9728 protected-resource metadata document of this server; `authorization_servers` is always listed
+    (empty when only API keys are accepted), so clients such as the MCP Inspector never have to guess."""
     servers, scopes = list(authorization_servers), list(scopes)
-    if servers:
-        document["authorization_servers"] = servers
+    document: dict[str, Any] = {"resource": resource, "authorization_servers": servers,
+                                "bearer_methods_supported": ["header"], "resource_name": "cellmono MCP gateway"}
     if scopes:
         document["scopes_supported"] = scopes
     return document

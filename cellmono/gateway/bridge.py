@@ -14,7 +14,10 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..core.envelope import Envelope
-from .auth import Identity, Policy
+from ..core.app import App
+from ..core.cell import Spec
+from ..core.subjects import matches
+from .auth import Identity, Policy, grant_allows
 from ..security.audit import AuditLog
 from ..security.capabilities import CapabilityError
 from ..security.guard import CapabilityGuard
@@ -22,34 +25,62 @@ from ..security.records import GatewayRecord, from_gateway
 from ..security.tokens import TokenIssuer
 
 # %% auto #0
-__all__ = ['TokenMinter', 'GatewayGuard', 'AuditLogSink']
+__all__ = ['downstream_requirements', 'TokenMinter', 'GatewayGuard', 'AuditLogSink']
 
 # %% ../../nbs/45_bridge.ipynb #4b658e17
+def downstream_requirements(app: App, spec: Spec) -> tuple[str, ...]:
+    """What the handlers a call of `spec` may reach need: those of the subjects its cell declares it `requests` and of
+    the listeners of what it `publishes`, transitively; a cell's token for the call carries these and nothing else."""
+    cells = list(app.cells.values())
+    found: dict[str, None] = {}
+    todo = [cell for cell in cells if spec in cell.specs]
+    seen: set[str] = set()
+    while todo:
+        cell = todo.pop()
+        if cell.name in seen:
+            continue
+        seen.add(cell.name)
+        requested, published = getattr(cell, "requests", ()), getattr(cell, "publishes", ())
+        for other in cells:
+            for handler in other.specs:
+                reached = any(matches(handler.subject, subject) for subject in published) \
+                    if handler.kind == "listener" else handler.subject in requested
+                if reached:
+                    found.update(dict.fromkeys(handler.requires))
+                    todo.append(other)
+    return tuple(found)
+
+
 class TokenMinter:
-    """The gateway's `Minter`: a cached capability token per caller, granting exactly the caller's capabilities."""
+    """The gateway's `Minter`: a cached capability token per caller and call shape, attenuated to what the call needs."""
 
     def __init__(self, issuer: TokenIssuer, audience: str, policy: Policy, *, ttl: float = 900.0,
                  cache_size: int = 10_000) -> None:
         self.issuer, self.audience, self.policy, self.ttl, self.cache_size = issuer, audience, policy, ttl, cache_size
-        self._tokens: dict[Identity, tuple[str, float]] = {}
+        self._tokens: dict[tuple[Identity, tuple[str, ...]], tuple[str, float]] = {}
 
     def mint(self, identity: Identity, requires: tuple[str, ...]) -> str | None:
-        """A token for `identity` (reused until a fifth of its lifetime is left); None when it holds no grant."""
+        """A token for `identity` granting only those of `requires` (the call's tool and its declared downstream
+        handlers' needs) its grants allow, never its whole grant set; reused until a fifth of its lifetime is left;
+        None when it allows none of them."""
         now = time.time()
-        cached = self._tokens.get(identity)
+        key = (identity, requires)
+        cached = self._tokens.get(key)
         if cached is not None and cached[1] - now > self.ttl / 5:
             return cached[0]
         try:
-            grants = self.policy.grants(identity)
+            held = self.policy.grants(identity)
         except CapabilityError:  # an unknown role: the policy refuses the call, and no token is minted for it
             return None
+        grants = tuple(requirement for requirement in dict.fromkeys(requires)
+                       if any(grant_allows(grant, requirement) for grant in held))
         if not grants:
             return None  # nothing to grant: the guard will deny, as it should
         ttl = self.ttl if identity.expires is None else max(1.0, min(self.ttl, identity.expires - now))
         token = self.issuer.issue(identity.principal, grants, self.audience, tenant=identity.tenant, ttl=ttl)
         if len(self._tokens) >= self.cache_size:
             self._tokens.clear()
-        self._tokens[identity] = (token, now + ttl)
+        self._tokens[key] = (token, now + ttl)
         return token
 
     def state_keys(self) -> list[bytes]:

@@ -26,6 +26,7 @@ from ..core.cell import Spec
 from ..core.context import Completions, PromptResult, ResourceContents, ToolContent
 from .conversation import Conversations
 from ..core.errors import AccessDenied, CellmonoError, ConfigError, PayloadInvalid, RequestTimeout
+from .bridge import downstream_requirements
 from .auth import Identity, InsufficientScope, Policy
 from ..security.records import Outcome
 
@@ -152,7 +153,7 @@ class CatalogBase(Conversations):
 
     app: App
     policy: Policy
-    settings: Any  # cellmono.gateway.server.GatewaySettings
+    settings: Any  # cellmono.gateway.settings.GatewaySettings
     minter: Any  # cellmono.gateway.server.Minter
     tools: dict[str, Any]  # cellmono.gateway.server.ToolEntry by MCP name
     resources: list[ResourceEntry]
@@ -170,6 +171,14 @@ class CatalogBase(Conversations):
         self.resources, self.prompts, self.completions = catalog_entries(self.app, self.settings.bare_names)
         unique_names([(entry.name, entry.spec.subject) for entry in self.resources], "resources")
 
+    def downstream(self, spec: Spec) -> tuple[str, ...]:
+        """`downstream_requirements` of `spec`, computed once."""
+        cache: dict[str, tuple[str, ...]] = self.__dict__.setdefault("_downstream", {})
+        found = cache.get(spec.subject)
+        if found is None:
+            found = cache[spec.subject] = downstream_requirements(self.app, spec)
+        return found
+
     def allowed(self, identity: Identity, requires: tuple[str, ...]) -> bool:
         """True when `identity` holds every capability in `requires`."""
         return self.policy.missing(identity, requires) is None
@@ -186,7 +195,7 @@ class CatalogBase(Conversations):
         bus = self.app.bus
         envelope = bus.envelope(spec.subject, payload, kind="request", timeout=self.settings.call_timeout,
                                 principal=identity.principal, tenant=identity.tenant,
-                                capability=self.minter.mint(identity, requires))
+                                capability=self.minter.mint(identity, (*requires, *self.downstream(spec))))
         correlation = envelope.id
         try:
             result = await self.converse(context, spec, envelope)

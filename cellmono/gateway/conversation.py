@@ -73,7 +73,7 @@ class Conversations:
     """The gateway's side of handler contexts: event streams, questions to the client, sealed state, cancellation."""
 
     app: App
-    settings: Any  # cellmono.gateway.server.GatewaySettings
+    settings: Any  # cellmono.gateway.settings.GatewaySettings
     minter: Any  # cellmono.gateway.server.Minter
     audit: Any  # cellmono.gateway.server.AuditSink
     _levels: dict[int, str]

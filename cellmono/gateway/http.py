@@ -7,11 +7,13 @@ Docs: https://cellmono.github.io/cellmono/http.html.md"""
 # %% ../../nbs/47_http.ipynb #83ca16ec
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
+
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
@@ -20,14 +22,16 @@ from mcp_types.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from .asgi import (JSON_CONTENT, PROMETHEUS_CONTENT, Headers, Receive, Rejection, Scope, Send,
-                                   header_matches, json_bytes, read_body, rejection_body, request_headers,
+                                   client_ip, header_matches, json_bytes, read_body, rejection_body, request_headers,
                                    send_response)
 from .auth import (Authenticator, Identity, InsufficientScope, Unauthenticated, metadata_url,
                                    resource_metadata, www_authenticate)
-from .limits import ConcurrencyCap, Overloaded, RateLimited, retry_after_header
+from .limits import (ConcurrencyCap, KeyedCap, Overloaded, RateLimited, RefusalThrottle,
+                                     SessionCap, retry_after_header)
 from .server import FORBIDDEN, CallContext, Gateway
 from ..security.records import GatewayRecord
-from .stateless import Notification, answer_or_leave, read_stateless, route_stateless, sse_body
+from .stateless import (Notification, StatelessRequest, answer_or_leave, read_stateless,
+                                        route_stateless, sse_body)
 
 ANONYMOUS = Identity(principal="anonymous", method="local")
 
@@ -48,12 +52,18 @@ class GatewayHTTP:
         self.metadata_url = metadata_url(self.resource)
         self.metadata_paths = {"/.well-known/oauth-protected-resource",
                                "/.well-known/oauth-protected-resource" + self.path}
+        self.allowed_hosts = settings.served_hosts()
         self.server = gateway.server()
         self.cap = ConcurrencyCap(settings.max_in_flight)
+        self.ip_cap = KeyedCap(settings.max_in_flight_per_ip)
+        self.refusals = RefusalThrottle(settings.audit_refusals, settings.audit_window)
         self.manager = StreamableHTTPSessionManager(self.server, json_response=False, security_settings=None,
                                                     max_request_body_size=settings.max_body_bytes,
-                                                    max_sessions=settings.max_sessions)
+                                                    max_sessions=settings.max_sessions,
+                                                    session_idle_timeout=settings.session_idle_timeout)
         self._manager_running = False
+        self._annotated: dict[str, bool] = {}  # tool -> whether its input schema has `x-mcp-header` annotations
+        self.sessions = SessionCap(settings.max_sessions_per_principal)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[GatewayHTTP]:
@@ -64,12 +74,17 @@ class GatewayHTTP:
                 yield self
             finally:
                 self._manager_running = False
+                self._aggregate_refusals(everything=True)
+
+    async def close_sessions(self) -> None:
+        """End every 2025-11-25 session and its open streams (on Ctrl-C: the server then stops at once)."""
+        for transport in list(getattr(self.manager, "_server_instances", {}).values()):
+            await transport.terminate()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
+        if scope["type"] == "http":
             await self._http(scope, receive, send)
-        elif kind == "lifespan":
+        elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -99,13 +114,26 @@ class GatewayHTTP:
         await self._respond(send, rejection.status, body, [JSON_CONTENT, *rejection.headers] if body else rejection.headers)
 
     def _audit(self, identity: Identity, method: str, outcome: str, status: int, reason: str | None,
-               started: float, tool: str | None = None) -> None:
+               started: float, tool: str | None = None, scope: Scope | None = None) -> None:
+        if identity is ANONYMOUS and outcome != "ok":  # unauthenticated traffic: throttled, then aggregated
+            self._aggregate_refusals()
+            if not self.refusals.admit(client_ip(scope)):
+                return
         if tool is not None:  # refusals of a known tool count in its metrics too
             self.gateway.metrics.observe(tool, outcome, time.perf_counter() - started, identity.principal)
         self.gateway.audit(GatewayRecord.model_construct(
             time=time.time(), principal=identity.principal, tenant=identity.tenant, method=method, tool=tool,
-            decision="allow" if outcome == "ok" else "deny", outcome=outcome, status=status,
+            decision="allow" if outcome in ("ok", "cancelled") else "deny", outcome=outcome, status=status,
             latency=time.perf_counter() - started, correlation_id=None, reason=reason, transport="http"))
+
+    def _aggregate_refusals(self, *, everything: bool = False) -> None:
+        """One record per address whose refusals went over the throttle in a window that ended."""
+        for source, count in self.refusals.due(everything=everything):
+            self.gateway.audit(GatewayRecord.model_construct(
+                time=time.time(), principal=ANONYMOUS.principal, tenant=None, method="http", tool=None,
+                decision="deny", outcome="rejected", status=0, latency=0.0, correlation_id=None, transport="http",
+                reason=f"{count} refused from {source} in {self.refusals.window:g} s "
+                       f"(past the first {self.refusals.per_window}, recorded one by one)"))
 
     # -- who calls, and may they ----------------------------------------------------------------
     def _authenticate(self, headers: dict[str, str]) -> Identity:
@@ -140,20 +168,42 @@ class GatewayHTTP:
                             headers=[(b"retry-after", retry_after_header(error.retry_after).encode())]) from None
         return name
 
+    def _enter(self, scope: Scope) -> str:
+        """Take a concurrency slot (and one of the client address's), once the caller is known; `Rejection` when full."""
+        try:
+            self.cap.enter()
+        except Overloaded as error:
+            raise Rejection(503, INTERNAL_ERROR, str(error), outcome="overloaded",
+                            headers=[(b"retry-after", b"1")]) from None
+        ip = client_ip(scope)
+        try:
+            self.ip_cap.enter(ip, f"client {ip}")
+        except Overloaded as error:
+            self.cap.leave()
+            raise Rejection(429, INVALID_REQUEST, str(error), outcome="overloaded",
+                            headers=[(b"retry-after", b"1")]) from None
+        self.gateway.metrics.in_flight = self.cap.in_flight
+        return ip
+
+    def _leave(self, ip: str) -> None:
+        self.cap.leave()
+        self.ip_cap.leave(ip)
+        self.gateway.metrics.in_flight = self.cap.in_flight
+
     # -- routing --------------------------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = request_headers(scope)
         host = headers.get("host", "")
-        if not header_matches(host, self.settings.allowed_hosts):
+        if not header_matches(host, self.allowed_hosts):
             message = f"Host {host[:100]!r} is not served here"
             await self._json(send, 421, {"error": "misdirected_request", "message": message})
-            self._audit(ANONYMOUS, "http", "rejected", 421, message, time.perf_counter())
+            self._audit(ANONYMOUS, "http", "rejected", 421, message, time.perf_counter(), scope=scope)
             return
         origin = headers.get("origin")
         if origin is not None and not header_matches(origin, self.settings.allowed_origins):
             message = f"Origin {origin[:100]!r} is not allowed"
             await self._json(send, 403, {"error": "forbidden_origin", "message": message})
-            self._audit(ANONYMOUS, "http", "rejected", 403, message, time.perf_counter())
+            self._audit(ANONYMOUS, "http", "rejected", 403, message, time.perf_counter(), scope=scope)
             return
         path = scope["path"]
         if path == self.path:
@@ -161,22 +211,44 @@ class GatewayHTTP:
         elif path == "/healthz":
             await self._health(send)
         elif path == "/metrics":
-            await self._respond(send, 200, self.gateway.metrics.render().encode(), [PROMETHEUS_CONTENT])
+            await self._metrics(scope, send, headers)
         elif path in self.metadata_paths:
-            await self._json(send, 200, resource_metadata(self.resource, self.settings.authorization_servers,
-                                                          self._scopes()))
+            servers = self.settings.authorization_servers or ((self.settings.issuer,) if self.settings.issuer else ())
+            await self._json(send, 200, resource_metadata(self.resource, servers, self._scopes()))
         else:
             await self._json(send, 404, {"error": "not_found"})
 
+    async def _metrics(self, scope: Scope, send: Send, headers: dict[str, str]) -> None:
+        """`/metrics` for an operator: a caller whose grants allow `metrics_capability` (401 / 403 otherwise)."""
+        started, identity = time.perf_counter(), ANONYMOUS
+        try:
+            identity = self._authenticate(headers)
+            try:
+                self.gateway.policy.check(identity, (self.settings.metrics_capability,))
+            except InsufficientScope as error:
+                raise Rejection(403, FORBIDDEN, f"{error}; needs {self.settings.metrics_capability}",
+                                outcome="denied", headers=[
+                                    (b"www-authenticate", www_authenticate(self.metadata_url, error).encode())]) from None
+        except Rejection as rejection:
+            await self._reject(send, rejection)
+            self._audit(identity, "metrics", rejection.outcome, rejection.status, rejection.message, started,
+                        scope=scope)
+            return
+        await self._respond(send, 200, self.gateway.metrics.render().encode(), [PROMETHEUS_CONTENT])
+
     def _input_schema(self, name: str) -> Any:
+        """The input schema to check `Mcp-Param-*` headers against: None for a tool without `x-mcp-header`
+        annotations (nothing to check), decided once per tool."""
         entry = self.gateway.tools.get(name)
-        return None if entry is None else entry.tool.input_schema
+        if entry is None:
+            return None
+        annotated = self._annotated.get(name)
+        if annotated is None:
+            annotated = self._annotated[name] = "x-mcp-header" in json.dumps(entry.tool.input_schema)
+        return entry.tool.input_schema if annotated else None
 
     def _scopes(self) -> list[str]:
-        scopes: dict[str, None] = {}
-        for entry in self.gateway.tools.values():
-            scopes.update(dict.fromkeys(entry.requires))
-        return list(scopes)
+        return list(dict.fromkeys(scope for entry in self.gateway.tools.values() for scope in entry.requires))
 
     async def _health(self, send: Send) -> None:
         app = self.gateway.app
@@ -187,29 +259,18 @@ class GatewayHTTP:
 
     async def _mcp(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str]) -> None:
         started = time.perf_counter()
-        try:
-            self.cap.enter()
-        except Overloaded as error:
-            await self._reject(send, Rejection(503, INTERNAL_ERROR, str(error), headers=[(b"retry-after", b"1")]))
-            self._audit(ANONYMOUS, "http", "overloaded", 503, str(error), started)
-            return
-        self.gateway.metrics.in_flight = self.cap.in_flight
-        try:
-            version = headers.get("mcp-protocol-version")
-            if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
-                await self._stateless(scope, receive, send, headers, started)
-            else:
-                await self._sessions(scope, receive, send, headers, started)
-        finally:
-            self.cap.leave()
-            self.gateway.metrics.in_flight = self.cap.in_flight
+        version = headers.get("mcp-protocol-version")
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            await self._stateless(scope, receive, send, headers, started)
+        else:
+            await self._sessions(scope, receive, send, headers, started)
 
     # -- 2026-07-28: one request, one answer (cellmono.gateway.stateless) -----------------------
     async def _stateless(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str],
                          started: float) -> None:
-        identity, method, request_id = ANONYMOUS, "?", None
+        identity, method, request_id, tool = ANONYMOUS, "?", None, None
         try:
-            read = await read_stateless(scope, receive, headers, self.settings.max_body_bytes)
+            read = await self._read_stateless(scope, receive, headers)
             if isinstance(read, Notification):  # nothing to act on
                 identity = self._authenticate(headers)
                 await self._respond(send, 202, b"", [])
@@ -219,17 +280,22 @@ class GatewayHTTP:
             route = route_stateless(scope, read, headers, self._input_schema)  # before any credential is read
             identity = self._authenticate(headers)
             tool = self._authorize_call(identity, read.message)
+            ip = self._enter(scope)  # a slot only for a known caller with a whole request
         except Rejection as rejection:
             await self._reject(send, rejection, request_id)
             self._audit(identity, method, rejection.outcome, rejection.status, rejection.message, started,
-                        rejection.tool)
+                        rejection.tool or tool, scope=scope)
             return
         context = CallContext(identity, "http", route.protocol_version, started)
         events: list[dict[str, Any]] | None = [] if "text/event-stream" in headers.get("accept", "") else None
-        answered = await answer_or_leave(self.server, read.request, route, context, receive, events)
-        if answered is None:  # the client left: its call was cancelled, and nothing is sent
+        try:
+            answered = await answer_or_leave(self.server, read.request, route, context, receive, events)
+        finally:
+            self._leave(ip)
+        if answered is None:  # the client went away: its call was cancelled, nobody reads an answer
             if not context.recorded:
-                self._audit(identity, method, "cancelled", 499, "the client disconnected", started)
+                self._audit(identity, method, "cancelled", 499, "the client disconnected; the call was cancelled",
+                            started, tool)
             return
         status, document = answered
         if events:  # progress or logs were sent: the answer is an SSE stream ending with the response
@@ -245,15 +311,29 @@ class GatewayHTTP:
             self._audit(identity, method, "rejected" if status >= 400 else "error", status, error.get("message"),
                         started, tool)
 
+    async def _read_stateless(self, scope: Scope, receive: Receive, headers: dict[str, str]
+                              ) -> StatelessRequest | Notification:  # within the body deadline (408)
+        timeout = self.settings.body_timeout
+        try:
+            async with asyncio.timeout(timeout):  # asyncio's: a timer handle, cheaper than a cancel scope per call
+                return await read_stateless(scope, receive, headers, self.settings.max_body_bytes)
+        except TimeoutError:
+            pass
+        raise Rejection(408, INVALID_REQUEST, f"request body not received within {timeout:g} s",
+                        headers=[(b"connection", b"close")])
+
     # -- 2025-11-25 and older: the SDK's sessions -----------------------------------------------
     async def _sessions(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str],
                         started: float) -> None:
-        identity, method = ANONYMOUS, scope["method"]
+        identity, method, ip = ANONYMOUS, scope["method"], None
         try:
             identity = self._authenticate(headers)
+            session = headers.get("mcp-session-id")
+            if session is not None and not self.sessions.mine(session, identity.principal):
+                raise Rejection(404, INVALID_REQUEST, "Session not found")  # another caller's session: not yours
             body = b""
             if scope["method"] == "POST":
-                body = await read_body(receive, headers, self.settings.max_body_bytes)
+                body = await read_body(receive, headers, self.settings.max_body_bytes, self.settings.body_timeout)
                 try:
                     decoded = json.loads(body)
                 except (ValueError, RecursionError):
@@ -261,11 +341,29 @@ class GatewayHTTP:
                 if isinstance(decoded, dict):
                     method = str(decoded.get("method", "?"))[:100]
                 self._authorize_call(identity, decoded)
+                if session is None:
+                    self._check_sessions(identity.principal)
+                ip = self._enter(scope)  # POSTs only: a GET stream is bounded by the session caps
         except Rejection as rejection:
             await self._reject(send, rejection)
             self._audit(identity, method, rejection.outcome, rejection.status, rejection.message, started,
-                        rejection.tool)
+                        rejection.tool, scope=scope)
             return
+        try:
+            await self._session_request(scope, receive, send, headers, identity, body, method, started)
+        finally:
+            if ip is not None:
+                self._leave(ip)
+
+    def _check_sessions(self, principal: str) -> None:  # 429 past `max_sessions_per_principal` live ones
+        try:
+            self.sessions.check(principal, getattr(self.manager, "_server_instances", None))  # the SDK's live sessions
+        except RateLimited as error:
+            raise Rejection(429, INVALID_REQUEST, str(error), outcome="rate_limited",
+                            headers=[(b"retry-after", retry_after_header(error.retry_after).encode())]) from None
+
+    async def _session_request(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str],
+                               identity: Identity, body: bytes, method: str, started: float) -> None:
         if not self._manager_running:
             await self._reject(send, Rejection(503, INTERNAL_ERROR, "the gateway is starting or stopping"))
             return
@@ -290,6 +388,9 @@ class GatewayHTTP:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
                 self.gateway.metrics.response(status[0])
+                for key, value in message.get("headers", ()):
+                    if key.lower() == b"mcp-session-id":
+                        self.sessions.opened(value.decode("latin-1"), identity.principal)
             await send(message)
 
         await self.manager.handle_request(scope, replay, counted)

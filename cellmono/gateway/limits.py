@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Container, Hashable
 
 from ..core.errors import CellmonoError
 
 # %% auto #0
-__all__ = ['RateLimited', 'Overloaded', 'RateLimiter', 'retry_after_header', 'ConcurrencyCap']
+__all__ = ['RateLimited', 'Overloaded', 'RateLimiter', 'retry_after_header', 'ConcurrencyCap', 'KeyedCap', 'RefusalThrottle',
+           'SessionCap']
 
 # %% ../../nbs/41_limits.ipynb #33fd72f9
 class RateLimited(CellmonoError):
@@ -87,3 +88,101 @@ class ConcurrencyCap:
     def leave(self) -> None:
         """One call finished."""
         self.in_flight -= 1
+
+# %% ../../nbs/41_limits.ipynb #4de85434
+class KeyedCap:
+    """Calls in flight per key (a client IP): `enter` refuses with `Overloaded` when that key already has `limit` running."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the per-key concurrency cap must be at least 1")
+        self.limit = limit
+        self.counts: dict[Hashable, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def enter(self, key: Hashable, what: str = "this client") -> None:
+        """Count one more call of `key`, or raise `Overloaded` when it has `limit` in flight."""
+        count = self.counts.get(key, 0)
+        if count >= self.limit:
+            raise Overloaded(f"{what} has {self.limit} calls in flight, its limit; retry shortly")
+        self.counts[key] = count + 1
+
+    def leave(self, key: Hashable) -> None:
+        """One call of `key` finished; a key with nothing in flight is forgotten (memory follows the calls)."""
+        count = self.counts.get(key, 0) - 1
+        if count > 0:
+            self.counts[key] = count
+        else:
+            self.counts.pop(key, None)
+
+# %% ../../nbs/41_limits.ipynb #e5fe24c6
+class RefusalThrottle:
+    """Which refusals of unauthenticated traffic get an audit record of their own: the first `per_window` from a source
+    in each `window` seconds; the rest are only counted, and reported as one aggregate per source and window."""
+
+    def __init__(self, per_window: int = 20, window: float = 60.0, *, max_sources: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if per_window < 1 or window <= 0:
+            raise ValueError("per_window must be at least 1 and window positive")
+        self.per_window, self.window, self.max_sources, self.clock = per_window, window, max_sources, clock
+        self._sources: OrderedDict[str, list[float]] = OrderedDict()  # source -> [window start, admitted, counted]
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def admit(self, source: str) -> bool:
+        """Count one refusal from `source`: True when it gets a record of its own."""
+        now = self.clock()
+        entry = self._sources.get(source)
+        if entry is None:
+            entry = self._sources[source] = [now, 0.0, 0.0]
+        entry[1 if entry[1] < self.per_window else 2] += 1
+        return entry[2] == 0
+
+    def due(self, *, everything: bool = False) -> list[tuple[str, int]]:
+        """The aggregates to record now, as (source, refusals without a record of their own): windows that ended,
+        sources past `max_sources` (oldest first), or all (`everything`, at shutdown)."""
+        now, found = self.clock(), []
+        sources = self._sources
+        while sources:
+            source, entry = next(iter(sources.items()))
+            if not everything and entry[0] + self.window > now and len(sources) <= self.max_sources:
+                break
+            del sources[source]
+            if entry[2]:
+                found.append((source, int(entry[2])))
+        return found
+
+# %% ../../nbs/41_limits.ipynb #216fd843
+class SessionCap:
+    """Which principal owns each session, and a cap on the live sessions of one principal."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the sessions cap must be at least 1")
+        self.limit = limit
+        self.owner: dict[str, str] = {}  # session id -> principal
+        self._of: dict[str, set[str]] = {}  # principal -> its session ids
+
+    def mine(self, session: str, principal: str) -> bool:
+        """Whether `principal` may use `session` (one it opened, or one this cap never saw)."""
+        return self.owner.get(session, principal) == principal
+
+    def check(self, principal: str, live: Container[str] | None = None) -> None:
+        """`RateLimited` when `principal` holds `limit` sessions; sessions not in `live` (expired, closed) are forgotten."""
+        held = self._of.get(principal, set())
+        if live is not None:
+            for gone in [session for session in held if session not in live]:
+                held.discard(gone)
+                self.owner.pop(gone, None)
+        if len(held) >= self.limit:
+            raise RateLimited(f"{principal!r} holds {len(held)} sessions, its limit; close one (DELETE) or let one "
+                              "expire", 60.0)
+
+    def opened(self, session: str, principal: str) -> None:
+        """Note a new session of `principal`."""
+        if session not in self.owner:
+            self.owner[session] = principal
+            self._of.setdefault(principal, set()).add(session)

@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 import mcp_types as types
 from mcp.server import Server
 from mcp.shared.exceptions import MCPError
+from opentelemetry import trace as otel_trace
 from mcp_types.jsonrpc import INVALID_PARAMS
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, field_validator
 
@@ -30,11 +31,11 @@ from .auth import Identity, InsufficientScope, Policy, tool_requirements
 from ..core.cell import Spec
 from ..core.context import ToolContent
 from .catalog import Catalog, mcp_name, page, tool_content, unique_names
-from ..core.config import Section
 from ..core.envelope import trace_id_of
 from ..core.errors import AccessDenied, CellmonoError, PayloadInvalid, RequestTimeout
 from .limits import RateLimited, RateLimiter
 from .metrics import GatewayMetrics
+from .settings import GatewaySettings, app_policy, gateway_settings
 from .tasks import Tasks
 from ..security.guard import security_section
 from ..security.records import GatewayRecord, Outcome, from_gateway
@@ -49,62 +50,8 @@ except PackageNotFoundError:  # a source tree used without installing it
     _VERSION = "0+unknown"
 
 # %% auto #0
-__all__ = ['AuditSink', 'FORBIDDEN', 'RATE_LIMITED', 'GatewaySettings', 'gateway_settings', 'app_policy', 'MemoryAudit',
-           'JsonlAudit', 'Minter', 'NoMinter', 'ToolEntry', 'CallContext', 'tool_entries', 'Gateway', 'traceparent_of']
-
-# %% ../../nbs/43_server.ipynb #4a1b8829
-class GatewaySettings(Section):
-    """`[gateway]`: where the gateway listens, how it authenticates, its limits."""
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=8765, ge=0, le=65535)
-    path: str = Field(default="/mcp", pattern=r"^/[A-Za-z0-9/_.-]*$")
-    public_url: str | None = None
-    allowed_hosts: tuple[str, ...] = ("127.0.0.1:*", "localhost:*", "[::1]:*")
-    allowed_origins: tuple[str, ...] = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
-    state: Path = Path("var")
-    api_keys: bool = True
-    jwks: str | None = None
-    issuer: str | None = None
-    authorization_servers: tuple[str, ...] = ()
-    roles_claim: str = "roles"
-    max_body_bytes: PositiveInt = 1024 * 1024
-    max_in_flight: PositiveInt = 512
-    rate: PositiveFloat = 200.0
-    burst: PositiveFloat = 400.0
-    tool_rate: PositiveFloat = 100.0
-    tool_burst: PositiveFloat = 200.0
-    call_timeout: PositiveFloat = 30.0
-    max_sessions: PositiveInt = 1000
-    allow_internal: bool = False
-    local_principal: str = "local"
-    local_roles: tuple[str, ...] = ("admin",)
-    bare_names: bool = False
-    page_size: PositiveInt = 100
-
-    @field_validator("allowed_hosts", "allowed_origins", "authorization_servers", "local_roles", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        return tuple(part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else value
-
-    def resource(self, port: int | None = None) -> str:
-        """This server's resource identifier (the audience its tokens must name)."""
-        if self.public_url:
-            return self.public_url.rstrip("/")
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port if port is None else port}{self.path}"
-
-
-
-def gateway_settings(app: App) -> GatewaySettings:
-    """The app's `[gateway]` section; defaults when absent."""
-    return app.settings.section("gateway", GatewaySettings)
-
-
-def app_policy(app: App) -> Policy:
-    """The roles of `[security]` (`role.NAME = grants`) as a `Policy`; `admin = *:*` when none is defined."""
-    roles = security_section(app.settings).roles
-    return Policy(roles) if roles else Policy()
+__all__ = ['AuditSink', 'FORBIDDEN', 'RATE_LIMITED', 'MemoryAudit', 'JsonlAudit', 'Minter', 'NoMinter', 'ToolEntry',
+           'CallContext', 'tool_entries', 'Gateway', 'traceparent_of']
 
 # %% ../../nbs/43_server.ipynb #5b98a677
 AuditSink = Callable[[GatewayRecord], None]
@@ -208,8 +155,11 @@ def tool_entries(app: App, bare: bool = False) -> dict[str, ToolEntry]:
             name = mcp_name(spec, bare)
             unique_names([*((n, e.spec.subject) for n, e in entries.items()), (name, spec.subject)], "tools")
             content = issubclass(spec.output, ToolContent)  # content blocks as they are: no output schema
+            schema = spec.input.model_json_schema()
+            if not schema.get("properties"):  # a model without fields accepts nothing (`call_tool` refuses extras)
+                schema["additionalProperties"] = False
             tool = types.Tool(name=name, description=spec.description or f"{spec.subject} (cellmono tool)",
-                              input_schema=spec.input.model_json_schema(),
+                              input_schema=schema,
                               output_schema=None if content else spec.output.model_json_schema())
             entries[name] = ToolEntry(spec, tool_requirements(spec.subject, spec.requires), tool)
     return entries
@@ -305,10 +255,15 @@ class Gateway(Catalog):
         if not isinstance(arguments, dict):
             self.record(context, "tools/call", tool_name, "invalid", reason="arguments must be an object")
             return _error_result("arguments must be a JSON object")
+        if arguments and not entry.tool.input_schema.get("properties"):  # a model without fields takes nothing
+            reason = f"{tool_name} takes no arguments; got {', '.join(sorted(arguments))[:200]}"
+            self.record(context, "tools/call", tool_name, "invalid", reason=reason)
+            return _error_result(reason)
         bus = self.app.bus
         envelope = bus.envelope(tool_name, arguments, kind="request", timeout=self.settings.call_timeout,
                                 principal=identity.principal, tenant=identity.tenant,
-                                capability=self.minter.mint(identity, entry.requires), trace=context.trace)
+                                capability=self.minter.mint(identity, (*entry.requires, *self.downstream(entry.spec))),
+                                trace=context.trace)
         correlation = envelope.id
         metrics = self.metrics
         metrics.in_flight += 1
@@ -382,6 +337,10 @@ class Gateway(Catalog):
                         on_call_tool=on_call_tool, **self.catalog_handlers(context_of),
                         instructions=f"Tools of the cellmono app {self.app.settings.app.name!r}.")
         self.install(server, context_of)
+        if isinstance(otel_trace.get_tracer_provider(), otel_trace.ProxyTracerProvider):
+            # no global tracer provider: the SDK's span per request would be a no-op costing ~0.1 ms a call
+            # (cellmono's own tracing, `cellmono.ops.tracing`, has its own provider and traces the bus)
+            server.middleware = [m for m in server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"]
         server.middleware.append(self.state_boundary(context_of))
         self.tasks.install(server, context_of)
         return server

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 from mcp.server import Server
 from mcp.server.connection import Connection
-from mcp.server.runner import modern_error_data, serve_one
+from mcp.server.runner import ServerRunner, aclose_shielded, modern_error_data
 from mcp.shared.exceptions import NoBackChannelError
 from mcp.shared.inbound import (ERROR_CODE_HTTP_STATUS, InboundLadderRejection, InboundModernRoute,
                                 classify_inbound_request, find_duplicated_routing_header,
@@ -146,9 +146,12 @@ async def answer(server: Server[Any], request: JSONRPCRequest, route: InboundMod
                         ServerMessageMetadata(request_context=context),
                         progress_token=meta.get("progressToken") if isinstance(meta, dict) else None, events=events)
     connection = Connection.from_envelope(route.protocol_version, route.client_info, route.client_capabilities)
-    try:
-        result = await serve_one(server, exchange, request.method, request.params, connection=connection,
-                                 lifespan_state={})
+    try:  # what `serve_one` does, without its shielded, time-bounded unwind of an exit stack nothing registered on
+        try:
+            result = await ServerRunner(server, connection, {}).on_request(exchange, request.method, request.params)
+        finally:
+            if getattr(connection.exit_stack, "_exit_callbacks", True):
+                await aclose_shielded(connection)
     except Exception as error:
         data = modern_error_data(error)
         status = 403 if data.code == FORBIDDEN else ERROR_CODE_HTTP_STATUS.get(data.code, 200)

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, PositiveFloat, field_validator
 from ..core.config import Section, load_settings
 from ..core.errors import CellmonoError
 from ..gateway.auth import ApiKeys
-from ..gateway.server import GatewaySettings
+from ..gateway.settings import GatewaySettings
 from .runbooks import Runbook, RunbookError, content_hash
 from ..security.audit import AuditLog
 from ..security.guard import SecuritySection, security_section

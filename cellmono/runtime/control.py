@@ -21,7 +21,7 @@ from typing import Any
 from ..core.config import Settings
 from ..core.errors import CellmonoError, ConfigError
 from ..gateway.auth import ApiKeys
-from ..gateway.server import GatewaySettings
+from ..gateway.settings import GatewaySettings
 from ..ops.promotion import Promoter
 from ..ops.signals import TraceRecord, trigger_config
 from ..ops.telemetry import Telemetry

@@ -25,10 +25,12 @@ from mcp.server.stdio import stdio_server
 
 from ..core.app import App, check_tool_schemas
 from ..core.errors import ConfigError
+from ..gateway.asgi import edge_protocol
 from ..gateway.auth import ApiKeys, Authenticator, Identity, JwtVerifier, Policy, metadata_url
 from ..gateway.bridge import AuditLogSink, GatewayGuard, TokenMinter
 from ..gateway.http import GatewayHTTP
-from ..gateway.server import AuditSink, Gateway, GatewaySettings, Minter, app_policy, gateway_settings
+from ..gateway.server import AuditSink, Gateway, Minter
+from ..gateway.settings import GatewaySettings, app_policy, gateway_settings
 from ..ops.prometheus import prometheus_text
 from ..ops.signals import trigger_config
 from ..ops.telemetry import Telemetry
@@ -214,13 +216,17 @@ async def serve_http(served: Served, *, seconds: float | None = None,
         if jwt is not None and not settings.public_url:
             jwt.audience = served.http.resource
     config = uvicorn.Config(served.http, lifespan="on", log_level="warning", access_log=False,
-                            http="httptools" if _has("httptools") else "h11", loop="none",
-                            timeout_graceful_shutdown=5, server_header=False)
+                            http=edge_protocol(settings) if _has("httptools") else "h11", loop="none",
+                            h11_max_incomplete_event_size=settings.max_header_bytes,  # h11 only: httptools' is the edge
+                            timeout_keep_alive=5, timeout_graceful_shutdown=5, server_header=False)
     server = Server(config)
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
+        closing.append(loop.create_task(served.http.close_sessions()))  # open streams would hold the exit
         server.should_exit = True
+
+    closing: list[asyncio.Task[None]] = []
 
     for number in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -111,7 +111,8 @@ def test_ten_thousand_malformed_requests_in_process() -> None:
     settings_ = load_settings(ROOT / "settings.ini", environ={})
     folder = Path(tempfile.mkdtemp(prefix="cellmono-fuzz-"))  # keys, audit log and store: never in the work tree
     sections = {**settings_.extra_sections, "gateway": {"max_body_bytes": str(MAX_BODY), "rate": "1e9", "burst": "1e9",
-                                                        "tool_rate": "1e9", "tool_burst": "1e9", "max_sessions": "200"},
+                                                        "tool_rate": "1e9", "tool_burst": "1e9", "max_sessions": "200",
+                                                        "audit_refusals": "1000000000"},  # every refusal recorded
                 "security": {**settings_.extra_sections.get("security", {}), "audit_path": str(folder / "audit.sqlite"),
                              "signing_keys": str(folder / "signing-keys.json"),
                              "store_path": str(folder / "store.sqlite"), "kek_file": str(folder / "kek.json")}}

@@ -121,7 +121,7 @@ async def test_health_metrics_and_resource_metadata(door: Door) -> None:
     await door.post("tools/call", {"name": "echo.say", "arguments": {"text": "hi"}})
     await door.post("tools/call", {"name": "echo.shout", "arguments": {"text": "hi"}})  # denied
     assert (await door.client.get("/healthz")).json()["status"] == "ok"
-    exposition = (await door.client.get("/metrics")).text
+    exposition = (await door.client.get("/metrics", headers={"Authorization": f"Bearer {door.admin_key}"})).text
     assert 'cellmono_gateway_calls_total{tool="echo.say",outcome="ok"} 1' in exposition
     assert 'cellmono_gateway_calls_total{tool="echo.shout",outcome="denied"} 1' in exposition
     metadata = (await door.client.get("/.well-known/oauth-protected-resource/mcp")).json()

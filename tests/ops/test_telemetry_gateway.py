@@ -24,13 +24,15 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 async def call(traceparent: str | None) -> tuple[MemoryAudit, Tracing, str, dict[str, Any]]:
-    settings = Settings(extra_sections={"security": {"role.reader": "tool:call:echo.say, echo:read"},
+    settings = Settings(extra_sections={"security": {"role.reader": "tool:call:echo.say, echo:read",
+                                                     "role.operator": "gateway:metrics"},
                                         "telemetry": {"tracing": "true"}})
     app = App([Echo()], settings=settings)
     telemetry, tracing = Telemetry.attach(app), Tracing.attach(app)
     assert tracing is not None
     keys = ApiKeys()
     key = keys.create("rita", ["reader"])
+    operator = keys.create("olga", ["operator"])  # /metrics is for operators
     audit = MemoryAudit()
     gateway = Gateway(app, audit=audit)
     gateway.metrics.exporters.append(lambda: prometheus_text(telemetry))
@@ -47,7 +49,7 @@ async def call(traceparent: str | None) -> tuple[MemoryAudit, Tracing, str, dict
     async with app, http_app.running(), httpx.AsyncClient(transport=httpx.ASGITransport(app=http_app),
                                                            base_url="http://127.0.0.1:8765") as client:
         answer = await client.post("/mcp", headers=headers, json=body)
-        metrics = (await client.get("/metrics")).text
+        metrics = (await client.get("/metrics", headers={"Authorization": f"Bearer {operator}"})).text
     return audit, tracing, metrics, answer.json()
 
 
