@@ -7,6 +7,7 @@ Docs: https://cellmono.github.io/cellmono/files.html.md"""
 # %% ../../nbs/10_files.ipynb #3caa23fa
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import tempfile
@@ -19,8 +20,8 @@ from typing import Literal, TypeVar
 Result = TypeVar("Result")
 
 # %% auto #0
-__all__ = ['Result', 'Durability', 'write_private', 'create_private', 'retry_while_locked', 'open_shared_database',
-           'immediate_transaction']
+__all__ = ['Result', 'Durability', 'write_private', 'exclusive_lock', 'create_private', 'retry_while_locked',
+           'open_shared_database', 'immediate_transaction']
 
 # %% ../../nbs/10_files.ipynb #9b880d5e
 def _private_temporary(path: Path, text: str) -> Path:
@@ -47,6 +48,20 @@ def write_private(path: str | os.PathLike[str], text: str) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` + ".lock" (created 0600) for a read-modify-write of `path`
+    that several processes share; blocks until the lock is free."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(f"{target}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def create_private(path: str | os.PathLike[str], text: str) -> bool:
