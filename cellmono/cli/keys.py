@@ -20,9 +20,9 @@ from ..gateway.server import GatewaySettings
 from ..security.audit import AuditLog
 from ..security.capabilities import CapabilityError, Roles
 from ..security.guard import SecuritySection, security_section
-from ..security.keys import FileKeyProvider, new_key_text
+from ..security.keys import FileKeyProvider, StoreError, new_key_text
 from ..security.records import AuditRecord, audit_record
-from ..security.store import open_store
+from ..security.store import EncryptedStore, open_store
 
 # %% auto #0
 __all__ = ['register']
@@ -46,13 +46,38 @@ def _rotate_store(section: SecuritySection, args: argparse.Namespace, facts: dic
                          f"re-encrypted {facts['reencrypted']} values")
         if args.retire:
             if isinstance(store.keys, FileKeyProvider):
-                facts["retired_keks"] = removed = store.keys.retire(store.kek_ids())
+                facts["retired_keks"] = removed = _retire_keks(store, store.keys, facts)
                 lines.append(f"retired key-encryption keys: {', '.join(removed) or 'none'}")
             facts["retired_data_keys"] = retired = store.retire_data_keys()
             lines.append(f"retired {retired} unused data keys")
         return lines
     finally:
         store.close()
+
+
+def _retire_keks(store: EncryptedStore, keys: FileKeyProvider, facts: dict[str, Any], rounds: int = 5) -> list[str]:
+    """Drop the old KEKs from the key file, only once no data key is wrapped under them: re-wrap online first
+    (the app may still wrap a new data key under the old KEK until it sees the rotation), refuse if some stay,
+    and put the keys back if one was wrapped under them while they were being removed."""
+    current = keys.current_key_id()
+    for _ in range(rounds):
+        if not store.kek_ids() - {current}:
+            break
+        facts["rewrapped"] = facts.get("rewrapped", 0) + store.rewrap()
+    remaining = store.kek_ids() - {current}
+    if remaining:
+        raise StoreError(f"refusing to retire: data keys in {str(store.path)!r} are still wrapped under "
+                         f"{', '.join(sorted(remaining))} after {rounds} re-wraps (is a writer still using an old "
+                         "key file?); nothing was retired, run `cellmono keys rotate --retire` again")
+    before = dict(keys.keys)
+    removed = keys.retire({current})
+    late = store.kek_ids() & set(removed)
+    if late:  # wrapped under a key while it was being removed: restore the file, data first
+        keys._save(before, current)
+        keys.reload()
+        raise StoreError(f"refusing to retire: a data key was wrapped under {', '.join(sorted(late))} during the "
+                         "retirement; the key file was restored, run `cellmono keys rotate --retire` again")
+    return removed
 
 
 def _record(section: SecuritySection, record: AuditRecord) -> None:
