@@ -168,3 +168,21 @@ def test_anchor_model_is_strict() -> None:
     with pytest.raises(ValueError):
         Anchor.model_validate_json(json.dumps({"log_id": "l", "seq": 1, "hash": "h", "time": 1.0, "key_id": "k",
                                                "signature": "s", "extra": 1}))
+
+
+def test_every_anchor_is_counted_and_the_first_record_is_anchored_too() -> None:
+    anchors = [sign_anchor(KEYS, "log1", seq, ROWS[seq - 1][2]) for seq in (1, 5, 10)]
+    assert verify_chain(ROWS, ["{garbage", *anchors], PUBLIC, log_id="log1").anchors_checked == 3
+    rewritten = chain(10, {1: "mallory"})
+    assert verify_chain(rewritten, [anchors[0]], PUBLIC).problems == [
+        "record 1 differs from its signed anchor (chain rewritten)"]
+
+
+def test_report_texts() -> None:
+    assert str(AuditTampered([f"p{index}" for index in range(5)])) == \
+        "audit log failed verification (5 problems): p0; p1; p2; p3; p4"
+    assert str(AuditTampered([f"p{index}" for index in range(6)])).endswith("p4; ...")
+    report = verify_chain(ROWS)
+    assert report.summary() == f"ok: 10 records, head 10 {ROWS[-1][2][:16]}, 0 anchors checked"
+    failed = VerifyReport(problems=["first", "second"])
+    assert failed.summary() == "FAILED: 2 problems; first: first"
