@@ -151,8 +151,7 @@ API_KEY_PREFIX = "cmk_"
 
 
 class ApiKeys:
-    """API keys stored hashed in a JSON file several processes share; `create` returns the key once, `identify`
-    checks one. Changes by other processes (`cellmono keys api new|revoke`) are seen within `recheck` seconds."""
+    """API keys stored hashed in a file processes share (changes seen within `recheck` s); `create` returns a key once."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, recheck: float = 0.5) -> None:
         self.path = Path(path) if path is not None else None
@@ -160,7 +159,6 @@ class ApiKeys:
         self._keys: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._version: tuple[int, int] | None = None  # (mtime_ns, inode) of the file last read
-        self._checked = time.monotonic()
         self._reload()
 
     def _reload(self) -> None:
@@ -183,10 +181,9 @@ class ApiKeys:
 
     def entries(self) -> dict[str, dict[str, Any]]:
         """Key id -> principal, tenant, roles, created (never the key; its hash stays inside)."""
-        with self._lock:
-            self._reload()
-            return {key_id: {name: value for name, value in entry.items() if name != "sha256"}
-                    for key_id, entry in self._keys.items()}
+        self._reload()
+        return {key_id: {name: value for name, value in entry.items() if name != "sha256"}
+                for key_id, entry in self._keys.items()}
 
     def __len__(self) -> int:
         return len(self._keys)
