@@ -179,6 +179,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     api = commands.add_parser("api", help="list, create and revoke the gateway's API keys (live: no restart)")
     api_commands = api.add_subparsers(dest="api_command", metavar="{list,new,revoke}")
     api_commands.required = True
+    api.set_defaults(handler=_api_list)  # every parser of the group has a handler (the subcommand's wins)
     listing = api_commands.add_parser("list", help="list API keys (principal, id, roles; never the key)")
     create = api_commands.add_parser("new", help="create an API key for NAME and print it once")
     create.add_argument("name", metavar="NAME", help="the principal the key stands for")

@@ -12,7 +12,7 @@ from gateway_support import modern_request, serve
 
 def test_the_admin_key_goes_to_a_private_file_when_stdout_is_not_a_terminal(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    with serve(state) as running:
+    with serve(state, timeout=120) as running:
         key_file = state / "admin-key"
         key = key_file.read_text().strip()
         assert key.startswith("cmk_") and running.key == key

@@ -77,7 +77,7 @@ def test_concurrent_new_calls_never_lose_a_key(tmp_path: Path) -> None:
 
 def test_a_revoke_takes_effect_in_the_running_server_within_a_second_and_survives_a_restart(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    with serve(state) as running:
+    with serve(state, timeout=120) as running:
         created = keys_cli(state, "new", "bob", "--role", "admin")
         key = created.stdout.strip()
         assert call(running.url, key) == 200  # a key made after the server started works at once
@@ -88,5 +88,5 @@ def test_a_revoke_takes_effect_in_the_running_server_within_a_second_and_survive
             assert time.monotonic() - revoked_at < 1.0, "the revoked key still works after 1 s"
             time.sleep(0.05)
         assert call(running.url, running.key) == 200  # the others keep working
-    with serve(state) as restarted:
+    with serve(state, timeout=120) as restarted:
         assert call(restarted.url, key) == 401

@@ -16,7 +16,7 @@ from gateway_support import modern_request, serve
 def test_kill_9_during_a_burst_keeps_the_record_of_every_answered_call(tmp_path: Path) -> None:
     answered = [0] * 4
     stop = threading.Event()
-    with serve(tmp_path / "state") as running:
+    with serve(tmp_path / "state", timeout=120) as running:
         headers, body = modern_request("tools/call", {"name": "digest.summary", "arguments": {}}, key=running.key)
 
         def burst(slot: int) -> None:

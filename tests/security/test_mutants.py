@@ -1,4 +1,4 @@
-"""Fast in-process checks of the audit chain (`cellmono.security.chain`), exact to the message: the
+"""Fast in-process checks of the audit chain (`cellmono.security.chain`) and records, exact to the message: the
 mutation run (`mutmut`, README's development section) leans on them. Each names a tampering."""
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from cellmono.core.bus import current_envelope
+from cellmono.core.envelope import Envelope
 from cellmono.security.chain import (GENESIS, Anchor, AuditCorrupted, AuditEntry, AuditTampered, VerifyReport,
                                      check_macs, link_hash, read_anchor_file, record_body, record_mac, sign_anchor,
                                      verify_chain)
-from cellmono.security.records import AuditRecord
+from cellmono.security.guard import Decision
+from cellmono.security.records import AuditRecord, GatewayRecord, audit_record, from_decision, from_gateway
 from cellmono.security.signing import SigningKeys
 
 KEYS = SigningKeys()
@@ -186,3 +189,48 @@ def test_report_texts() -> None:
     assert report.summary() == f"ok: 10 records, head 10 {ROWS[-1][2][:16]}, 0 anchors checked"
     failed = VerifyReport(problems=["first", "second"])
     assert failed.summary() == "FAILED: 2 problems; first: first"
+
+
+# -- records: the one builder, field by field --------------------------------------------------
+
+TRACE = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+
+
+def test_audit_record_defaults_and_every_field() -> None:
+    bare = audit_record("alice", "x", at=1.0)
+    assert bare.model_dump() == {"actor": "alice", "action": "x", "resource": "", "tenant": None, "decision": None,
+                                 "outcome": "ok", "error": None, "reason": None, "latency": None,
+                                 "correlation_id": None, "trace_id": None, "details": {}, "time": 1.0}
+    full = audit_record("alice", "x", resource="r", tenant="t", decision="allow", latency=0.5, correlation_id="c",
+                        details={"k": 1}, at=2.0, trace_id="t1", reason="why")
+    assert (full.correlation_id, full.trace_id, full.reason, full.details) == ("c", "t1", "why", {"k": 1})
+    failed = audit_record("alice", "x", error=ValueError("boom"), reason="kept")
+    assert (failed.error, failed.reason, failed.outcome) == ("ValueError", "kept", "error")
+
+
+def test_audit_record_takes_the_trace_of_the_message_being_handled() -> None:
+    token = current_envelope.set(Envelope(subject="notes.add", trace=TRACE))
+    try:
+        assert audit_record("alice", "x").trace_id == "ab" * 16
+        assert audit_record("alice", "x", trace_id="mine").trace_id == "mine"
+    finally:
+        current_envelope.reset(token)
+    assert audit_record("alice", "x").trace_id is None
+
+
+def test_from_decision_and_from_gateway_keep_every_fact() -> None:
+    decision = Decision(actor="alice", tenant="t", action="deliver", resource="notes.add", allowed=True,
+                        reason="granted", correlation_id="c", latency=0.1, requires=("tool:call:notes.add",),
+                        token_id="tok", time=3.0)
+    assert from_decision(decision).details == {"requires": ["tool:call:notes.add"], "token_id": "tok"}
+    gateway = GatewayRecord(time=4.0, principal="bob", tenant="t", method="tools/call", tool="notes.add",
+                            decision="deny", outcome="denied", status=403, latency=0.2, correlation_id="c2",
+                            reason="no", transport="stdio", trace_id="tr", error="InsufficientScope")
+    record = from_gateway(gateway)
+    assert record.model_dump() == {
+        "actor": "bob", "action": "gateway.tools/call", "resource": "notes.add", "tenant": "t", "decision": "deny",
+        "outcome": "denied", "error": "InsufficientScope", "reason": "no", "latency": 0.2, "correlation_id": "c2",
+        "trace_id": "tr", "details": {"status": 403, "transport": "stdio"}, "time": 4.0}
+    listing = from_gateway(GatewayRecord(time=4.0, principal="bob", method="tools/list", decision="allow",
+                                         outcome="ok"))
+    assert (listing.resource, listing.trace_id, listing.outcome) == ("", None, "ok")
