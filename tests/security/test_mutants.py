@@ -234,3 +234,9 @@ def test_from_decision_and_from_gateway_keep_every_fact() -> None:
     listing = from_gateway(GatewayRecord(time=4.0, principal="bob", method="tools/list", decision="allow",
                                          outcome="ok"))
     assert (listing.resource, listing.trace_id, listing.outcome) == ("", None, "ok")
+
+
+def test_from_gateway_keeps_an_outcome_other_than_the_derived_one() -> None:
+    limited = GatewayRecord(time=5.0, principal="bob", method="tools/call", tool="notes.add", decision="deny",
+                            outcome="rate_limited", status=429, error="RateLimited")
+    assert from_gateway(limited).outcome == "rate_limited"  # not the "denied" a deny would otherwise give
