@@ -68,6 +68,8 @@ def serve(state: Path, *extra: str, environment: dict[str, str] | None = None, t
                 break
         if url is None:
             raise AssertionError("cellmono serve did not start:\n" + "".join(output))
+        if key is None and (state / "admin-key").is_file():  # stdout is a pipe: the first key went to a 0600 file
+            key = (state / "admin-key").read_text().strip()
         yield Running(url, key or "", process, state, output)
     finally:
         if process.poll() is None:

@@ -1,4 +1,4 @@
-"""`cellmono keys rotate|new`: rotate the encrypted store's key-encryption key and data keys while the app runs, record every rotation (and every failed one) in the audit log, and print a fresh key.
+"""`cellmono keys rotate|new|api`: rotate the encrypted store's key-encryption key and data keys while the app runs, record every rotation (and every failed one) in the audit log, print a fresh key; list, create and revoke the gateway's API keys while servers run.
 
 Docs: https://cellmono.github.io/cellmono/cli_keys.html.md"""
 
@@ -13,12 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import CellmonoError
+from ..core.config import load_settings
+from ..core.errors import CellmonoError, ConfigError
+from ..gateway.auth import DEFAULT_ROLES, ApiKeys
+from ..gateway.server import GatewaySettings
 from ..security.audit import AuditLog
+from ..security.capabilities import CapabilityError, Roles
 from ..security.guard import SecuritySection, security_section
-from ..security.keys import FileKeyProvider, new_key_text
+from ..security.keys import FileKeyProvider, StoreError, new_key_text
 from ..security.records import AuditRecord, audit_record
-from ..security.store import open_store
+from ..security.store import EncryptedStore, open_store
 
 # %% auto #0
 __all__ = ['register']
@@ -42,13 +46,38 @@ def _rotate_store(section: SecuritySection, args: argparse.Namespace, facts: dic
                          f"re-encrypted {facts['reencrypted']} values")
         if args.retire:
             if isinstance(store.keys, FileKeyProvider):
-                facts["retired_keks"] = removed = store.keys.retire(store.kek_ids())
+                facts["retired_keks"] = removed = _retire_keks(store, store.keys, facts)
                 lines.append(f"retired key-encryption keys: {', '.join(removed) or 'none'}")
             facts["retired_data_keys"] = retired = store.retire_data_keys()
             lines.append(f"retired {retired} unused data keys")
         return lines
     finally:
         store.close()
+
+
+def _retire_keks(store: EncryptedStore, keys: FileKeyProvider, facts: dict[str, Any], rounds: int = 5) -> list[str]:
+    """Drop the old KEKs from the key file, only once no data key is wrapped under them: re-wrap online first
+    (the app may still wrap a new data key under the old KEK until it sees the rotation), refuse if some stay,
+    and put the keys back if one was wrapped under them while they were being removed."""
+    current = keys.current_key_id()
+    for _ in range(rounds):
+        if not store.kek_ids() - {current}:
+            break
+        facts["rewrapped"] = facts.get("rewrapped", 0) + store.rewrap()
+    remaining = store.kek_ids() - {current}
+    if remaining:
+        raise StoreError(f"refusing to retire: data keys in {str(store.path)!r} are still wrapped under "
+                         f"{', '.join(sorted(remaining))} after {rounds} re-wraps (is a writer still using an old "
+                         "key file?); nothing was retired, run `cellmono keys rotate --retire` again")
+    before = dict(keys.keys)
+    removed = keys.retire({current})
+    late = store.kek_ids() & set(removed)
+    if late:  # wrapped under a key while it was being removed: restore the file, data first
+        keys._save(before, current)
+        keys.reload()
+        raise StoreError(f"refusing to retire: a data key was wrapped under {', '.join(sorted(late))} during the "
+                         "retirement; the key file was restored, run `cellmono keys rotate --retire` again")
+    return removed
 
 
 def _record(section: SecuritySection, record: AuditRecord) -> None:
@@ -81,10 +110,61 @@ def _new(args: argparse.Namespace) -> int:
     print(new_key_text())
     return 0
 
+def _api_keys(args: argparse.Namespace) -> tuple[ApiKeys, Roles, SecuritySection, GatewaySettings]:
+    """The app's API key file (`[gateway] state`/api-keys.json, as `cellmono serve` uses it) and its roles."""
+    settings = load_settings(args.settings if Path(args.settings).is_file() else None)
+    gateway = settings.section("gateway", GatewaySettings)
+    state = gateway.state
+    if not state.is_absolute() and settings.source != "<defaults>":
+        state = Path(settings.source).resolve().parent / state
+    section = security_section(settings)
+    try:
+        roles = Roles(section.roles or DEFAULT_ROLES)
+    except CapabilityError as error:
+        raise ConfigError(str(error)) from None
+    return ApiKeys(state / "api-keys.json"), roles, section, gateway
+
+
+def _api_list(args: argparse.Namespace) -> int:
+    keys, _, _, _ = _api_keys(args)
+    entries = sorted(keys.entries().items(), key=lambda item: (item[1]["principal"], item[1].get("created", 0)))
+    if not entries:
+        print(f"no API keys in {keys.path}")
+    for key_id, entry in entries:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.get("created", 0)))
+        tenant = f"  tenant={entry['tenant']}" if entry.get("tenant") else ""
+        print(f"{entry['principal']}  id={key_id}  roles={','.join(entry['roles']) or '-'}{tenant}  created={created}Z")
+    return 0
+
+
+def _api_new(args: argparse.Namespace) -> int:
+    keys, roles, section, gateway = _api_keys(args)
+    try:
+        granted = roles.check(args.role or gateway.local_roles)  # an unknown role names the known ones
+    except CapabilityError as error:
+        raise ConfigError(str(error)) from None
+    key = keys.create(args.name, granted, tenant=args.tenant)
+    _record(section, audit_record(os.environ.get("USER") or "cli", "key.api.new", resource=args.name,
+                                  details={"roles": list(granted), "key_id": key.split("_")[1]}))
+    print(key)
+    return 0
+
+
+def _api_revoke(args: argparse.Namespace) -> int:
+    keys, _, section, _ = _api_keys(args)
+    removed = keys.revoke(args.name)
+    if not removed:
+        raise ConfigError(f"no API key of {args.name!r} in {keys.path} (see `cellmono keys api list`)")
+    _record(section, audit_record(os.environ.get("USER") or "cli", "key.api.revoke", resource=args.name,
+                                  details={"revoked": removed}))
+    print(f"revoked {removed} API key{'s' if removed != 1 else ''} of {args.name!r}; running servers refuse "
+          f"{'them' if removed != 1 else 'it'} within a second")
+    return 0
+
 # %% ../../nbs/74_cli_keys.ipynb #c3d40008
 def register(parser: argparse.ArgumentParser) -> None:
-    """Add `rotate` and `new` to the `cellmono keys` parser; each sets `handler`."""
-    commands = parser.add_subparsers(dest="keys_command", metavar="{rotate,new}")
+    """Add `rotate`, `new` and `api list|new|revoke` to the `cellmono keys` parser; each sets `handler`."""
+    commands = parser.add_subparsers(dest="keys_command", metavar="{rotate,new,api}")
     commands.required = True
     rotate = commands.add_parser("rotate", help="rotate the store's key-encryption key and re-wrap its data keys")
     rotate.add_argument("--settings", default="settings.ini", metavar="FILE", help="settings file (default ./settings.ini)")
@@ -96,3 +176,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     rotate.set_defaults(handler=_rotate)
     new = commands.add_parser("new", help="print a new random key for the CELLMONO_KEK variable")
     new.set_defaults(handler=_new)
+    api = commands.add_parser("api", help="list, create and revoke the gateway's API keys (live: no restart)")
+    api_commands = api.add_subparsers(dest="api_command", metavar="{list,new,revoke}")
+    api_commands.required = True
+    api.set_defaults(handler=_api_list)  # every parser of the group has a handler (the subcommand's wins)
+    listing = api_commands.add_parser("list", help="list API keys (principal, id, roles; never the key)")
+    create = api_commands.add_parser("new", help="create an API key for NAME and print it once")
+    create.add_argument("name", metavar="NAME", help="the principal the key stands for")
+    create.add_argument("--role", action="append", default=None, metavar="ROLE",
+                        help="a role of the key (repeatable; default: [gateway] local_roles)")
+    create.add_argument("--tenant", default=None, help="the tenant of the key")
+    revoke = api_commands.add_parser("revoke", help="revoke every API key of NAME")
+    revoke.add_argument("name", metavar="NAME")
+    for command, handler in ((listing, _api_list), (create, _api_new), (revoke, _api_revoke)):
+        command.add_argument("--settings", default="settings.ini", metavar="FILE",
+                             help="settings file (default ./settings.ini)")
+        command.set_defaults(handler=handler)

@@ -13,6 +13,7 @@ import logging
 import sys
 
 from ..core.errors import ConfigError
+from ..security.files import write_private
 from ..runtime.serve import build, instructions, is_loopback, new_api_key, serve_http, serve_stdio
 from ..topology.workers import build_app  # promoted cells run in supervised workers over the broker
 
@@ -42,7 +43,11 @@ def command_serve(args: argparse.Namespace) -> int:
         _log.warning("listening on %s: the gateway is reachable from other machines", served.settings.host)
 
     def ready(url: str) -> None:
-        print(instructions(served, url), flush=True)
+        key_file = None
+        if served.new_key and not sys.stdout.isatty():  # a pipe or a log file: the key goes to a 0600 file
+            key_file = served.state / "admin-key"
+            write_private(key_file, served.new_key + "\n")
+        print(instructions(served, url, key_file=key_file), flush=True)
 
     try:
         import uvloop  # the gateway-fast extra: a faster event loop when installed

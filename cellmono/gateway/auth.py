@@ -7,6 +7,7 @@ Docs: https://cellmono.github.io/cellmono/auth.html.md"""
 # %% ../../nbs/40_auth.ipynb #17bb8f56
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..security.capabilities import CapabilityError, Roles, parse_capability, parse_requirement
 from ..core.errors import AccessDenied, ConfigError
-from ..security.files import write_private
+from ..security.files import exclusive_lock, write_private
 
 # %% auto #0
 __all__ = ['DEFAULT_ROLES', 'API_KEY_PREFIX', 'ALGORITHMS', 'Unauthenticated', 'InsufficientScope', 'Identity', 'is_capability',
@@ -150,30 +151,39 @@ API_KEY_PREFIX = "cmk_"
 
 
 class ApiKeys:
-    """Static API keys stored hashed in a JSON file; `create` returns the key once, `identify` checks one."""
+    """API keys stored hashed in a file processes share (changes seen within `recheck` s); `create` returns a key once."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, recheck: float = 0.5) -> None:
         self.path = Path(path) if path is not None else None
+        self.recheck = recheck
         self._keys: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self._mtime = 0.0
+        self._version: tuple[int, int] | None = None  # (mtime_ns, inode) of the file last read
         self._reload()
 
     def _reload(self) -> None:
-        """Read the file again when it changed (keys added by another `cellmono serve --new-key`)."""
+        """Read the file again when it changed (keys added or revoked by another process)."""
+        self._checked = time.monotonic()
         if self.path is None:
             return
         try:
-            mtime = self.path.stat().st_mtime
+            stat = self.path.stat()
         except FileNotFoundError:
+            self._keys, self._version = {}, None  # the file was removed: every key with it
             return
-        if mtime == self._mtime:
+        if (stat.st_mtime_ns, stat.st_ino) == self._version:
             return
         try:
             self._keys = json.loads(self.path.read_text(encoding="utf-8"))["keys"]
         except (ValueError, KeyError, TypeError) as error:
             raise ConfigError(f"{self.path}: not a cellmono API key file ({error})") from None
-        self._mtime = mtime
+        self._version = (stat.st_mtime_ns, stat.st_ino)
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """Key id -> principal, tenant, roles, created (never the key; its hash stays inside)."""
+        self._reload()
+        return {key_id: {name: value for name, value in entry.items() if name != "sha256"}
+                for key_id, entry in self._keys.items()}
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -182,7 +192,8 @@ class ApiKeys:
         """A new key for `principal` with `roles`; the key itself is returned once and stored only hashed."""
         key_id = secrets.token_hex(6)
         key = f"{API_KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-        with self._lock:
+        with self._lock, self._shared():  # read-modify-write under the file lock: concurrent creates all land
+            self._reload()
             self._keys[key_id] = {"sha256": hashlib.sha256(key.encode()).hexdigest(), "principal": principal,
                                   "tenant": tenant, "roles": list(roles), "created": time.time()}
             self._save()
@@ -190,7 +201,8 @@ class ApiKeys:
 
     def revoke(self, principal: str) -> int:
         """Remove every key of `principal`; how many were removed."""
-        with self._lock:
+        with self._lock, self._shared():
+            self._reload()
             doomed = [key_id for key_id, entry in self._keys.items() if entry["principal"] == principal]
             for key_id in doomed:
                 del self._keys[key_id]
@@ -200,6 +212,8 @@ class ApiKeys:
     def identify(self, key: str) -> Identity:
         """The identity a key stands for; `Unauthenticated` for an unknown or wrong key."""
         key_id = key[len(API_KEY_PREFIX):].split("_", 1)[0] if key.startswith(API_KEY_PREFIX) else ""
+        if time.monotonic() - self._checked > self.recheck:
+            self._reload()  # a revocation by another process takes effect within `recheck` seconds
         entry = self._keys.get(key_id)
         if entry is None and key_id:
             self._reload()
@@ -210,11 +224,15 @@ class ApiKeys:
         return Identity(principal=entry["principal"], tenant=entry.get("tenant"), roles=tuple(entry["roles"]),
                         method="api_key", token_id=key_id)
 
+    def _shared(self) -> contextlib.AbstractContextManager[None]:
+        return exclusive_lock(self.path) if self.path is not None else contextlib.nullcontext()
+
     def _save(self) -> None:
         if self.path is None:
             return
         write_private(self.path, json.dumps({"keys": self._keys}, indent=1))
-        self._mtime = self.path.stat().st_mtime
+        stat = self.path.stat()
+        self._version = (stat.st_mtime_ns, stat.st_ino)
 
 # %% ../../nbs/40_auth.ipynb #168c5c34
 ALGORITHMS = ("EdDSA", "ES256", "RS256")

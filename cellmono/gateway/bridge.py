@@ -107,13 +107,13 @@ class GatewayGuard:
 
 
 class AuditLogSink:
-    """The gateway's `AuditSink` over the hash-chained `AuditLog` (batched by its background writer)."""
+    """The gateway's `AuditSink` over the hash-chained `AuditLog`: each record is committed before the answer leaves."""
 
     def __init__(self, log: AuditLog) -> None:
         self.log = log
 
     def __call__(self, record: GatewayRecord) -> None:
-        self.log.submit(from_gateway(record))
+        self.log.append(from_gateway(record))  # durable before the answer leaves (kill -9 safe)
 
     def close(self) -> None:
         """Flush and close the log."""

@@ -158,13 +158,18 @@ def stdio_hint(served: Served) -> list[str]:
             *(f"    {line}" for line in block.splitlines())]
 
 
-def instructions(served: Served, url: str) -> str:
-    """What `cellmono serve` prints once it listens: URL, tools, credential, how to connect a client."""
+def instructions(served: Served, url: str, *, key_file: Path | None = None) -> str:
+    """What `cellmono serve` prints once it listens: URL, tools, credential, how to connect a client; with
+    `key_file`, a first-run admin key was written there (0600) instead of being printed."""
     name = served.app.settings.app.name
     tools = ", ".join(served.gateway.tools) or "(none)"
     lines = [f"cellmono gateway for app {name!r} listening on {url}", f"  tools: {tools}"]
     key = served.new_key or "<your API key>"
-    if served.new_key:
+    if served.new_key and key_file is not None:  # stdout is a pipe or a log: never print the key into it
+        lines.append(f"  first run: created a local admin API key in {key_file} (mode 0600; not printed: stdout is not "
+                     "a terminal)")
+        key = f"$(cat {key_file})"
+    elif served.new_key:
         lines += ["  first run: created a local admin API key (shown only now; stored hashed in "
                   f"{served.state / 'api-keys.json'}):", f"    {served.new_key}"]
     elif served.api_keys is not None:

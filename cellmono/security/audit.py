@@ -20,37 +20,54 @@ from typing import Any, TextIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..core.errors import ConfigError
-from .chain import (GENESIS, Anchor, AuditCorrupted, AuditEntry, AuditError, VerifyReport, link_hash,
-                                     read_anchor_file, record_body, sign_anchor, verify_chain)
+from .chain import (GENESIS, Anchor, AuditCorrupted, AuditTampered, AuditEntry, AuditError, VerifyReport, check_macs, link_hash,
+                    read_anchor_file, record_body, record_mac, sign_anchor, verify_chain)
 from .files import Durability, immediate_transaction, open_shared_database, retry_while_locked
 from .guard import Decision
 from .records import AuditRecord, from_decision
 from .signing import SigningKeys
 
 # %% auto #0
-__all__ = ['AuditLog']
+__all__ = ['KEY_FILE', 'AuditLog']
 
 # %% ../../nbs/17_audit.ipynb #e2a5f739
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, body TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, body TEXT NOT NULL, hash TEXT NOT NULL, mac TEXT);
 CREATE TABLE IF NOT EXISTS anchors (seq INTEGER PRIMARY KEY, anchor TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+KEY_FILE = "signing-keys.json"  # the key ring looked for beside the log when no `anchor_keys` are given
+
+
+def _default_keys(path: Path, key_file: str | Path | None, create: bool) -> SigningKeys | None:
+    candidate = Path(key_file) if key_file is not None else path.parent / KEY_FILE
+    if candidate.is_file():
+        return SigningKeys.load(candidate)
+    return SigningKeys.load_or_create(candidate) if create and not path.exists() else None
+
+
 class AuditLog:
-    """The hash-chained audit log in one SQLite file; safe for concurrent threads and processes."""
+    """The hash-chained audit log in one SQLite file; safe for concurrent threads and processes.
+
+    Records are authenticated (an HMAC keyed from the signing ring, which is not in the log file) and the
+    head is signed into anchors: at creation, every `anchor_every` records or `anchor_interval` seconds, at close."""
 
     def __init__(self, path: str | Path, *, durability: Durability = "normal", anchor_keys: SigningKeys | None = None,
-                 anchor_file: str | Path | None = None, anchor_every: int | None = None,
+                 anchor_file: str | Path | None = None, anchor_every: int | None = 1000,
+                 anchor_interval: float | None = 60.0, key_file: str | Path | None = None,
                  busy_timeout: float = 30.0, batch_size: int = 512, flush_interval: float = 0.05,
                  create: bool = True) -> None:
         self.path = Path(path)
         if not create and not self.path.exists():
             raise ConfigError(f"audit database {str(self.path)!r} does not exist")
-        self.anchor_keys = anchor_keys
+        self.anchor_keys = anchor_keys if anchor_keys is not None else _default_keys(self.path, key_file, create)
         self.anchor_file = Path(anchor_file) if anchor_file is not None else None
         self.anchor_every = anchor_every
+        self.anchor_interval = anchor_interval
+        self._last_anchor = time.monotonic()
+        self._mac_keys: dict[str, bytes | None] = {}
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self._lock = threading.Lock()
@@ -66,11 +83,19 @@ class AuditLog:
                 self._connection.close()
                 raise AuditCorrupted(f"{str(self.path)!r} is a SQLite database but not a cellmono audit log")
             retry_while_locked(lambda: self._connection.executescript(_SCHEMA), busy_timeout)
+            columns = [row[1] for row in self._connection.execute("PRAGMA table_info(audit)")]
+            if "mac" not in columns:  # a log written before records were authenticated
+                retry_while_locked(lambda: self._connection.execute("ALTER TABLE audit ADD COLUMN mac TEXT"),
+                                   busy_timeout)
             self._connection.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('log_id', ?)",
                                      (secrets.token_hex(8),))
             self.log_id: str = self._connection.execute("SELECT value FROM meta WHERE key='log_id'").fetchone()[0]
+            fresh = self._connection.execute(
+                "SELECT (SELECT count(*) FROM audit) + (SELECT count(*) FROM anchors)").fetchone()[0] == 0
         except sqlite3.DatabaseError as error:
             raise AuditCorrupted(f"audit database {str(self.path)!r} is unusable: {error}") from None
+        if fresh and self.anchor_keys is not None:
+            self.anchor()  # the genesis anchor: from now on a log with no anchor was tampered with
 
     # -- writing -------------------------------------------------------------------------------
     def append(self, record: AuditRecord) -> AuditEntry:
@@ -87,24 +112,36 @@ class AuditLog:
                 with immediate_transaction(self._connection) as connection:
                     row = connection.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
                     seq, prev = row if row else (0, GENESIS)
+                    kid, mac_key = self._mac_key()
                     entries, rows = [], []
                     for record in records:
                         seq += 1
                         body = record_body(record, seq, prev)
                         digest = link_hash(prev, body)
-                        rows.append((seq, body.decode(), digest))
+                        mac = f"{kid}:{record_mac(mac_key, self.log_id, seq, digest)}" if mac_key else None
+                        rows.append((seq, body.decode(), digest, mac))
                         entries.append(AuditEntry(seq, prev, digest, json.loads(body)))
                         prev = digest
-                    connection.executemany("INSERT INTO audit(seq, body, hash) VALUES (?, ?, ?)", rows)
+                    connection.executemany("INSERT INTO audit(seq, body, hash, mac) VALUES (?, ?, ?, ?)", rows)
             except sqlite3.OperationalError as error:
                 raise AuditError(f"audit append to {str(self.path)!r} failed: {error}") from None
             except sqlite3.DatabaseError as error:
                 raise AuditCorrupted(f"audit database {str(self.path)!r} is unusable: {error}") from None
-        if self.anchor_every and self.anchor_keys is not None:
-            first = entries[0].seq
-            if (entries[-1].seq // self.anchor_every) > ((first - 1) // self.anchor_every):
+        if self.anchor_keys is not None:
+            first, last = entries[0].seq, entries[-1].seq
+            if ((self.anchor_every and last // self.anchor_every > (first - 1) // self.anchor_every) or
+                    (self.anchor_interval is not None and time.monotonic() - self._last_anchor > self.anchor_interval)) \
+                    and self._anchor_state() is not None:
                 self.anchor()
         return entries
+
+    def _mac_key(self) -> tuple[str, bytes | None]:
+        if self.anchor_keys is None:
+            return "", None
+        kid = self.anchor_keys.active
+        if kid not in self._mac_keys:
+            self._mac_keys[kid] = self.anchor_keys.mac_key(kid)
+        return kid, self._mac_keys[kid]
 
     def submit(self, record: AuditRecord) -> None:
         """Queue a record for the background writer (group commit); acknowledged after `flush`."""
@@ -158,6 +195,8 @@ class AuditLog:
         if self._closed:
             return
         self.flush()
+        if self.anchor_keys is not None and self._anchor_state() is False:
+            self.anchor()  # the shutdown anchor: the head this process leaves behind is signed
         with self._pending_lock:
             self._closed = True
             self._pending_lock.notify_all()
@@ -179,6 +218,7 @@ class AuditLog:
             raise ConfigError("audit anchoring needs anchor_keys (a SigningKeys ring)")
         seq, digest = self.head()
         anchor = sign_anchor(self.anchor_keys, self.log_id, seq, digest)
+        self._last_anchor = time.monotonic()
         with self._lock:
             self._connection.execute("INSERT OR REPLACE INTO anchors(seq, anchor) VALUES (?, ?)",
                                      (seq, anchor.model_dump_json()))
@@ -188,6 +228,13 @@ class AuditLog:
                 handle.flush()
                 os.fsync(handle.fileno())
         return anchor
+
+    def _anchor_state(self) -> bool | None:
+        """Whether the head is anchored; None when the log has no anchor at all. Such a log (anchors removed,
+        or written before anchoring) is never re-anchored silently: verification keeps failing."""
+        with self._lock:
+            row = self._query("SELECT max(seq) FROM anchors").fetchone()
+        return None if row[0] is None else row[0] == self.head()[0]
 
     def stored_anchors(self) -> list[Anchor]:
         """The anchors kept in the database."""
@@ -245,7 +292,30 @@ class AuditLog:
             try:
                 stored: list[Anchor | str] = [row[0] for row in self._connection.execute("SELECT anchor FROM anchors")]
                 rows = self._connection.execute("SELECT seq, body, hash FROM audit ORDER BY seq")
-                return verify_chain(rows, stored + given, public_keys, log_id=self.log_id,
-                                    raise_on_failure=raise_on_failure)
+                report = verify_chain(rows, stored + given, public_keys, log_id=self.log_id,
+                                      require_anchor=bool(public_keys))
+                macs = self._connection.execute("SELECT seq, hash, mac FROM audit ORDER BY seq")
+                if self.anchor_keys is not None:
+                    check_macs(macs, self.log_id, self.anchor_keys.mac_key, report.problems)
+                elif report.records:
+                    report.problems.append("no audit key to authenticate the records (give the signing key file)")
             except sqlite3.DatabaseError as error:
                 raise AuditCorrupted(f"audit database {str(self.path)!r} is unusable: {error}") from None
+        report.problems.extend(_foreign_anchors(stored, self.log_id))
+        if raise_on_failure and report.problems:
+            raise AuditTampered(report.problems)
+        return report
+
+
+def _foreign_anchors(stored: Iterable[Anchor | str], log_id: str) -> list[str]:
+    """A problem for each anchor stored in this log that names another log (its `meta.log_id` was changed)."""
+    problems = []
+    for text in stored:
+        try:
+            anchor = text if isinstance(text, Anchor) else Anchor.model_validate_json(text)
+        except ValueError:
+            continue  # verify_chain already reports it as unreadable
+        if anchor.log_id != log_id:
+            problems.append(f"anchor at record {anchor.seq} belongs to log {anchor.log_id!r}, but the log says it is "
+                            f"{log_id!r} (its identity was changed)")
+    return problems

@@ -8,9 +8,10 @@ Docs: https://cellmono.github.io/cellmono/chain.html.md"""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ from .records import AuditRecord
 from .signing import SigningKeys
 
 # %% auto #0
-__all__ = ['GENESIS', 'AuditError', 'AuditCorrupted', 'AuditTampered', 'AuditEntry', 'record_body', 'link_hash', 'Anchor',
-           'sign_anchor', 'read_anchor_file', 'VerifyReport', 'verify_chain']
+__all__ = ['GENESIS', 'AuditError', 'AuditCorrupted', 'AuditTampered', 'AuditEntry', 'record_body', 'link_hash', 'record_mac',
+           'check_macs', 'Anchor', 'sign_anchor', 'read_anchor_file', 'VerifyReport', 'verify_chain']
 
 # %% ../../nbs/16_chain.ipynb #bacb349f
 class AuditError(CellmonoError):
@@ -76,6 +77,29 @@ def record_body(record: AuditRecord, seq: int, prev: str) -> bytes:
 def link_hash(prev: str, body: bytes) -> str:
     """The hash of a record: sha256 over the previous hash, a newline and the body."""
     return hashlib.sha256(prev.encode() + b"\n" + body).hexdigest()
+
+
+def record_mac(key: bytes, log_id: str, seq: int, digest: str) -> str:
+    """The HMAC-SHA256 of record `seq` (hash `digest`) of log `log_id` under `key`: only a key holder extends the log."""
+    return hmac.new(key, f"{log_id}\x00{seq}\x00{digest}".encode(), hashlib.sha256).hexdigest()
+
+
+def check_macs(rows: Iterable[tuple[int, str, str | None]], log_id: str, mac_key: Callable[[str], bytes | None],
+               problems: list[str]) -> None:
+    """Check each `(seq, hash, "kid:mac")` row's MAC; append a problem for each record a key holder did not write."""
+    keys: dict[str, bytes | None] = {}
+    for seq, digest, stored in rows:
+        kid, _, mac = (stored or "").partition(":")
+        if not mac:
+            problems.append(f"record {seq} is not authenticated (no MAC: written without the audit key, or forged)")
+            continue
+        if kid not in keys:
+            keys[kid] = mac_key(kid)
+        key = keys[kid]
+        if key is None:
+            problems.append(f"record {seq} is authenticated with unknown key {kid[:32]!r}")
+        elif not hmac.compare_digest(mac, record_mac(key, log_id, seq, str(digest))):
+            problems.append(f"record {seq} fails authentication (forged, or the log's identity was changed)")
 
 # %% ../../nbs/16_chain.ipynb #ae4205e7
 class Anchor(BaseModel):
@@ -195,8 +219,9 @@ def _check_anchor(anchor: Anchor, hashes: Mapping[int, str], keys: Mapping[str, 
 
 def verify_chain(rows: Iterable[tuple[int, str | bytes, str | bytes]], anchors: Iterable[Anchor | str] = (),
                  public_keys: Mapping[str, Ed25519PublicKey] | None = None, *, log_id: str | None = None,
-                 raise_on_failure: bool = False) -> VerifyReport:
-    """Walk the chain, then check the anchors of `log_id` (all when None); report every problem found."""
+                 require_anchor: bool = False, raise_on_failure: bool = False) -> VerifyReport:
+    """Walk the chain, then check the anchors of `log_id` (all when None); report every problem found.
+    `require_anchor`: a log with no anchor of its own is a problem (anchors emptied, or its identity changed)."""
     report = VerifyReport()
     hashes = _walk(rows, report)
     for anchor in anchors:
@@ -208,6 +233,8 @@ def verify_chain(rows: Iterable[tuple[int, str | bytes, str | bytes]], anchors: 
                 continue
         if log_id is None or anchor.log_id == log_id:
             _check_anchor(anchor, hashes, public_keys or {}, report)
+    if require_anchor and report.anchors_checked == 0:
+        report.problems.append(f"no signed anchor of log {log_id!r} (anchors removed, or the log's identity changed)")
     if raise_on_failure and report.problems:
         raise AuditTampered(report.problems)
     return report

@@ -7,6 +7,8 @@ Docs: https://cellmono.github.io/cellmono/files.html.md"""
 # %% ../../nbs/10_files.ipynb #3caa23fa
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import sqlite3
 import tempfile
@@ -16,16 +18,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from ..core.errors import ConfigError
+
 Result = TypeVar("Result")
+_log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['Result', 'Durability', 'write_private', 'create_private', 'retry_while_locked', 'open_shared_database',
-           'immediate_transaction']
+__all__ = ['Result', 'Durability', 'write_private', 'exclusive_lock', 'create_private', 'retry_while_locked', 'private_folder',
+           'open_shared_database', 'immediate_transaction']
 
 # %% ../../nbs/10_files.ipynb #9b880d5e
 def _private_temporary(path: Path, text: str) -> Path:
     """A fsynced temporary file holding `text`, mode 0600, beside `path` (same filesystem, unique name)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
@@ -47,6 +52,20 @@ def write_private(path: str | os.PathLike[str], text: str) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` + ".lock" (created 0600) for a read-modify-write of `path`
+    that several processes share; blocks until the lock is free."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(f"{target}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def create_private(path: str | os.PathLike[str], text: str) -> bool:
@@ -77,11 +96,42 @@ def retry_while_locked(operation: Callable[[], Result], timeout: float) -> Resul
 Durability = Literal["normal", "full"]  # "full": an fsync per commit, survives power loss
 
 
+def private_folder(folder: str | os.PathLike[str]) -> Path:
+    """`folder`, created 0700; an existing one open to group or others is tightened to 0700 (not the home folder,
+    the working folder or `/`: those are refused). `ConfigError` when it cannot be made private."""
+    target = Path(folder)
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = target.stat().st_mode & 0o777
+    if mode & 0o077:
+        resolved = target.resolve()
+        if resolved in (Path.home().resolve(), Path.cwd().resolve(), Path("/")):
+            raise ConfigError(f"folder {str(target)!r} (mode {mode:o}) is readable by others and is not cellmono's "
+                              "own: keep keys, the audit log and the store in a folder of their own (e.g. var/)")
+        try:
+            os.chmod(target, 0o700)
+        except OSError as error:
+            raise ConfigError(f"folder {str(target)!r} (mode {mode:o}) is open to others and cannot be made "
+                              f"private: {error.strerror}") from None
+        _log.warning("folder %s was mode %o: tightened to 0700", target, mode)
+    return target
+
+
+def _private_file(path: Path) -> None:
+    """Create `path` empty with mode 0600 (no window with a looser mode), or make an existing one 0600."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+
+
 def open_shared_database(path: str | os.PathLike[str], *, durability: Durability = "normal",
                          busy_timeout: float = 30.0) -> sqlite3.Connection:
-    """A connection to a SQLite file several processes write: WAL, autocommit, `durability`, busy timeout."""
+    """A connection to a SQLite file several processes write: WAL, autocommit, `durability`, busy timeout; the
+    file is 0600 (SQLite gives its -wal and -shm files the same mode) in a private folder."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(target.parent)
+    _private_file(target)
     connection = sqlite3.connect(target, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     retry_while_locked(lambda: connection.execute("PRAGMA journal_mode=WAL"), busy_timeout)
     connection.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")

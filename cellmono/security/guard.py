@@ -201,7 +201,7 @@ class SecuritySection(Section):
     audit_path: str = "var/audit.sqlite"
     audit_durability: Durability = "normal"
     anchor_file: str | None = None
-    anchor_every: PositiveInt | None = None
+    anchor_every: PositiveInt | None = 1000
     store_path: str = "var/store.sqlite"
     kek_file: str | None = None
     kek_env: str = "CELLMONO_KEK"

@@ -12,6 +12,7 @@ import binascii
 import hashlib
 import json
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
@@ -140,10 +141,14 @@ class EnvKeyProvider(StaticKeyProvider):
 
 # %% ../../nbs/18_keys.ipynb #9e0f1a0e
 class FileKeyProvider(StaticKeyProvider):
-    """KEKs in a JSON key file `{"current": id, "keys": {id: base64url}}`; re-read when an id is unknown."""
+    """KEKs in a JSON key file `{"current": id, "keys": {id: base64url}}`; re-read when an id is unknown, and
+    checked for a rotation by another process every `recheck` seconds before wrapping."""
 
-    def __init__(self, path: str | Path, *, create: bool = False) -> None:
+    def __init__(self, path: str | Path, *, create: bool = False, recheck: float = 0.5) -> None:
         self.path = Path(path)
+        self.recheck = recheck
+        self._version: tuple[int, int] | None = None
+        self._checked = time.monotonic()
         if create and not self.path.exists():  # processes starting together: one creates, all use its key
             key = os.urandom(KEY_BYTES)
             create_private(self.path, self._text({fingerprint(key): key}, fingerprint(key)))
@@ -151,6 +156,8 @@ class FileKeyProvider(StaticKeyProvider):
 
     def _load(self) -> tuple[dict[str, bytes], str]:
         try:
+            stat = self.path.stat()
+            self._version, self._checked = (stat.st_mtime_ns, stat.st_ino), time.monotonic()
             data = json.loads(self.path.read_text())
             keys = {key_id: _decode_key(text, f"key file {str(self.path)!r}, key {key_id!r}")
                     for key_id, text in data["keys"].items()}
@@ -190,6 +197,28 @@ class FileKeyProvider(StaticKeyProvider):
         self._save({key_id: key for key_id, key in self.keys.items() if key_id not in removed}, self.current)
         self.reload()
         return removed
+
+    def _follow(self) -> None:
+        """Re-read the file when another process rotated it (checked at most every `recheck` seconds)."""
+        if time.monotonic() - self._checked < self.recheck:
+            return
+        self._checked = time.monotonic()
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return
+        if (stat.st_mtime_ns, stat.st_ino) != self._version:
+            self.reload()
+
+    def current_key_id(self) -> str:
+        """The id of the KEK new data keys are wrapped with (following a rotation by another process)."""
+        self._follow()
+        return self.current
+
+    def wrap(self, data_key: bytes, associated: bytes) -> tuple[str, bytes]:
+        """`data_key` encrypted under the current KEK, as the key file says now (within `recheck` seconds)."""
+        self._follow()
+        return super().wrap(data_key, associated)
 
     def unwrap(self, key_id: str, wrapped: bytes, associated: bytes) -> bytes:
         """The data key; re-reads the file once when `key_id` is not known yet."""

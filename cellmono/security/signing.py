@@ -83,6 +83,14 @@ class SigningKeys:
         """Key id -> public key, for verifiers."""
         return dict(self._public)
 
+    def mac_key(self, kid: str) -> bytes | None:
+        """A secret derived from private key `kid` (None when the ring does not hold it): the audit log's record MAC key."""
+        key = self.keys.get(kid)
+        if key is None:
+            return None
+        raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        return hashlib.sha256(b"cellmono-audit-mac-v1\x00" + raw).digest()
+
     def save(self, path: str | Path) -> None:
         """Write the ring to a JSON key file readable only by its owner (atomic replace)."""
         write_private(path, self._text())

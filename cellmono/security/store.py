@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .files import Durability, immediate_transaction, open_shared_database, retry_while_locked
 from .guard import SecuritySection
-from .keys import KEY_BYTES, EnvKeyProvider, FileKeyProvider, KeyProvider, StoreError
+from .keys import KEY_BYTES, EnvKeyProvider, FileKeyProvider, KeyProvider, KeyUnavailable, StoreError
 
 # %% auto #0
 __all__ = ['MAX_KEY_LENGTH', 'StoreCorrupted', 'StoreBusy', 'NamespaceError', 'EncryptedStore', 'Namespace', 'open_store']
@@ -366,6 +366,26 @@ class Namespace:
 def open_store(section: SecuritySection | None = None, *, create_key_file: bool = False) -> EncryptedStore:
     """The store described by a `[security]` section (defaults when None)."""
     section = section if section is not None else SecuritySection()
+    if section.kek_file and create_key_file and not Path(section.kek_file).exists() and _holds_data(section.store_path):
+        raise KeyUnavailable(f"store {section.store_path!r} holds encrypted data but its key file {section.kek_file!r} "
+                             "is missing: restore the key file (or set [security] kek_file / "
+                             f"{section.kek_env} to it); a new key would not read that data, so none is created")
     keys: KeyProvider = FileKeyProvider(section.kek_file, create=create_key_file) if section.kek_file \
         else EnvKeyProvider(section.kek_env)
     return EncryptedStore(section.store_path, keys)
+
+
+def _holds_data(path: str | Path) -> bool:
+    """Whether the store file at `path` has data keys (read-only look: nothing is created)."""
+    if not Path(path).is_file():
+        return False
+    try:
+        connection = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+        try:
+            if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'data_keys'").fetchone() is None:
+                return False
+            return connection.execute("SELECT 1 FROM data_keys LIMIT 1").fetchone() is not None
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return True  # unreadable or locked: never assume it is empty
