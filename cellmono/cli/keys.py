@@ -16,7 +16,7 @@ from typing import Any
 from ..core.config import load_settings
 from ..core.errors import CellmonoError, ConfigError
 from ..gateway.auth import DEFAULT_ROLES, ApiKeys
-from ..gateway.server import GatewaySettings
+from ..gateway.settings import GatewaySettings
 from ..security.audit import AuditLog
 from ..security.capabilities import CapabilityError, Roles
 from ..security.guard import SecuritySection, security_section
