@@ -111,8 +111,9 @@ def _new(args: argparse.Namespace) -> int:
     return 0
 
 def _api_keys(args: argparse.Namespace) -> tuple[ApiKeys, Roles, SecuritySection, GatewaySettings]:
-    """The app's API key file (`[gateway] state`/api-keys.json, as `cellmono serve` uses it) and its roles."""
-    settings = load_settings(args.settings if Path(args.settings).is_file() else None)
+    """The app's API key file (`[gateway] state`/api-keys.json, as `cellmono serve` uses it) and its roles; a
+    missing settings file is an error (`ConfigError`), never a key file made in whatever folder this runs in."""
+    settings = load_settings(args.settings)
     gateway = settings.section("gateway", GatewaySettings)
     state = gateway.state
     if not state.is_absolute() and settings.source != "<defaults>":

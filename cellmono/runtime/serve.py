@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcp.server.stdio import stdio_server
+from sse_starlette.sse import AppStatus
 
 from ..core.app import App, check_tool_schemas
 from ..core.errors import ConfigError
@@ -229,6 +230,8 @@ async def serve_http(served: Served, *, seconds: float | None = None,
 
     def stop() -> None:
         closing.append(loop.create_task(served.http.close_sessions()))  # open streams would hold the exit
+        # the SDK's SSE responses (sse-starlette) end on uvicorn's own exit signal, which this handler replaces
+        AppStatus.should_exit = True
         server.should_exit = True
 
     closing: list[asyncio.Task[None]] = []
@@ -250,6 +253,7 @@ async def serve_http(served: Served, *, seconds: float | None = None,
         if timer is not None:
             timer.cancel()
         sock.close()
+        AppStatus.should_exit = False  # process-wide: a later server in this process serves its streams again
         await _stop(served, control)
         for number in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

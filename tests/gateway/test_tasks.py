@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway_support import CELLMONO, ROOT, serve, state_environment
+from tests.gateway_support import CELLMONO, ROOT, mcp_json, serve, state_environment
 
 EXTENSION = "io.modelcontextprotocol/tasks"
 DECLARED = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -189,7 +189,7 @@ def session(url: str, key: str) -> Any:
 
     def send(method: str, params: dict[str, Any]) -> dict[str, Any]:
         body = {"jsonrpc": "2.0", "id": 2, "method": method, "params": params}
-        return httpx.post(url, headers=headers, content=json.dumps(body), timeout=30).json()
+        return mcp_json(httpx.post(url, headers=headers, content=json.dumps(body), timeout=30))
     return send
 
 
