@@ -60,6 +60,9 @@ def _retire_keks(store: EncryptedStore, keys: FileKeyProvider, facts: dict[str, 
     (the app may still wrap a new data key under the old KEK until it sees the rotation), refuse if some stay,
     and put the keys back if one was wrapped under them while they were being removed."""
     current = keys.current_key_id()
+    # a writer wraps under the KEK its key file named when it last looked, at most `recheck` seconds ago: once
+    # that long has passed since the rotation, every writer wraps under the new KEK, and a re-wrap moves the rest
+    time.sleep(keys.recheck + 0.1)
     for _ in range(rounds):
         if not store.kek_ids() - {current}:
             break
