@@ -8,8 +8,9 @@ uvicorn with uvloop and httptools; the same lean load generator (raw asyncio soc
 requests, keep-alive connections) runs in another process, checks every response, and measures
 latency. Server CPU per call is the server process's own CPU time over the calls it answered.
 cellmono alone is also measured reading a resource (`resource_read_per_s`) and getting a prompt
-(`prompt_get_per_s`) through the same door, 16 clients; `task_roundtrip_ms` and
-`progress_overhead` are null until the gateway has tasks and progress.
+(`prompt_get_per_s`) through the same door, 16 clients; `task_roundtrip_ms` (p50 of a task's call then
+`tasks/get` until completed) and `progress_overhead` (p50 latency of a tool reporting 10 progress steps over that
+of the same tool reporting none, both asked with a progress token, alternating, one client).
 
     python bench/gateway.py [--quick]       last stdout line: one JSON object
 """
@@ -39,6 +40,7 @@ def serve_cellmono(port: int, folder: Path) -> None:
     from cellmono.core.app import App
     from cellmono.core.cell import Cell, prompt, resource, tool
     from cellmono.core.config import Settings
+    from cellmono.core.context import Context
     from cellmono.gateway.task_store import task_support
     from cellmono.runtime.serve import build, serve_http
 
@@ -47,6 +49,9 @@ def serve_cellmono(port: int, folder: Path) -> None:
 
     class NoteId(BaseModel):
         id: int
+
+    class Steps(BaseModel):
+        steps: int
 
     class BenchCell(Cell):
         name = "bench"
@@ -61,6 +66,13 @@ def serve_cellmono(port: int, folder: Path) -> None:
         async def job(self, request: Text) -> Text:
             """Echo the text, as a task for a client declaring the tasks extension."""
             return Text(text=request.text)
+
+        @tool(requires="bench:read")
+        async def steps(self, request: Steps, ctx: Context) -> Text:
+            """Report `steps` progress steps (when the client asked for progress), then answer."""
+            for step in range(1, request.steps + 1):
+                await ctx.progress(step, request.steps, f"step {step}")
+            return Text(text=str(request.steps))
 
         @resource("bench://notes/{id}", requires="bench:read")
         async def note(self, request: NoteId) -> str:
@@ -231,7 +243,7 @@ def token(folder: Path, port: int) -> str:
     private = serialization.load_pem_private_key((folder / "private.pem").read_bytes(), password=None)
     return jwt.encode({"sub": "bench-user", "iss": ISSUER, "aud": f"http://127.0.0.1:{port}/mcp",
                        "exp": time.time() + 3600, "scope": "tool:call:bench.echo resource:read:bench.note prompt:get:bench.greet bench:read "
-                                "tool:call:bench.job task:read:bench.job",
+                                "tool:call:bench.job task:read:bench.job tool:call:bench.steps",
                        "client_id": "bench"}, private, algorithm="RS256", headers={"kid": "bench"})
 
 
@@ -274,6 +286,43 @@ def task_roundtrip(port: int, bearer: str, rounds: int) -> float:
     return sorted(times[5:])[len(times[5:]) // 2]
 
 
+def progress_overhead(port: int, bearer: str, rounds: int) -> float:
+    """p50 of a call reporting 10 progress steps over p50 of the same call reporting none, both with a progress token.
+
+    Both go through the whole gateway on 2026-07-28 (the answer is an SSE stream carrying the progress notifications,
+    then the result); the two kinds alternate so that drift in the machine's load hits both alike."""
+    import httpx
+
+    url = f"http://127.0.0.1:{port}/mcp"
+    headers = {"Authorization": f"Bearer {bearer}", "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call",
+               "Mcp-Name": "bench.steps", "Accept": "application/json, text/event-stream"}
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+
+    def call(client: httpx.Client, steps: int, request_id: int) -> float:
+        body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+                "params": {"name": "bench.steps", "arguments": {"steps": steps},
+                           "_meta": {**meta, "progressToken": request_id}}}
+        started = time.perf_counter()
+        answer = client.post(url, json=body, headers=headers)
+        elapsed = time.perf_counter() - started
+        messages = [json.loads(line[5:]) for line in answer.text.splitlines() if line.startswith("data:")] \
+            if answer.headers.get("content-type", "").startswith("text/event-stream") else [answer.json()]
+        seen = sum(1 for message in messages if message.get("method") == "notifications/progress")
+        if seen != steps or "result" not in messages[-1]:
+            raise RuntimeError(f"steps={steps}: {seen} progress notifications, last message {messages[-1]}")
+        return elapsed
+
+    quiet: list[float] = []
+    loud: list[float] = []
+    with httpx.Client(timeout=30) as client:
+        for round_ in range(rounds + 5):  # the first five warm up
+            pair = (call(client, 0, 2 * round_ + 1), call(client, 10, 2 * round_ + 2))
+            if round_ >= 5:
+                quiet.append(pair[0])
+                loud.append(pair[1])
+    return sorted(loud)[len(loud) // 2] / sorted(quiet)[len(quiet) // 2]
+
+
 def measure(name: str, folder: Path, seconds: float) -> dict[str, float]:
     import psutil
 
@@ -307,6 +356,7 @@ def measure(name: str, folder: Path, seconds: float) -> dict[str, float]:
             figures["resource_read_per_s"] = run_load(16, seconds / 2, "resources/read")["calls_per_s"]
             figures["prompt_get_per_s"] = run_load(16, seconds / 2, "prompts/get")["calls_per_s"]
             figures["task_roundtrip_ms"] = task_roundtrip(port, bearer, 50 if seconds < 4 else 300)
+            figures["progress_overhead"] = progress_overhead(port, bearer, 50 if seconds < 4 else 300)
         return figures
     finally:
         server.terminate()
@@ -361,8 +411,7 @@ def main() -> None:
         "resource_read_per_s": round(cellmono["resource_read_per_s"], 1),
         "prompt_get_per_s": round(cellmono["prompt_get_per_s"], 1),
         "task_roundtrip_ms": round(cellmono["task_roundtrip_ms"], 2),
-        # not measured yet: the gateway has no progress path (issue 14, a later slice)
-        "progress_overhead": None,
+        "progress_overhead": round(cellmono["progress_overhead"], 2),
     }
     print(json.dumps(result))
 

@@ -53,6 +53,7 @@ class Spec:
     mcp: McpRole | None = None  # an MCP resource, prompt or completion served by a handler
     uri: str = ""  # a resource's URI or URI template
     mime_type: str | None = None  # a resource's MIME type
+    ttl: float | None = None  # a pure resource: seconds a client may keep what it read (2026-07-28 `ttlMs`)
     target: tuple[str, str, str] | None = None  # a completion's (ref kind, prompt name or URI template, argument)
     client: tuple[str, ...] = ()  # the MCP client capabilities a tool needs (sampling, elicitation, roots)
     context: str | None = None  # the name of the handler's `Context` parameter, when it takes one
@@ -171,13 +172,16 @@ def _mcp_spec(function: Callable[..., Any], role: McpRole, requires: tuple[str, 
 
 
 def resource(uri: str, *, requires: tuple[str, ...] | str | None = None, name: str | None = None,
-             description: str | None = None, mime_type: str = "text/plain") -> Callable[[_Method], _Method]:
-    """Mark a method as the MCP resource `uri`, or the template `scheme://{var}` whose variables are its model's fields."""
+             description: str | None = None, mime_type: str = "text/plain", ttl: float | None = None
+             ) -> Callable[[_Method], _Method]:
+    """Mark a method as the MCP resource `uri` (or template `scheme://{var}`, variables = its model's fields); `ttl`: pure, cacheable."""
     def mark(function: _Method) -> _Method:
         problems: list[str] = []
         if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", uri):
             problems.append(f"resource URI {uri!r} must start with a scheme (scheme://...)")
-        spec = _mcp_spec(function, "resource", requires, name, description, problems, uri=uri, mime_type=mime_type)
+        if ttl is not None and not 0 <= ttl <= 86400:
+            problems.append(f"resource ttl {ttl!r} must be between 0 and 86400 seconds")
+        spec = _mcp_spec(function, "resource", requires, name, description, problems, uri=uri, mime_type=mime_type, ttl=ttl)
         variables = set(_TEMPLATE_VARIABLE.findall(uri))
         fields = set(spec.input.model_fields) if spec.input is not None else set()
         if spec.input is not None and variables != fields:

@@ -254,13 +254,17 @@ class Resources(CatalogBase):
         return types.ListResourceTemplatesResult(resource_templates=items, next_cursor=following)
 
     async def read_resource(self, context: Any, uri: Any) -> types.ReadResourceResult:
-        """`resources/read`: the first resource matching `uri`, read over the bus."""
+        """`resources/read`: the first resource matching `uri`, read over the bus; a pure one (`ttl=`) with cache hints."""
         text = str(uri)
         for entry in self.resources:
             variables = entry.match(text)
             if variables is not None:
                 answer = await self.ask(context, "resources/read", entry.spec, entry.requires, variables)
-                return types.ReadResourceResult(contents=[_resource_contents(text, entry.spec.mime_type, answer)])
+                contents = [_resource_contents(text, entry.spec.mime_type, answer)]
+                if entry.spec.ttl is None:  # not declared pure: no hint, so a client keeps nothing
+                    return types.ReadResourceResult(contents=contents)
+                # pure, but read under this caller's grants: never shared across authorization contexts
+                return types.ReadResourceResult(contents=contents, ttl_ms=int(entry.spec.ttl * 1000), cache_scope="private")
         raise self.refuse(context, "resources/read", f"Resource not found: {text[:200]}", {"uri": text[:2000]})
 
 # %% ../../nbs/48_catalog.ipynb #ad545e9c

@@ -140,11 +140,11 @@ class ConformanceCell(Cell):
         return _text("nothing logged")
 
     # -- resources --------------------------------------------------------------------------------
-    @resource("test://static-text", requires=(), description="A static text resource for testing")
+    @resource("test://static-text", requires=(), ttl=60, description="A static text resource for testing")
     async def static_text(self, request: Empty) -> str:
         return "This is the content of the static text resource."
 
-    @resource("test://static-binary", requires=(), mime_type="image/png",
+    @resource("test://static-binary", requires=(), mime_type="image/png", ttl=60,
               description="A static binary resource (image) for testing")
     async def static_binary(self, request: Empty) -> bytes:
         return base64.b64decode(PNG)
