@@ -13,6 +13,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..core.errors import ConfigError
 from ..ops.runbook_runner import Mode, approve, history, run_runbook
 from ..ops.runbooks import find_runbooks, load_runbook, parameters_help, parse_pairs, runbook_named, validate_parameters
 
@@ -26,7 +27,10 @@ def _folder(args: argparse.Namespace) -> Path | None:
 
 
 def _settings(args: argparse.Namespace) -> Path:
-    return Path(str(args.cwd or ".")) / str(args.settings)
+    path = Path(str(args.cwd or ".")) / str(args.settings or "settings.ini")
+    if args.settings and not path.is_file():  # a named file that is not there is a typo, not "no settings"
+        raise ConfigError(f"{path}: settings file not found")
+    return path
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -94,7 +98,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         command.add_argument("--runbooks", metavar="DIR", help="runbook folder (default: nbs/runbooks of this source tree)")
     for name in ("run", "approve", "history"):
         parsers[name].add_argument("--cwd", metavar="DIR", help="the app's folder (default: the current one)")
-        parsers[name].add_argument("--settings", default="settings.ini", metavar="FILE",
+        parsers[name].add_argument("--settings", default=None, metavar="FILE",
                                    help="settings file, relative to --cwd (default settings.ini)")
     parsers["show"].add_argument("name", metavar="NAME")
     parsers["history"].add_argument("name", metavar="NAME", nargs="?")

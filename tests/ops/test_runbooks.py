@@ -4,7 +4,9 @@ nothing lost; secrets never reach the archive, the audit log or the output."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import sqlite3
 import stat
 from pathlib import Path
@@ -117,3 +119,23 @@ def test_a_backup_changed_after_its_manifest_is_never_restored_as_good(tmp_path:
     rehearsed = cellmono("runbook", "run", "restore-store", "--cwd", str(tmp_path), cwd=tmp_path)
     assert rehearsed.returncode == 1 and "the backup does not match its manifest" in rehearsed.stderr
     assert [run["details"]["result"] for run in audit_runs(tmp_path)][-2:] == ["failed", "failed"]
+
+
+def test_a_restore_with_the_wrong_key_is_never_reported_good(tmp_path: Path) -> None:
+    """The single-scan verification (`verify_all`) still refuses a backup the app's key cannot read."""
+    settings = fresh_app(tmp_path)
+    security = app_security(settings)
+    Path(security.store_path).parent.mkdir(parents=True)
+    with open_store(security, create_key_file=True) as store:
+        for number in range(20):
+            store.put("notes", f"note-{number}", bytes([number]) * 4096)
+    for name, mode in (("backup-store", "--dry-run"), ("backup-store", "--apply"), ("restore-store", "--dry-run")):
+        done = cellmono("runbook", "run", name, mode, "--cwd", str(tmp_path), cwd=tmp_path)
+        assert done.returncode == 0, (name, mode, done.stderr)
+    kek_file = Path(security.kek_file or "")
+    keys = json.loads(kek_file.read_text())
+    other = base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
+    kek_file.write_text(json.dumps({**keys, "keys": {key_id: other for key_id in keys["keys"]}}))  # same id, other key
+    applied = cellmono("runbook", "run", "restore-store", "--apply", "--cwd", str(tmp_path), cwd=tmp_path)
+    assert applied.returncode == 1 and "does not unwrap" in applied.stderr, applied.stderr
+    assert "ok: checksum matches" not in applied.stdout
