@@ -8,6 +8,7 @@ Docs: https://cellmono.github.io/cellmono/app.html.md"""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import logging
 import sys
@@ -43,6 +44,10 @@ class Services(Protocol):
 
     def identity(self, cell: Cell, roles: tuple[str, ...]) -> Envelope | None:
         """A fresh context (service principal and token) for the cell's own work; None for none."""
+
+    @property
+    def renew_every(self) -> float | None:
+        """Seconds after which a background loop's identity is minted again (before its token expires); None never."""
 
     async def close(self) -> None:
         """Release keys, logs and sandboxes."""
@@ -240,7 +245,9 @@ class App:
                     requires=spec.requires))
         for spec in cell.specs:
             if spec.kind == "background":
-                self._tasks.append(asyncio.create_task(self._supervise(cell, spec), name=f"{cell.name}.{spec.attribute}"))
+                context = contextvars.copy_context()  # the loop's own context: `_renew` refreshes its identity in place
+                self._tasks.append(asyncio.create_task(self._supervise(cell, spec, context),
+                                                       name=f"{cell.name}.{spec.attribute}", context=context))
         cell.set_health("healthy")
 
     def _roles(self, cell: Cell) -> tuple[str, ...]:
@@ -250,7 +257,29 @@ class App:
     def _identity(self, cell: Cell) -> Envelope | None:
         return self.services.identity(cell, self._roles(cell)) if self.services is not None else None
 
-    async def _supervise(self, cell: Cell, spec: Spec) -> None:
+    async def _supervise(self, cell: Cell, spec: Spec, context: contextvars.Context) -> None:
+        every = self.services.renew_every if self.services is not None else None
+        renewal = None if every is None else asyncio.create_task(self._renew(cell, context, every),
+                                                                  name=f"{cell.name}.{spec.attribute}.renew")
+        try:
+            await self._run_supervised(cell, spec)
+        finally:
+            if renewal is not None:
+                renewal.cancel()
+
+    async def _renew(self, cell: Cell, context: contextvars.Context, every: float) -> None:
+        while True:  # until the loop ends or the app stops (the task is cancelled)
+            await asyncio.sleep(every)
+            try:
+                fresh = self._identity(cell)
+            except Exception as error:  # keys closed or unreadable: keep the old token, try again next period
+                _log.warning("cell %s: cannot renew its token: %s: %s", cell.name, type(error).__name__, error)
+                continue
+            held = context.get(current_envelope)
+            if fresh is not None and held is not None and held.principal == fresh.principal:
+                context.run(current_envelope.set, fresh)  # the loop is suspended here: its context is free
+
+    async def _run_supervised(self, cell: Cell, spec: Spec) -> None:
         policy = self.settings.supervision
         restarts = 0
         while True:

@@ -13,7 +13,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -28,13 +28,21 @@ CANCEL_HEADER = "cancellable"  # a request header: its handler may be cancelled 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['CANCEL_SUBJECT', 'CANCEL_HEADER', 'current_envelope', 'EnvelopeHandler', 'Model', 'Guard', 'Bus']
+__all__ = ['CANCEL_SUBJECT', 'CANCEL_HEADER', 'current_envelope', 'EnvelopeHandler', 'Model', 'Guard', 'PublishGuard', 'Bus']
 
 # %% ../../nbs/04_bus.ipynb #23e71c72
 class Guard(Protocol):
     """Decides whether a delivery may run: return to allow, raise an `AccessDenied` subclass to deny."""
 
     def authorize(self, envelope: Envelope, requires: tuple[str, ...]) -> None: ...
+
+
+@runtime_checkable
+class PublishGuard(Guard, Protocol):
+    """A guard that also authorizes events when they are published: `admit` returns the event to send
+    (stamped with its publish time) or raises an `AccessDenied` subclass at the publisher."""
+
+    def admit(self, envelope: Envelope) -> Envelope: ...
 
 
 current_envelope: contextvars.ContextVar[Envelope | None] = contextvars.ContextVar(
@@ -111,9 +119,11 @@ class Bus:
                       idempotency_key: str | None = None, principal: str | None = None,
                       tenant: str | None = None, capability: str | None = None) -> None:
         """Send an event to every subscriber of `subject` (one member per queue group)."""
-        await self.transport.publish(self.envelope(
-            subject, payload, headers=headers, idempotency_key=idempotency_key, principal=principal,
-            tenant=tenant, capability=capability))
+        envelope = self.envelope(subject, payload, headers=headers, idempotency_key=idempotency_key,
+                                 principal=principal, tenant=tenant, capability=capability)
+        if isinstance(self.guard, PublishGuard):
+            envelope = self.guard.admit(envelope)  # authorized at publish time, with the publisher's token
+        await self.transport.publish(envelope)
 
     async def request(self, subject: str, payload: Any = None, *, timeout: float | None = None,
                       response: type[Model] | None = None, headers: Mapping[str, str] | None = None,

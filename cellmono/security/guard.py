@@ -19,13 +19,16 @@ from ..core.config import Section, Settings, load_settings
 from ..core.errors import AccessDenied
 from .capabilities import CapabilitySet, Roles, parse_requirement
 from .files import Durability
-from .tokens import TokenIssuer, TokenMissing, TokenVerifier, VerifiedToken
+from .tokens import TokenExpired, TokenIssuer, TokenMissing, TokenVerifier, VerifiedToken
 
 # %% auto #0
-__all__ = ['PrincipalKind', 'CapabilityDenied', 'Principal', 'Authority', 'Decision', 'DecisionSink', 'MemoryDecisions',
-           'CapabilityGuard', 'SecuritySection', 'security_section']
+__all__ = ['PUBLISHED_HEADER', 'PrincipalKind', 'CapabilityDenied', 'Principal', 'Authority', 'Decision', 'DecisionSink',
+           'MemoryDecisions', 'CapabilityGuard', 'SecuritySection', 'security_section']
 
 # %% ../../nbs/14_guard.ipynb #95ca36b9
+PUBLISHED_HEADER = "cellmono-published"  # the publish time `CapabilityGuard.admit` stamps on an event
+
+
 class CapabilityDenied(AccessDenied):
     """A valid token that does not grant a required capability (or does not match the caller's labels)."""
 
@@ -106,8 +109,9 @@ class CapabilityGuard:
     """Deny-by-default enforcement of required capabilities against the envelope's token."""
 
     def __init__(self, verifier: TokenVerifier, sink: DecisionSink | None = None, *, allow_public: bool = False,
-                 bind_identity: bool = True, cache_size: int = 4096) -> None:
+                 bind_identity: bool = True, cache_size: int = 4096, event_grace: float = 3600.0) -> None:
         self.verifier = verifier
+        self.event_grace = event_grace  # how long after its publish time an event is judged as published
         self.sink = sink
         self.allow_public = allow_public
         self.bind_identity = bind_identity
@@ -141,7 +145,10 @@ class CapabilityGuard:
         """The token's claims when it grants every requirement and matches the labels; else `AccessDenied`."""
         if not token:
             raise TokenMissing("no capability token on the message")
-        claims = self.verified(token)
+        return self._granted(self.verified(token), token, requires, principal, tenant)
+
+    def _granted(self, claims: VerifiedToken, token: str, requires: tuple[str, ...], principal: str | None,
+                 tenant: str | None) -> VerifiedToken:
         if self.bind_identity:
             if principal is not None and principal != claims.subject:
                 raise CapabilityDenied(f"message claims principal {principal!r} but its token is for {claims.subject!r}")
@@ -166,6 +173,10 @@ class CapabilityGuard:
         try:
             if not requires and self.allow_public and not token:
                 reason = "public handler"
+            elif (published := self._published(envelope)) is not None:
+                claims = self._granted(self._as_published(token, published), token, requires,
+                                       envelope.principal, envelope.tenant)
+                reason = "granted as published"
             else:
                 claims = self.check(token, requires, principal=envelope.principal, tenant=envelope.tenant)
                 reason = "granted"
@@ -174,13 +185,48 @@ class CapabilityGuard:
             raise
         self._record(envelope, requires, claims, reason, started)
 
+    def admit(self, envelope: Any) -> Any:
+        """The event to publish, stamped with its publish time; an `AccessDenied` at the publisher when the token
+        it carries is not valid now (a missing token is left to each listener: public listeners may take it)."""
+        started = time.perf_counter()
+        if envelope.capability:
+            try:
+                self.check(envelope.capability, (), principal=envelope.principal, tenant=envelope.tenant)
+            except AccessDenied as error:
+                self._record(envelope, (), None, str(error), started, error=type(error).__name__, action="publish")
+                raise
+        headers = {**envelope.headers, PUBLISHED_HEADER: repr(self.verifier.clock())}  # overrides a caller's stamp
+        return envelope.model_copy(update={"headers": headers})
+
+    def _published(self, envelope: Any) -> float | None:
+        """The publish time of an event stamped by `admit`, when recent enough to be judged at it; else None."""
+        if envelope.kind != "event" or PUBLISHED_HEADER not in envelope.headers:
+            return None
+        try:
+            published = float(envelope.headers[PUBLISHED_HEADER])
+        except ValueError:
+            return None
+        now = self.verifier.clock()
+        return published if now - self.event_grace <= published <= now + self.verifier.leeway else None
+
+    def _as_published(self, token: str | None, published: float) -> VerifiedToken:
+        """The claims of `token` judged at `published`: expiry then, revocation as checked by `admit` then."""
+        if not token:
+            raise TokenMissing("no capability token on the message")
+        claims = self._tokens.get(token)
+        if claims is None:
+            return self.verifier.verify(token, at=published, revocation=False)
+        if published > claims.expires + self.verifier.leeway:
+            raise TokenExpired(f"token {claims.token_id} had expired when the event was published")
+        return claims
+
     def _record(self, envelope: Any, requires: tuple[str, ...], claims: VerifiedToken | None, reason: str,
-                started: float, *, error: str | None = None) -> None:
+                started: float, *, error: str | None = None, action: str = "deliver") -> None:
         if self.sink is None:
             return
         self.sink.record_decision(Decision(
             actor=claims.subject if claims else (envelope.principal or "anonymous"),
-            tenant=claims.tenant if claims else envelope.tenant, action="deliver", resource=envelope.subject,
+            tenant=claims.tenant if claims else envelope.tenant, action=action, resource=envelope.subject,
             allowed=error is None, reason=reason, correlation_id=envelope.correlation_id or envelope.id,
             latency=time.perf_counter() - started, requires=requires,
             token_id=claims.token_id if claims else None, error=error))

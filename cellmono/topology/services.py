@@ -85,6 +85,11 @@ class Runtime:
         return Envelope(subject=f"{cell.name}.self", principal=principal.id,
                         capability=self.authority.token_for(principal))
 
+    @property
+    def renew_every(self) -> float:
+        """A background loop's identity is minted again after 2/3 of `token_ttl`, well before its token expires."""
+        return self.authority.ttl * 2 / 3
+
     def token_for(self, principal: Principal) -> str:
         """A capability token for `principal`'s roles (what the gateway gives an authenticated caller)."""
         return self.authority.token_for(principal)
