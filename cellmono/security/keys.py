@@ -24,8 +24,8 @@ from ..core.errors import CellmonoError, ConfigError
 from .files import create_private, write_private
 
 # %% auto #0
-__all__ = ['KEY_BYTES', 'StoreError', 'KeyUnavailable', 'WrongKey', 'KeyProvider', 'fingerprint', 'new_key_text',
-           'StaticKeyProvider', 'EnvKeyProvider', 'FileKeyProvider']
+__all__ = ['KEY_BYTES', 'StoreError', 'KeyUnavailable', 'WrongKey', 'StoreCorrupted', 'StoreBusy', 'NamespaceError',
+           'KeyProvider', 'fingerprint', 'new_key_text', 'StaticKeyProvider', 'EnvKeyProvider', 'FileKeyProvider']
 
 # %% ../../nbs/18_keys.ipynb #8fbd7b37
 class StoreError(CellmonoError):
@@ -38,6 +38,18 @@ class KeyUnavailable(StoreError, LookupError):
 
 class WrongKey(StoreError, ValueError):
     """The key-encryption key does not unwrap the store's data keys: it is not the key they were wrapped with."""
+
+
+class StoreCorrupted(StoreError, ValueError):
+    """A value or data key fails authentication: corrupted, or moved to another key or namespace."""
+
+
+class StoreBusy(StoreError, TimeoutError):
+    """Another process held the store's write lock longer than the busy timeout."""
+
+
+class NamespaceError(StoreError, ValueError):
+    """A namespace or key name outside the allowed form."""
 
 # %% ../../nbs/18_keys.ipynb #4192e3fa
 KEY_BYTES = 32

@@ -23,22 +23,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .files import Durability, immediate_transaction, open_shared_database, retry_while_locked
 from .guard import SecuritySection
-from .keys import KEY_BYTES, EnvKeyProvider, FileKeyProvider, KeyProvider, KeyUnavailable, StoreError
+from .keys import (KEY_BYTES, EnvKeyProvider, FileKeyProvider, KeyProvider, KeyUnavailable,
+                                    NamespaceError, StoreBusy, StoreCorrupted, StoreError)
 
 # %% auto #0
-__all__ = ['MAX_KEY_LENGTH', 'StoreCorrupted', 'StoreBusy', 'NamespaceError', 'EncryptedStore', 'Namespace', 'open_store']
-
-# %% ../../nbs/19_store.ipynb #8fbd7b37
-class StoreCorrupted(StoreError, ValueError):
-    """A value or data key fails authentication: corrupted, or moved to another key or namespace."""
-
-
-class StoreBusy(StoreError, TimeoutError):
-    """Another process held the store's write lock longer than the busy timeout."""
-
-
-class NamespaceError(StoreError, ValueError):
-    """A namespace or key name outside the allowed form."""
+__all__ = ['MAX_KEY_LENGTH', 'EncryptedStore', 'Namespace', 'open_store']
 
 # %% ../../nbs/19_store.ipynb #b79539b5
 _NAMESPACE = re.compile(r"[a-z][a-z0-9_.-]{0,63}\Z")

@@ -16,7 +16,8 @@ import pytest
 
 from cellmono.security.audit import AuditLog
 from cellmono.security.keys import EnvKeyProvider, FileKeyProvider, KeyUnavailable, StaticKeyProvider, WrongKey, new_key_text
-from cellmono.security.store import EncryptedStore, StoreBusy, StoreCorrupted
+from cellmono.security.keys import StoreBusy, StoreCorrupted
+from cellmono.security.store import EncryptedStore
 
 PYTHON = sys.executable
 CELLMONO = str(Path(sys.executable).with_name("cellmono"))
