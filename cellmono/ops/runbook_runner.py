@@ -31,6 +31,7 @@ from ..gateway.auth import ApiKeys
 from ..gateway.settings import GatewaySettings
 from .runbooks import Runbook, RunbookError, content_hash
 from ..security.audit import AuditLog
+from ..security.files import private_folder
 from ..security.guard import SecuritySection, security_section
 from ..security.records import audit_record
 from ..security.signing import SigningKeys
@@ -100,7 +101,7 @@ def app_paths(settings: str | Path = "settings.ini") -> AppPaths:
 def check_archive(folder: Path) -> None:
     """Create `folder` if needed and prove it writable; `RunbookFailed` (nothing run) otherwise."""
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_folder(folder)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
             pass
     except OSError as error:
@@ -343,7 +344,7 @@ def run_runbook(runbook: Runbook, parameters: BaseModel, *, mode: Mode = "dry-ru
              "error": error, "who": who, "started": moment.isoformat()}
     target = paths.archive / f"{moment:%Y%m%dT%H%M%S%fZ}-{runbook.name}-{digest[:12]}.ipynb"
     archive_hash = _archive(output, notebook, facts, target)
-    paths.audit.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_folder(paths.audit.parent)
     with AuditLog(paths.audit) as log:
         log.append(audit_record(who, "runbook.run", resource=runbook.name, latency=duration,
                                 error=None if error is None else "RunbookFailed", reason=error,

@@ -100,7 +100,8 @@ def private_folder(folder: str | os.PathLike[str]) -> Path:
     """`folder`, created 0700; an existing one open to group or others is tightened to 0700 (not the home folder,
     the working folder or `/`: those are refused). `ConfigError` when it cannot be made private."""
     target = Path(folder)
-    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for missing in [path for path in (target, *target.parents) if not path.exists()][::-1]:
+        missing.mkdir(mode=0o700, exist_ok=True)  # missing parents too: `mkdir(parents=True)` would make them 0755
     mode = target.stat().st_mode & 0o777
     if mode & 0o077:
         resolved = target.resolve()
