@@ -56,7 +56,7 @@ async def test_only_exposed_runbooks_are_tools_and_each_is_gated(tmp_path: Path)
         assert runbook_tools == ["runbooks.health-check", "runbooks.health-check-apply", "runbooks.promote-cell",
                                  "runbooks.promote-cell-apply"]
         schema = tools["runbooks.promote-cell"].input_schema
-        assert sorted(schema["properties"]) == ["cell", "replicas", "transport"]
+        assert sorted(schema["properties"]) == ["cell", "key", "replicas", "transport"]
         assert schema["additionalProperties"] is False
         async with _client(url, keys["reader"]) as mcp:
             assert not [tool for tool in (await mcp.list_tools()).tools if tool.name.startswith("runbooks.")]
