@@ -196,14 +196,19 @@ def _peer_uid(writer: asyncio.StreamWriter) -> int:
     return uid
 
 # %% ../../nbs/71_control.ipynb #e24cb0ed
-async def send_request(path: Path, request: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
-    """Send one control request and return the reply; `CellmonoError` when no app answers at `path`."""
+async def _connect(path: Path, request: dict[str, Any]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
         reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_LINE)
     except OSError:
         raise CellmonoError(f"no running app answers at {path}: start it with 'cellmono serve' or 'cellmono run'") from None
+    writer.write(json.dumps(request).encode() + b"\n")
+    return reader, writer
+
+
+async def send_request(path: Path, request: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+    """Send one control request and return the reply; `CellmonoError` when no app answers at `path`."""
+    reader, writer = await _connect(path, request)
     try:
-        writer.write(json.dumps(request).encode() + b"\n")
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), timeout)
     finally:
@@ -216,12 +221,8 @@ async def send_request(path: Path, request: dict[str, Any], timeout: float = 120
 
 async def stream_request(path: Path, request: dict[str, Any], timeout: float) -> AsyncGenerator[dict[str, Any], None]:
     """Send one control request and yield each reply line (the first is the answer) until a `done` line or the end."""
+    reader, writer = await _connect(path, request)
     try:
-        reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_LINE)
-    except OSError:
-        raise CellmonoError(f"no running app answers at {path}: start it with 'cellmono serve' or 'cellmono run'") from None
-    try:
-        writer.write(json.dumps(request).encode() + b"\n")
         await writer.drain()
         while line := await asyncio.wait_for(reader.readline(), timeout):
             item: dict[str, Any] = json.loads(line)
