@@ -1,0 +1,8 @@
+"""The cluster tests import their workload (`ledger`) from this folder and the harness from `tests/`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))

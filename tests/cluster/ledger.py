@@ -1,0 +1,254 @@
+"""The bank-ledger workload, its nemesis and its checker (a pytest "mini-Jepsen").
+
+- **Workers** (`ledger_worker.py`, each a process in its own folder, no shared disk) serve the `ledger`
+  cell over the broker: a durable `ledger.transfer` command moves `amount` from one account to another.
+  Each application of a command is one record in the cell's encrypted store (`effect/<worker>-<n>`)
+  and one record in the worker's hash-chained audit log. The handler is deliberately *not* idempotent:
+  a redelivered command is applied again, so the checker sees what the framework lets through.
+- **The client** sends commands with an idempotency key each (`Nats-Msg-Id` / the Redis dedupe key),
+  retries a failed send with the same key, and records every command the broker acknowledged.
+- **The nemesis** (seeded, time-bounded, one fault at a time so a majority stays up): kill -9 and
+  restart a node, SIGSTOP / SIGCONT a node, kill the leader of the ledger stream, partition a node.
+- **The checker** reads every worker's folder afterwards: every acknowledged command has exactly one
+  effect (`lost`, `double_effects`), balances are conserved, every audit chain verifies.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cellmono.core.bus import Bus
+from cellmono.security.audit import AuditLog
+from cellmono.security.keys import StaticKeyProvider
+from cellmono.security.store import EncryptedStore
+
+HERE = Path(__file__).resolve().parent
+ACCOUNTS = 8
+INITIAL = 1_000
+PREFIX = "led"
+DURABLE = ("ledger.>",)
+STORE_KEY = bytes(range(32))  # test-only KEK, handed to the workers through their environment
+
+
+# -- the client ------------------------------------------------------------------------------------
+@dataclass
+class History:
+    """What the client saw: every command sent, which ones the broker acknowledged, the faults and their times."""
+
+    sent: dict[str, dict[str, Any]] = field(default_factory=dict)
+    acknowledged: set[str] = field(default_factory=set)
+    failures: list[tuple[float, str]] = field(default_factory=list)
+    successes: list[float] = field(default_factory=list)  # monotonic times of acknowledged sends
+    faults: list[tuple[float, str]] = field(default_factory=list)
+
+
+def command(rng: random.Random, key: str) -> dict[str, Any]:
+    source, target = rng.sample(range(ACCOUNTS), 2)
+    return {"key": key, "source": f"acct-{source}", "target": f"acct-{target}", "amount": rng.randint(1, 50)}
+
+
+async def client(bus: Bus, history: History, seed: int, stop: asyncio.Event, *, pace: float = 0.005,
+                 retries: int = 40) -> None:
+    """Send transfers until `stop`; a failed send is retried with the same idempotency key (bounded)."""
+    rng = random.Random(seed)
+    number = 0
+    while not stop.is_set():
+        number += 1
+        key = f"tx-{seed}-{number}"
+        payload = command(rng, key)
+        history.sent[key] = payload
+        for _ in range(retries):
+            try:
+                await bus.publish("ledger.transfer", payload, idempotency_key=key)
+            except Exception as error:  # the broker did not acknowledge: maybe stored, maybe not; retry
+                history.failures.append((time.monotonic(), f"{type(error).__name__}: {error}"[:200]))
+                await asyncio.sleep(0.1)
+                continue
+            history.acknowledged.add(key)
+            history.successes.append(time.monotonic())
+            break
+        await asyncio.sleep(pace)
+
+
+# -- the workers -----------------------------------------------------------------------------------
+class Worker:
+    """A ledger worker process in its own folder, started and stopped by PID."""
+
+    def __init__(self, name: str, root: Path, url: str, kind: str) -> None:
+        self.name, self.url, self.kind = name, url, kind
+        self.folder = root / name
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, seconds: float = 30.0) -> None:
+        ready = self.folder / "ready"
+        ready.unlink(missing_ok=True)
+        environment = dict(os.environ, LEDGER_STORE_KEY=STORE_KEY.hex(), PYTHONPATH=os.pathsep.join(
+            [str(HERE.parent.parent), str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+        log = open(self.folder / "worker.log", "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, str(HERE / "ledger_worker.py"), "--name", self.name, "--url", self.url,
+             "--kind", self.kind], cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=environment)
+        log.close()
+        give_up = time.monotonic() + seconds
+        while not ready.exists():
+            if self.process.poll() is not None or time.monotonic() > give_up:
+                tail = (self.folder / "worker.log").read_text(errors="replace")[-2000:]
+                self.kill()
+                raise RuntimeError(f"worker {self.name} did not start: {tail}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM (the worker drains and acks what it handled), SIGKILL if it hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+
+# -- the checker -----------------------------------------------------------------------------------
+@dataclass
+class Verdict:
+    """What the checker found; `ok` when nothing acknowledged was lost or applied twice and everything verifies."""
+
+    acknowledged: int
+    effects: int
+    lost: list[str]
+    double_effects: list[str]
+    unknown_effects: list[str]  # effects of commands never sent: must not exist
+    mismatched: list[str]  # effects whose content differs from the command sent
+    balance_total: int
+    audit_problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.double_effects or self.unknown_effects or self.mismatched
+                    or self.audit_problems) and self.balance_total == ACCOUNTS * INITIAL
+
+    def summary(self) -> str:
+        return (f"acknowledged={self.acknowledged} effects={self.effects} lost={len(self.lost)} "
+                f"double_effects={len(self.double_effects)} unknown={len(self.unknown_effects)} "
+                f"mismatched={len(self.mismatched)} balance_total={self.balance_total} "
+                f"audit_problems={self.audit_problems[:3]} examples lost={self.lost[:3]} "
+                f"double={self.double_effects[:3]}")
+
+
+def read_effects(folder: Path) -> list[dict[str, Any]]:
+    """The effects one worker applied, from its own encrypted store."""
+    path = folder / "ledger.db"
+    if not path.exists():
+        return []
+    with EncryptedStore(path, StaticKeyProvider(STORE_KEY)) as store:
+        ledger = store.namespace("ledger")
+        return [ledger.get_json(key) for key in ledger.keys("effect/")]
+
+
+def verify_audit(folder: Path) -> list[str]:
+    """The problems of one worker's audit chain (empty when it verifies) and its count against the effects."""
+    path = folder / "audit.db"
+    if not path.exists():
+        return []
+    with AuditLog(path, create=False) as log:
+        report = log.verify()
+        problems = [] if report.ok else [f"{folder.name}: {report.summary()}"]
+        transfers = sum(1 for entry in log.entries() if entry.fields.get("action") == "ledger.transfer")
+    effects = len(read_effects(folder))
+    if transfers != effects:
+        problems.append(f"{folder.name}: {transfers} audited transfers for {effects} effects")
+    return problems
+
+
+def check(history: History, folders: list[Path]) -> Verdict:
+    """Read every worker's effects and audit log and judge them against the client's history."""
+    effects = [effect for folder in folders for effect in read_effects(folder)]
+    counts = Counter(effect["key"] for effect in effects)
+    balances = {f"acct-{number}": INITIAL for number in range(ACCOUNTS)}
+    mismatched = []
+    for effect in effects:
+        balances[effect["source"]] -= effect["amount"]
+        balances[effect["target"]] += effect["amount"]
+        sent = history.sent.get(effect["key"])
+        if sent is not None and any(sent[name] != effect[name] for name in ("source", "target", "amount")):
+            mismatched.append(effect["key"])
+    return Verdict(
+        acknowledged=len(history.acknowledged), effects=len(effects),
+        lost=sorted(key for key in history.acknowledged if counts[key] == 0),
+        double_effects=sorted(key for key, count in counts.items() if count > 1),
+        unknown_effects=sorted(key for key in counts if key not in history.sent),
+        mismatched=mismatched, balance_total=sum(balances.values()),
+        audit_problems=[problem for folder in folders for problem in verify_audit(folder)])
+
+
+async def settle(history: History, folders: list[Path], seconds: float = 60.0) -> None:
+    """Wait (bounded) until every acknowledged command has an effect somewhere."""
+    give_up = time.monotonic() + seconds
+    while time.monotonic() < give_up:
+        seen = {effect["key"] for folder in folders for effect in await asyncio.to_thread(read_effects, folder)}
+        if history.acknowledged <= seen:
+            return
+        await asyncio.sleep(0.5)
+
+
+# -- the nemesis -----------------------------------------------------------------------------------
+FAULTS = ("kill", "pause", "leader", "partition")
+
+
+async def nemesis(cluster: Any, history: History, seed: int, seconds: float, *, faults: tuple[str, ...] = FAULTS,
+                  stream: str = "", settle_for: tuple[float, float] = (1.0, 2.0)) -> list[str]:
+    """Inject seeded faults one at a time for `seconds`; each is healed before the next. Returns what it did."""
+    rng = random.Random(seed)
+    done: list[str] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        fault = rng.choice(faults)
+        victim = rng.choice(cluster.names)
+        hold = rng.uniform(0.5, 2.0)
+        if fault == "leader" and stream:
+            try:
+                victim = await cluster.stream_leader(stream, cluster.url(next(
+                    name for name in cluster.alive() if name not in cluster.paused)))
+            except Exception as error:  # no leader right now: kill a random node instead
+                history.faults.append((time.monotonic(), f"leader lookup failed: {error}"))
+            victim = victim or rng.choice(cluster.names)
+        history.faults.append((time.monotonic(), f"{fault} {victim} for {hold:.2f} s"))
+        done.append(f"{fault} {victim}")
+        if fault in ("kill", "leader"):
+            await asyncio.to_thread(cluster.kill, victim)
+            await asyncio.sleep(hold)
+            await asyncio.to_thread(cluster.start_node, victim)
+        elif fault == "pause":
+            cluster.pause(victim)
+            await asyncio.sleep(hold)
+            cluster.resume(victim)
+        elif fault == "partition":
+            cluster.isolate(victim)
+            await asyncio.sleep(hold)
+            cluster.heal()
+        history.faults.append((time.monotonic(), f"healed {victim}"))
+        await asyncio.sleep(rng.uniform(*settle_for))
+    return done
+
+
+def dump(history: History, verdict: Verdict, path: Path) -> None:
+    """The history and verdict as JSON, for a human after a failure."""
+    path.write_text(json.dumps({"faults": history.faults, "failures": history.failures[-50:],
+                                "verdict": verdict.summary()}, indent=1))

@@ -1,0 +1,93 @@
+"""A ledger worker: serves the `ledger` cell over the broker from its own folder (the current directory).
+
+Started by `ledger.Worker` with `--name`, `--url` (the broker) and `--kind` (nats or redis). Its effects go
+to `./ledger.db` (the cell's encrypted store) and its audit records to `./audit.db` (a hash chain); nothing
+else is read or written. It writes `./ready` once it serves and drains on SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import signal
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from cellmono.core.app import App
+from cellmono.core.cell import Cell, handles
+from cellmono.security.audit import AuditLog
+from cellmono.security.keys import StaticKeyProvider
+from cellmono.security.records import audit_record
+from cellmono.security.store import EncryptedStore
+from cellmono.topology.workers import PlacedTransport
+
+PREFIX = "led"
+DURABLE = ("ledger.>",)
+
+
+class Transfer(BaseModel):
+    key: str
+    source: str
+    target: str
+    amount: int
+
+
+class LedgerCell(Cell):
+    """Applies transfers; deliberately not idempotent (a redelivery is applied again)."""
+
+    name = "ledger"
+    worker = "w"
+    audit: AuditLog | None = None
+    numbers = itertools.count(1)
+
+    @handles("ledger.transfer", queue="ledger")
+    async def transfer(self, message: Transfer) -> None:
+        """Record the transfer as one effect in the store and one audit record."""
+        key = f"effect/{self.worker}-{time.time_ns()}-{next(self.numbers):09d}"
+        self.store.put_json(key, message.model_dump() | {"worker": self.worker})
+        assert self.audit is not None
+        self.audit.append(audit_record(f"worker:{self.worker}", "ledger.transfer", resource=message.key,
+                                       details={"source": message.source, "target": message.target,
+                                                "amount": message.amount}))
+
+
+def transport(kind: str, url: str):
+    if kind == "nats":
+        from cellmono.transports.nats import NatsTransport
+        inner = NatsTransport(url, prefix=PREFIX, durable=DURABLE, ack_wait=5, reconnect_wait=0.2,
+                              client_name=f"ledger-{os.getpid()}")
+    else:
+        from cellmono.transports.redis import RedisTransport
+        inner = RedisTransport(url, prefix=PREFIX, durable=DURABLE, ack_wait=5, reconnect_wait=0.2)
+    return PlacedTransport(inner, "ledger", DURABLE)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--kind", default="nats", choices=("nats", "redis"))
+    options = parser.parse_args()
+    folder = Path.cwd()
+    store = EncryptedStore(folder / "ledger.db", StaticKeyProvider(bytes.fromhex(os.environ["LEDGER_STORE_KEY"])))
+    cell = LedgerCell()
+    cell.worker = options.name
+    cell.audit = AuditLog(folder / "audit.db", durability="full")
+    app = App([cell], transport=transport(options.kind, options.url), store=store)
+    await app.bus.start()
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    (folder / "ready").write_text(str(os.getpid()))
+    await stop.wait()
+    await app.stop()
+    cell.audit.close()
+    store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
