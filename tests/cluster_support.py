@@ -238,7 +238,7 @@ class Cluster:
         last = ""
         while time.monotonic() < give_up:
             try:
-                asyncio.run(_probe_stream(self.url(self.alive()[0]), len(self.alive())))
+                _in_thread(_probe_stream(self.url(self.alive()[0]), len(self.alive())))
                 return
             except Exception as error:  # not yet: no meta leader, peers catching up
                 last = f"{type(error).__name__}: {error}"
@@ -255,6 +255,22 @@ class Cluster:
             return info.cluster.leader if info.cluster is not None else ""
         finally:
             await connection.close()
+
+
+def _in_thread(coroutine) -> None:
+    """Run `coroutine` to the end on a loop of its own (callable from sync code and from inside a running loop)."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(coroutine)
+        except BaseException as error:  # handed to the caller
+            failure.append(error)
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    if failure:
+        raise failure[0]
 
 
 async def _probe_stream(url: str, replicas: int) -> None:

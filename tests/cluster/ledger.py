@@ -31,12 +31,14 @@ from cellmono.core.bus import Bus
 from cellmono.security.audit import AuditLog
 from cellmono.security.keys import StaticKeyProvider
 from cellmono.security.store import EncryptedStore
+from cellmono.transports.brokers import safe_name
 
 HERE = Path(__file__).resolve().parent
 ACCOUNTS = 8
 INITIAL = 1_000
 PREFIX = "led"
 DURABLE = ("ledger.>",)
+STREAM = "CELLMONO_" + safe_name(f"{PREFIX}.ledger.>")  # the stream JetStream durables use for it
 STORE_KEY = bytes(range(32))  # test-only KEK, handed to the workers through their environment
 
 
@@ -88,6 +90,7 @@ class Worker:
         self.name, self.url, self.kind = name, url, kind
         self.folder = root / name
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.chmod(0o700)  # its own private state folder, as a worker machine would have
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, seconds: float = 30.0) -> None:
