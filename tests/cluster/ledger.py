@@ -30,6 +30,7 @@ from typing import Any
 from cellmono.core.bus import Bus
 from cellmono.security.audit import AuditLog
 from cellmono.security.keys import StaticKeyProvider
+from cellmono.security.records import audit_record
 from cellmono.security.store import EncryptedStore
 from cellmono.transports.brokers import safe_name
 
@@ -82,6 +83,14 @@ async def client(bus: Bus, history: History, seed: int, stop: asyncio.Event, *, 
         await asyncio.sleep(pace)
 
 
+def apply(ledger: Any, audit: AuditLog, worker: str, transfer: dict[str, Any]) -> None:
+    """One application of a transfer: an effect record in the cell's store, a record in the audit chain."""
+    key = f"effect/{worker}-{time.time_ns()}"
+    ledger.put_json(key, {name: transfer[name] for name in ("key", "source", "target", "amount")} | {"worker": worker})
+    audit.append(audit_record(f"worker:{worker}", "ledger.transfer", resource=transfer["key"],
+                              details={name: transfer[name] for name in ("source", "target", "amount")}))
+
+
 # -- the workers -----------------------------------------------------------------------------------
 class Worker:
     """A ledger worker process in its own folder, started and stopped by PID."""
@@ -97,7 +106,7 @@ class Worker:
         ready = self.folder / "ready"
         ready.unlink(missing_ok=True)
         environment = dict(os.environ, LEDGER_STORE_KEY=STORE_KEY.hex(), PYTHONPATH=os.pathsep.join(
-            [str(HERE.parent.parent), str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+            [str(HERE.parent.parent), str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")]))
         log = open(self.folder / "worker.log", "ab")
         self.process = subprocess.Popen(
             [sys.executable, str(HERE / "ledger_worker.py"), "--name", self.name, "--url", self.url,

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import os
 import signal
-import time
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -20,9 +18,11 @@ from cellmono.core.app import App
 from cellmono.core.cell import Cell, handles
 from cellmono.security.audit import AuditLog
 from cellmono.security.keys import StaticKeyProvider
-from cellmono.security.records import audit_record
 from cellmono.security.store import EncryptedStore
 from cellmono.topology.workers import PlacedTransport
+from cellmono.transports.nats import NatsTransport
+from cellmono.transports.redis import RedisTransport
+from ledger import apply
 
 PREFIX = "led"
 DURABLE = ("ledger.>",)
@@ -41,26 +41,19 @@ class LedgerCell(Cell):
     name = "ledger"
     worker = "w"
     audit: AuditLog | None = None
-    numbers = itertools.count(1)
 
     @handles("ledger.transfer", queue="ledger")
     async def transfer(self, message: Transfer) -> None:
         """Record the transfer as one effect in the store and one audit record."""
-        key = f"effect/{self.worker}-{time.time_ns()}-{next(self.numbers):09d}"
-        self.store.put_json(key, message.model_dump() | {"worker": self.worker})
         assert self.audit is not None
-        self.audit.append(audit_record(f"worker:{self.worker}", "ledger.transfer", resource=message.key,
-                                       details={"source": message.source, "target": message.target,
-                                                "amount": message.amount}))
+        apply(self.store, self.audit, self.worker, message.model_dump())
 
 
 def transport(kind: str, url: str):
     if kind == "nats":
-        from cellmono.transports.nats import NatsTransport
         inner = NatsTransport(url, prefix=PREFIX, durable=DURABLE, ack_wait=5, reconnect_wait=0.2,
                               client_name=f"ledger-{os.getpid()}")
     else:
-        from cellmono.transports.redis import RedisTransport
         inner = RedisTransport(url, prefix=PREFIX, durable=DURABLE, ack_wait=5, reconnect_wait=0.2)
     return PlacedTransport(inner, "ledger", DURABLE)
 
