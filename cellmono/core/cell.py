@@ -25,8 +25,8 @@ from .envelope import Envelope
 from .errors import ContractError, PayloadInvalid, validation_summary
 
 # %% auto #0
-__all__ = ['SpecKind', 'NAME_PATTERN', 'HealthStatus', 'Spec', 'handles', 'tool', 'background', 'resource', 'prompt', 'completes',
-           'Empty', 'NoSettings', 'Health', 'Cell']
+__all__ = ['SpecKind', 'NAME_PATTERN', 'HealthStatus', 'store_transaction', 'Spec', 'handles', 'tool', 'background', 'resource',
+           'prompt', 'completes', 'Empty', 'NoSettings', 'Health', 'Cell']
 
 # %% ../../nbs/06_cell.ipynb #a6da63d4
 SpecKind = Literal["handler", "listener", "tool", "background"]
@@ -57,6 +57,7 @@ class Spec:
     target: tuple[str, str, str] | None = None  # a completion's (ref kind, prompt name or URI template, argument)
     client: tuple[str, ...] = ()  # the MCP client capabilities a tool needs (sampling, elicitation, roots)
     context: str | None = None  # the name of the handler's `Context` parameter, when it takes one
+    pure: bool = False  # a listener whose effects may repeat: it opts out of the exactly-once inbox (security.inbox)
 
     @property
     def name(self) -> str:
@@ -99,16 +100,16 @@ def _extras(function: Callable[..., Any]) -> dict[str, str]:
 _Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])  # a decorator gives back the method it marks
 
 
-def handles(subject: str, *, queue: str | None = None, requires: tuple[str, ...] | str = ()
+def handles(subject: str, *, queue: str | None = None, requires: tuple[str, ...] | str = (), pure: bool = False
             ) -> Callable[[_Method], _Method]:
-    """Mark a method as the handler of `subject`: a responder, or a listener when annotated `-> None`."""
+    """Mark a method as the handler of `subject`: a responder, or a listener when annotated `-> None`; `pure`: no exactly-once inbox."""
     def mark(function: _Method) -> _Method:
         model_in, model_out, listener, takes_envelope, problems = _contracts(function)
         setattr(function, _MARK, Spec(
             kind="listener" if listener else "handler", attribute=function.__name__, subject=subject,
             input=model_in, output=model_out, requires=_tuple(requires), requires_declared=True, queue=queue,
             description=inspect.getdoc(function) or "", takes_envelope=takes_envelope, problems=tuple(problems),
-            context=_extras(function).get("context")))
+            context=_extras(function).get("context"), pure=pure))
         return function
     return mark
 
@@ -247,7 +248,6 @@ class Cell:
 
     log: logging.Logger
     settings: Any  # an instance of the cell's `Settings` model
-    store: Any  # the cell's own namespace of the encrypted store (cellmono.security.store.Namespace) when the app has one
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -267,7 +267,7 @@ class Cell:
         self.settings = self.Settings()
         self._bus: Bus | None = None
         self._health = Health(status="stopped")
-        self.store = None
+        self._store: Any = None  # the cell's own namespace of the encrypted store (cellmono.security.store.Namespace)
         self._sandbox: Any = None
         self.sandbox_for_call: Callable[[Envelope, str], Any] | None = None
 
@@ -281,6 +281,18 @@ class Cell:
     @bus.setter
     def bus(self, bus: Bus) -> None:
         self._bus = bus
+
+    @property
+    def store(self) -> Any:
+        """The cell's store namespace, when the app has a store; inside an exactly-once delivery, its view staged in that delivery's transaction."""
+        transaction = store_transaction.get()
+        if transaction is None or self._store is None or transaction.pure:
+            return self._store
+        return transaction.view(self._store)
+
+    @store.setter
+    def store(self, store: Any) -> None:
+        self._store = store
 
     @property
     def sandbox(self) -> Any:
@@ -325,9 +337,12 @@ class Cell:
         model_in, model_out, takes_envelope = spec.input, spec.output, spec.takes_envelope
         subject, role = spec.subject, spec.mcp
         extras = _extras(method) if spec.context else {}
+        pure = spec.pure
         context_name, envelope_name = extras.get("context"), extras.get("envelope")
 
         async def handler(envelope: Envelope) -> Any:
+            if pure and (transaction := store_transaction.get()) is not None:
+                transaction.pure = True  # the inbox records nothing: a redelivery runs the handler again
             message = envelope.payload
             if model_in is not None and type(message) is not model_in:
                 try:
@@ -371,6 +386,7 @@ class Cell:
 
 
 _call_sandbox: contextvars.ContextVar[Any] = contextvars.ContextVar("cellmono_call_sandbox", default=None)
+store_transaction: contextvars.ContextVar[Any] = contextvars.ContextVar("cellmono_store_transaction", default=None)
 
 
 def _tool_subject(spec: Spec, cell_name: str) -> Spec:

@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 # %% auto #0
 __all__ = ['CellmonoError', 'ConfigError', 'ContractError', 'VerificationError', 'SubjectError', 'MessageError',
-           'MalformedMessage', 'MessageTooLarge', 'PayloadInvalid', 'BusError', 'BusClosed', 'NoResponders',
-           'RequestTimeout', 'RemoteError', 'AccessDenied', 'rebuild_error', 'validation_summary']
+           'MalformedMessage', 'MessageTooLarge', 'PayloadInvalid', 'IdempotencyKeyInvalid', 'BusError', 'BusClosed',
+           'NoResponders', 'RequestTimeout', 'RemoteError', 'AccessDenied', 'rebuild_error', 'validation_summary']
 
 # %% ../../nbs/00_errors.ipynb #d18e2350
 class CellmonoError(Exception):
@@ -32,7 +32,8 @@ class CellmonoError(Exception):
     ├── MessageError (ValueError)             a message that cannot cross the bus
     │   ├── MalformedMessage                  bytes that are not an envelope
     │   ├── MessageTooLarge                   over the configured size limit
-    │   └── PayloadInvalid                    payload failed its contract's validation
+    │   ├── PayloadInvalid                    payload failed its contract's validation
+    │   └── IdempotencyKeyInvalid             a durable command without a valid, untampered idempotency key (transports)
     ├── BusError                              delivery failed
     │   ├── BusClosed                         publish or request after stop
     │   ├── NoResponders (LookupError)        nobody handles the subject
@@ -151,6 +152,10 @@ class MessageTooLarge(MessageError):
 
 class PayloadInvalid(MessageError):
     """A payload that fails its contract's validation."""
+
+
+class IdempotencyKeyInvalid(MessageError):
+    """A durable command whose idempotency key is missing, malformed, or not the one its broker message carries."""
 
 # %% ../../nbs/00_errors.ipynb #ddf24fe1
 class BusError(CellmonoError):

@@ -13,9 +13,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..core.envelope import DEFAULT_MAX_BYTES, Envelope, decode, encode
-from ..core.errors import ConfigError, MessageError
+from ..core.errors import ConfigError, IdempotencyKeyInvalid, MessageError
 from ..core.subjects import SubjectIndex, validate_pattern
 from ..core.transport import Handler
+from ..security.inbox import Inbox, check_idempotency_key, exactly_once
 from cellmono.transports.brokers import (
     BrokerUnavailable, Counters, bus_subject, covers, dead_letter, event_subject, failure_of, missing_extra,
     redact, safe_name)
@@ -56,7 +57,7 @@ class JetStreamDurables:
     def __init__(self, *, prefix: str = "cm", url: str = "", declared: Iterable[str] = (), max_deliver: int = 5,
                  ack_wait: float = 30.0, retry_delay: float = 0.5, dead_letter_prefix: str = "dead",
                  reconnect_wait: float = 0.5, stream_max_age: float = 7 * 24 * 3600.0, fetch_batch: int = 1,
-                 counters: Counters | None = None) -> None:
+                 counters: Counters | None = None, inbox: Inbox | None = None) -> None:
         try:
             import nats.errors  # the `nats` extra, imported where it is used: this module imports without it
         except ImportError:
@@ -68,6 +69,7 @@ class JetStreamDurables:
         self.dead_letter_prefix, self.reconnect_wait = dead_letter_prefix, reconnect_wait
         self.stream_max_age, self.fetch_batch = stream_max_age, fetch_batch
         self.counters = counters if counters is not None else Counters()
+        self.inbox = inbox  # exactly-once effects for every durable handler (security.inbox), else at least once
         self.max_bytes = DEFAULT_MAX_BYTES
         self._declared = [validate_pattern(pattern) for pattern in declared]
         self._index: SubjectIndex[str] = SubjectIndex()
@@ -166,6 +168,8 @@ class JetStreamDurables:
                                                         stream=stream, config=config)
         except self._error as error:
             raise ConfigError(f"cannot create the durable consumer {name} on {pattern!r}: {error}") from None
+        if self.inbox is not None:
+            handler = exactly_once(handler, self.inbox, f"nats:{stream}:{name}")
         consumer = DurableConsumer(pattern)
         consumer.task = asyncio.get_running_loop().create_task(
             self._pull(consumer, pull, handler), name=f"durable {pattern}")
@@ -206,6 +210,15 @@ class JetStreamDurables:
             await self._give_up(message, dead_letter(self.dead_letter_prefix, subject, f"malformed: {error}",
                                                      data=message.data, deliveries=deliveries))
             return
+        if self.inbox is not None:
+            try:
+                check_idempotency_key(envelope, (message.headers or {}).get("Nats-Msg-Id"))
+            except IdempotencyKeyInvalid as error:  # retrying cannot fix it: dead-lettered at once
+                self.counters.rejected += 1
+                _log.warning("rejected durable message on %s: %s", subject, error)
+                await self._give_up(message, dead_letter(self.dead_letter_prefix, subject, f"{type(error).__name__}: "
+                                                         f"{error}", envelope=envelope, deliveries=deliveries))
+                return
         if deliveries > self.max_deliver:  # a consumer died holding the last try
             await self._give_up(message, dead_letter(self.dead_letter_prefix, subject,
                                                      "redelivery limit reached after a consumer crash",
@@ -214,7 +227,7 @@ class JetStreamDurables:
         reason = await failure_of(handler, envelope)
         try:
             if reason is None:
-                await message.ack()
+                await message.ack_sync()  # after the inbox commit; the server confirms it
             elif deliveries >= self.max_deliver:
                 await self._give_up(message, dead_letter(self.dead_letter_prefix, subject,
                                                          f"failed {deliveries} times: {reason}",

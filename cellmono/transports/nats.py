@@ -17,6 +17,7 @@ from ..core.envelope import DEFAULT_MAX_BYTES, Envelope, decode, encode
 from ..core.errors import BusClosed, MessageError, NoResponders, RequestTimeout
 from ..core.subjects import validate_pattern
 from ..core.transport import Handler
+from ..security.inbox import Inbox, with_idempotency_key
 from .brokers import (
     BrokerUnavailable, Counters, LinkState, ResponderRunner, event_subject, missing_extra, redact, request_subject)
 from .jetstream import DurableConsumer, JetStreamDurables
@@ -81,7 +82,7 @@ class NatsTransport:
                  ack_wait: float = 30.0, retry_delay: float = 0.5, dead_letter_prefix: str = "dead",
                  max_in_flight: int = 1000, connect_timeout: float = 2.0, reconnect_wait: float = 0.5,
                  stream_max_age: float = 7 * 24 * 3600.0, fetch_batch: int = 1,
-                 client_name: str | None = None, drain_timeout: float = 5.0) -> None:
+                 client_name: str | None = None, drain_timeout: float = 5.0, inbox: Inbox | None = None) -> None:
         try:
             import nats.errors  # the `nats` extra, imported by the transport that uses it: this module imports without it
         except ImportError:
@@ -95,7 +96,7 @@ class NatsTransport:
         self.durables = JetStreamDurables(
             prefix=prefix, url=url, declared=durable, max_deliver=max_deliver, ack_wait=ack_wait,
             retry_delay=retry_delay, dead_letter_prefix=dead_letter_prefix, reconnect_wait=reconnect_wait,
-            stream_max_age=stream_max_age, fetch_batch=fetch_batch, counters=self.counters)
+            stream_max_age=stream_max_age, fetch_batch=fetch_batch, counters=self.counters, inbox=inbox)
         self._subscriptions: list[_NatsSubscription] = []
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._tokens = itertools.count(1)
@@ -170,10 +171,11 @@ class NatsTransport:
     async def publish(self, envelope: Envelope) -> None:
         """Send an event; to JetStream (acknowledged, deduplicated) when its subject is durable."""
         connection = self._connected("publish to", envelope.subject)
-        data = encode(envelope, self.max_bytes)
-        if self.durables.durable(envelope.subject):
-            await self.durables.publish(envelope, data)
+        if self.durables.durable(envelope.subject):  # a command: it carries an idempotency key (its id if none)
+            envelope = with_idempotency_key(envelope)
+            await self.durables.publish(envelope, encode(envelope, self.max_bytes))
             return
+        data = encode(envelope, self.max_bytes)
         try:
             await connection.publish(event_subject(self.prefix, envelope.subject), data)
         except self._error as error:

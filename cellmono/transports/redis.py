@@ -18,6 +18,7 @@ from ..core.envelope import DEFAULT_MAX_BYTES, Envelope, decode, encode
 from ..core.errors import BusClosed, MessageError, NoResponders, RequestTimeout
 from ..core.subjects import SubjectIndex, matches, validate_pattern
 from ..core.transport import Handler
+from ..security.inbox import Inbox, check_idempotency_key, exactly_once, with_idempotency_key
 from .brokers import (
     BrokerUnavailable, Counters, ResponderRunner, covers, dead_letter, event_subject, failure_of, missing_extra,
     redact, request_subject, safe_name)
@@ -51,7 +52,7 @@ class RedisTransport:
                  max_in_flight: int = 1000, connect_timeout: float = 2.0, reconnect_wait: float = 0.5,
                  stream_max_length: int = 1_000_000, claim_ttl: float = 300.0, dedupe_window: float = 120.0,
                  fetch_batch: int = 1, capacity: int = 100_000, client_name: str | None = None,
-                 drain_timeout: float = 5.0) -> None:
+                 drain_timeout: float = 5.0, inbox: Inbox | None = None) -> None:
         try:
             import redis.exceptions  # the `redis` extra, imported by the transport that uses it: this module imports without it
         except ImportError:
@@ -62,6 +63,7 @@ class RedisTransport:
         self.dead_letter_prefix, self.connect_timeout = dead_letter_prefix, connect_timeout
         self.reconnect_wait, self.stream_max_length = reconnect_wait, stream_max_length
         self.dedupe_window, self.fetch_batch, self.drain_timeout = dedupe_window, fetch_batch, drain_timeout
+        self.inbox = inbox  # exactly-once effects for every durable handler (security.inbox), else at least once
         self.consumer = client_name or f"{os.uname().nodename}-{os.getpid()}-{os.urandom(3).hex()}"
         self.runner = ResponderRunner(max_in_flight)
         self.counters = Counters()  # messages refused as malformed and dead-lettered, for tests and metrics
@@ -137,14 +139,16 @@ class RedisTransport:
     async def publish(self, envelope: Envelope) -> None:
         """Send an event; durable subjects also go to their streams, deduplicated on the idempotency key."""
         self._check("publish to", envelope.subject)
-        data = encode(envelope, self.max_bytes)
         channel = event_subject(self.prefix, envelope.subject)
+        streams = self._durable.lookup(envelope.subject) if self._durable_patterns else ()
+        if streams:  # a command: it carries an idempotency key (its id if none)
+            envelope = with_idempotency_key(envelope)
+        data = encode(envelope, self.max_bytes)
         try:
-            streams = self._durable.lookup(envelope.subject) if self._durable_patterns else ()
             if not streams:
                 await self._client.publish(channel, data)
                 return
-            dedupe = f"{self.prefix}:dedupe:{envelope.idempotency_key}" if envelope.idempotency_key else ""
+            dedupe = f"{self.prefix}:dedupe:{envelope.idempotency_key}"
             keys = [dedupe, *(self._stream_key(pattern) for pattern in streams)]
             await self._script(keys=keys, args=[int(self.dedupe_window), self.stream_max_length,
                                                 envelope.subject, data, channel])
@@ -244,6 +248,8 @@ class RedisTransport:
         except self._errors as error:
             raise BrokerUnavailable(f"cannot set up the durable subscription {subscription.pattern!r} "
                                     f"at {redact(self.url)}: {error}") from None
+        if self.inbox is not None:
+            subscription.handler = exactly_once(subscription.handler, self.inbox, f"redis:{key}:{group}")
         subscription.task = asyncio.get_running_loop().create_task(
             self._consume_stream(subscription, key, group), name=f"durable {subscription.pattern}")
 
@@ -319,6 +325,8 @@ class RedisTransport:
             if data is None:
                 raise MessageError("stream entry has no 'd' field")
             envelope = decode(data, self.max_bytes)
+            if self.inbox is not None:  # exactly once needs the key: a command without one is dead-lettered at once
+                check_idempotency_key(envelope)
         except MessageError as error:
             self.counters.rejected += 1
             _log.warning("rejected durable message on %s: %s", subject, error)
