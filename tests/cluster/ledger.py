@@ -95,8 +95,8 @@ def apply(ledger: Any, audit: AuditLog, worker: str, transfer: dict[str, Any]) -
 class Worker:
     """A ledger worker process in its own folder, started and stopped by PID."""
 
-    def __init__(self, name: str, root: Path, url: str, kind: str) -> None:
-        self.name, self.url, self.kind = name, url, kind
+    def __init__(self, name: str, root: Path, url: str, kind: str, exactly_once: bool = True) -> None:
+        self.name, self.url, self.kind, self.exactly_once = name, url, kind, exactly_once
         self.folder = root / name
         self.folder.mkdir(parents=True, exist_ok=True)
         self.folder.chmod(0o700)  # its own private state folder, as a worker machine would have
@@ -110,7 +110,7 @@ class Worker:
         log = open(self.folder / "worker.log", "ab")
         self.process = subprocess.Popen(
             [sys.executable, str(HERE / "ledger_worker.py"), "--name", self.name, "--url", self.url,
-             "--kind", self.kind], cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+             "--kind", self.kind] + ([] if self.exactly_once else ["--at-least-once"]), cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=environment)
         log.close()
         give_up = time.monotonic() + seconds
@@ -146,6 +146,7 @@ class Verdict:
     effects: int
     lost: list[str]
     double_effects: list[str]
+    double_across_workers: list[str]  # doubles applied by two different workers (their inboxes are on two disks)
     unknown_effects: list[str]  # effects of commands never sent: must not exist
     mismatched: list[str]  # effects whose content differs from the command sent
     balance_total: int
@@ -158,7 +159,7 @@ class Verdict:
 
     def summary(self) -> str:
         return (f"acknowledged={self.acknowledged} effects={self.effects} lost={len(self.lost)} "
-                f"double_effects={len(self.double_effects)} unknown={len(self.unknown_effects)} "
+                f"double_effects={len(self.double_effects)} (across workers {len(self.double_across_workers)}) unknown={len(self.unknown_effects)} "
                 f"mismatched={len(self.mismatched)} balance_total={self.balance_total} "
                 f"audit_problems={self.audit_problems[:3]} examples lost={self.lost[:3]} "
                 f"double={self.double_effects[:3]}")
@@ -205,6 +206,8 @@ def check(history: History, folders: list[Path]) -> Verdict:
         acknowledged=len(history.acknowledged), effects=len(effects),
         lost=sorted(key for key in history.acknowledged if counts[key] == 0),
         double_effects=sorted(key for key, count in counts.items() if count > 1),
+        double_across_workers=sorted({effect["key"] for effect in effects if counts[effect["key"]] > 1
+                                      and len({other["worker"] for other in effects if other["key"] == effect["key"]}) > 1}),
         unknown_effects=sorted(key for key in counts if key not in history.sent),
         mismatched=mismatched, balance_total=sum(balances.values()),
         audit_problems=[problem for folder in folders for problem in verify_audit(folder)])

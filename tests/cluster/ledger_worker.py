@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from cellmono.core.app import App
 from cellmono.core.cell import Cell, handles
 from cellmono.security.audit import AuditLog
+from cellmono.security.inbox import Inbox
 from cellmono.security.keys import StaticKeyProvider
 from cellmono.security.store import EncryptedStore
 from cellmono.topology.workers import PlacedTransport
@@ -36,7 +37,7 @@ class Transfer(BaseModel):
 
 
 class LedgerCell(Cell):
-    """Applies transfers; deliberately not idempotent (a redelivery is applied again)."""
+    """Applies transfers; the handler itself is not idempotent: only the framework's inbox stops a redelivery."""
 
     name = "ledger"
     worker = "w"
@@ -49,12 +50,12 @@ class LedgerCell(Cell):
         apply(self.store, self.audit, self.worker, message.model_dump())
 
 
-def transport(kind: str, url: str):
+def transport(kind: str, url: str, inbox: Inbox | None):
     if kind == "nats":
         inner = NatsTransport(url, prefix=PREFIX, durable=DURABLE, ack_wait=5, reconnect_wait=0.2,
-                              client_name=f"ledger-{os.getpid()}")
+                              client_name=f"ledger-{os.getpid()}", inbox=inbox)
     else:
-        inner = RedisTransport(url, prefix=PREFIX, durable=DURABLE, ack_wait=5, reconnect_wait=0.2)
+        inner = RedisTransport(url, prefix=PREFIX, durable=DURABLE, ack_wait=5, reconnect_wait=0.2, inbox=inbox)
     return PlacedTransport(inner, "ledger", DURABLE)
 
 
@@ -63,13 +64,14 @@ async def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--kind", default="nats", choices=("nats", "redis"))
+    parser.add_argument("--at-least-once", action="store_true", help="no exactly-once inbox: redeliveries apply again")
     options = parser.parse_args()
     folder = Path.cwd()
     store = EncryptedStore(folder / "ledger.db", StaticKeyProvider(bytes.fromhex(os.environ["LEDGER_STORE_KEY"])))
     cell = LedgerCell()
     cell.worker = options.name
     cell.audit = AuditLog(folder / "audit.db", durability="full")
-    app = App([cell], transport=transport(options.kind, options.url), store=store)
+    app = App([cell], transport=transport(options.kind, options.url, None if options.at_least_once else Inbox(store)), store=store)
     await app.bus.start()
     await app.start()
     stop = asyncio.Event()

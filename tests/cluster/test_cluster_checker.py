@@ -54,7 +54,12 @@ def test_an_unacknowledged_command_may_or_may_not_have_an_effect(tmp_path) -> No
 def test_the_same_command_applied_by_two_workers_is_a_double_effect(tmp_path) -> None:
     folders = [worker_folder(tmp_path, "w1", [transfer("a")]), worker_folder(tmp_path, "w2", [transfer("a")])]
     verdict = check(history_of("a"), folders)
-    assert verdict.double_effects == ["a"] and not verdict.ok
+    assert verdict.double_effects == ["a"] and verdict.double_across_workers == ["a"] and not verdict.ok
+
+
+def test_a_redelivery_applied_twice_by_one_worker_is_a_double_effect_within_it(tmp_path) -> None:
+    verdict = check(history_of("a", "b"), [worker_folder(tmp_path, "w1", [transfer("a"), transfer("b"), transfer("a")])])
+    assert verdict.double_effects == ["a"] and verdict.double_across_workers == [] and not verdict.ok
 
 
 def test_an_effect_of_a_command_never_sent_or_with_another_amount_is_caught(tmp_path) -> None:
