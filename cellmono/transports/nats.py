@@ -127,7 +127,8 @@ class NatsTransport:
         import nats  # the `nats` extra (see __init__)
         try:
             self._connection = await nats.connect(
-                servers=[self.url], name=self.client_name, connect_timeout=self.connect_timeout,
+                servers=[url.strip() for url in self.url.split(",")],  # a cluster: every node, in turn
+                name=self.client_name, connect_timeout=self.connect_timeout,
                 allow_reconnect=True, max_reconnect_attempts=1, reconnect_time_wait=self.reconnect_wait,
                 error_cb=self._on_error, disconnected_cb=self._on_disconnect,
                 reconnected_cb=self._on_reconnect)

@@ -12,6 +12,9 @@ from nats.js.api import StorageType
 
 from cluster_support import IN_CI, partition_support, require_cluster
 
+from cellmono.core.bus import Bus
+from cellmono.transports.nats import NatsTransport
+
 pytestmark = pytest.mark.anyio
 
 
@@ -166,3 +169,27 @@ async def test_partition_heal_the_majority_wins_and_the_minority_never_acknowled
         assert refused == 5, f"the minority acknowledged {5 - refused} writes"  # RAFT: no quorum, no ack
     finally:
         await connection.close()
+
+
+async def test_a_transport_given_every_node_starts_with_the_first_node_down(cluster) -> None:
+    await asyncio.to_thread(cluster.kill, cluster.names[0])
+    responder = Bus(NatsTransport(cluster.url(cluster.names[2]), prefix="all"), timeout=5)
+    caller = Bus(NatsTransport(cluster.urls, prefix="all", connect_timeout=1), timeout=5)  # n1 (dead) listed first
+    await responder.start()
+    await caller.start()
+    try:
+        await responder.handle("echo", lambda envelope: envelope.payload)
+        give_up = time.monotonic() + 10
+        while True:
+            try:
+                assert await caller.request("echo", "hi", timeout=1) == "hi"
+                break
+            except AssertionError:
+                raise
+            except Exception:  # interest still travelling over the route
+                if time.monotonic() > give_up:
+                    raise
+                await asyncio.sleep(0.1)
+    finally:
+        await caller.stop(timeout=1)
+        await responder.stop(timeout=1)
