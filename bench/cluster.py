@@ -37,10 +37,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from brokers import start_nats  # noqa: E402
-from cluster_support import Cluster, ensure_replicated_stream  # noqa: E402
+from cluster_support import Cluster  # noqa: E402
 from ledger import DURABLE, PREFIX, STREAM, History, Worker, check, client, nemesis, settle  # noqa: E402
 
 from cellmono.core.bus import Bus  # noqa: E402
+from cellmono.transports.brokers import safe_name  # noqa: E402
 from cellmono.transports.nats import NatsTransport  # noqa: E402
 
 
@@ -62,10 +63,9 @@ async def ledger_under_nemesis(seconds: float, seed: int) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="cellmono-bench-ledger-"))
     workers: list[Worker] = []
     history = History()
-    bus = Bus(NatsTransport(cluster.url(), prefix=PREFIX, durable=DURABLE, reconnect_wait=0.2), timeout=5)
+    bus = Bus(NatsTransport(cluster.urls, prefix=PREFIX, durable=DURABLE, reconnect_wait=0.2, stream_replicas=3),
+              timeout=5)
     try:
-        await ensure_replicated_stream(cluster.url(), PREFIX, "ledger.>")
-        await ensure_replicated_stream(cluster.url(), PREFIX, "dead.>")
         workers = [Worker(f"w{number}", root, cluster.url(name), "nats")
                    for number, name in enumerate(cluster.names[1:], start=1)]
         for worker in workers:
@@ -136,10 +136,14 @@ async def first_success_after(successes: list[float], moment: float, limit: floa
 async def kill_recovery(cluster: Cluster) -> dict[str, Any]:
     """Acknowledged durable commands flow; kill -9 the node the client is on (not the stream leader), then the
     stream leader: seconds from each kill to the next acknowledged command."""
-    stream = await ensure_replicated_stream(cluster.url(), "kr", "k.>")
+    stream = "CELLMONO_" + safe_name("kr.k.>")
+    setup = Bus(NatsTransport(cluster.url(), prefix="kr", durable=("k.>",), stream_replicas=3), timeout=5)
+    await setup.start()  # creates the R3 stream
+    await setup.stop(timeout=1)
     leader = await cluster.stream_leader(stream)
     follower = next(name for name in cluster.names if name != leader)
-    bus = Bus(NatsTransport(cluster.url(follower), prefix="kr", durable=("k.>",), reconnect_wait=0.2), timeout=5)
+    bus = Bus(NatsTransport(cluster.url(follower), prefix="kr", durable=("k.>",), reconnect_wait=0.2,
+                            stream_replicas=3), timeout=5)
     await bus.start()
     successes: list[float] = []
     stop = asyncio.Event()

@@ -256,6 +256,15 @@ class Cluster:
         finally:
             await connection.close()
 
+    async def stream_replicas(self, stream: str) -> int:
+        """How many copies of `stream` the cluster keeps."""
+        import nats
+        connection = await nats.connect(servers=self.urls.split(","), connect_timeout=2, max_reconnect_attempts=2)
+        try:
+            return int((await connection.jetstream(timeout=2).stream_info(stream)).config.num_replicas or 1)
+        finally:
+            await connection.close()
+
 
 def _in_thread(coroutine) -> None:
     """Run `coroutine` to the end on a loop of its own (callable from sync code and from inside a running loop)."""
@@ -283,27 +292,6 @@ async def _probe_stream(url: str, replicas: int) -> None:
         await jetstream.add_stream(name=name, subjects=[f"probe.{name}"], storage=StorageType.MEMORY,
                                    num_replicas=min(replicas, 3))
         await jetstream.delete_stream(name)
-    finally:
-        await connection.close()
-
-
-async def ensure_replicated_stream(url: str, prefix: str, pattern: str, replicas: int = 3) -> str:
-    """Create the stream cellmono's JetStream durables would create for `pattern`, but with `replicas` copies.
-
-    The transport creates R1 streams (one node's disk); on a cluster the operator (or this helper) creates
-    them first with R3, and the transport finds and uses them."""
-    import nats
-    from nats.js.api import RetentionPolicy, StorageType
-
-    from cellmono.transports.brokers import event_subject, safe_name
-    name = "CELLMONO_" + safe_name(f"{prefix}.{pattern}")
-    connection = await nats.connect(servers=[url], connect_timeout=2, max_reconnect_attempts=2)
-    try:
-        jetstream = connection.jetstream(timeout=5)
-        await jetstream.add_stream(name=name, subjects=[event_subject(prefix, pattern)], storage=StorageType.FILE,
-                                   retention=RetentionPolicy.LIMITS, num_replicas=replicas,
-                                   max_age=7 * 24 * 3600.0, duplicate_window=120.0)
-        return name
     finally:
         await connection.close()
 

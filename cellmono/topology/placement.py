@@ -65,6 +65,7 @@ class BrokerSection(Section):
     max_deliver: PositiveInt = 5
     ack_wait: PositiveFloat = 30.0
     connect_timeout: PositiveFloat = 2.0
+    stream_replicas: PositiveInt = 1  # NATS: copies of each durable stream on a JetStream cluster (3 on 3 nodes)
 
     @field_validator("durable", mode="before")
     @classmethod
@@ -87,7 +88,7 @@ def build_transport(settings: Settings, kind: str, *, client_name: str | None = 
                                    max_in_flight=settings.bus.max_in_flight, client_name=client_name)
     url = url or section.url or DEFAULT_URLS[kind]
     if kind == "nats":
-        return NatsTransport(url, **options)
+        return NatsTransport(url, stream_replicas=section.stream_replicas, **options)
     return RedisTransport(url, **options)
 
 # %% ../../nbs/36_placement.ipynb #629f7a34

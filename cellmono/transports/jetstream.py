@@ -57,7 +57,7 @@ class JetStreamDurables:
     def __init__(self, *, prefix: str = "cm", url: str = "", declared: Iterable[str] = (), max_deliver: int = 5,
                  ack_wait: float = 30.0, retry_delay: float = 0.5, dead_letter_prefix: str = "dead",
                  reconnect_wait: float = 0.5, stream_max_age: float = 7 * 24 * 3600.0, fetch_batch: int = 1,
-                 counters: Counters | None = None, inbox: Inbox | None = None) -> None:
+                 counters: Counters | None = None, inbox: Inbox | None = None, stream_replicas: int = 1) -> None:
         try:
             import nats.errors  # the `nats` extra, imported where it is used: this module imports without it
         except ImportError:
@@ -68,6 +68,7 @@ class JetStreamDurables:
         self.max_deliver, self.ack_wait, self.retry_delay = max_deliver, ack_wait, retry_delay
         self.dead_letter_prefix, self.reconnect_wait = dead_letter_prefix, reconnect_wait
         self.stream_max_age, self.fetch_batch = stream_max_age, fetch_batch
+        self.stream_replicas = stream_replicas  # copies of each stream on a cluster (3: survives a node; transports.cluster)
         self.counters = counters if counters is not None else Counters()
         self.inbox = inbox  # exactly-once effects for every durable handler (security.inbox), else at least once
         self.max_bytes = DEFAULT_MAX_BYTES
@@ -127,7 +128,7 @@ class JetStreamDurables:
         try:
             await self._jetstream.add_stream(
                 name=name, subjects=subjects, storage=StorageType.FILE, retention=RetentionPolicy.LIMITS,
-                max_age=self.stream_max_age, duplicate_window=120.0)
+                max_age=self.stream_max_age, duplicate_window=120.0, num_replicas=self.stream_replicas)
         except self._error as error:
             try:
                 info = await self._jetstream.stream_info(name)

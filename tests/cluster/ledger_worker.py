@@ -53,7 +53,8 @@ class LedgerCell(Cell):
 def transport(kind: str, url: str, inbox: Inbox | None):
     if kind == "nats":
         inner = NatsTransport(url, prefix=PREFIX, durable=DURABLE, ack_wait=5, reconnect_wait=0.2,
-                              client_name=f"ledger-{os.getpid()}", inbox=inbox)
+                              client_name=f"ledger-{os.getpid()}", inbox=inbox,
+                              stream_replicas=3)
     else:
         inner = RedisTransport(url, prefix=PREFIX, durable=DURABLE, ack_wait=5, reconnect_wait=0.2, inbox=inbox)
     return PlacedTransport(inner, "ledger", DURABLE)

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from cluster_support import ensure_replicated_stream, partition_support, require_cluster
+from cluster_support import partition_support, require_cluster
 from ledger import DURABLE, PREFIX, STREAM, History, Worker, check, client, dump, nemesis, settle
 
 from cellmono.core.bus import Bus
@@ -22,16 +22,17 @@ SEED = int(os.environ.get("CELLMONO_NEMESIS_SEED", "17"))
 
 
 async def run_ledger(cluster, root, seed: int, seconds: float, faults: tuple[str, ...]):
-    await ensure_replicated_stream(cluster.url(), PREFIX, "ledger.>")
-    await ensure_replicated_stream(cluster.url(), PREFIX, "dead.>")
     workers = [Worker(f"w{number}", root, cluster.url(name), "nats")
                for number, name in enumerate(cluster.names[1:], start=1)]
     history = History()
-    bus = Bus(NatsTransport(cluster.url(), prefix=PREFIX, durable=DURABLE, reconnect_wait=0.2), timeout=5)
+    bus = Bus(NatsTransport(cluster.urls, prefix=PREFIX, durable=DURABLE, reconnect_wait=0.2, stream_replicas=3),
+              timeout=5)
     try:
         for worker in workers:
             await asyncio.to_thread(worker.start)
         await bus.start()
+        replicas = await cluster.stream_replicas(STREAM)
+        assert replicas == 3, f"the ledger stream has {replicas} replicas: a node's loss would lose it"
         stop = asyncio.Event()
         sender = asyncio.create_task(client(bus, history, seed, stop))
         await asyncio.sleep(1.0)
