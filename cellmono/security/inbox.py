@@ -7,6 +7,7 @@ Docs: https://cellmono.github.io/cellmono/inbox.html.md"""
 # %% ../../nbs/19c_inbox.ipynb #87948a82
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -19,7 +20,7 @@ from ..core.envelope import Envelope
 from ..core.errors import ContractError, IdempotencyKeyInvalid
 from ..core.transport import Handler
 from .files import immediate_transaction
-from .keys import NamespaceError
+from .keys import NamespaceError, StoreBusy
 from .store import EncryptedStore, Namespace, _check_key, _seal
 
 _log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class Inbox:
 
     def __init__(self, store: EncryptedStore, *, retention: float = 8 * 24 * 3600.0) -> None:
         self.store, self.retention = store, retention
-        self.applied = self.replayed = 0  # commands applied, and redeliveries answered from the inbox
+        self.applied = self.replayed = self.conflicts = 0  # applied, answered from the inbox, run again after a conflict
         self._next_purge = 0.0
         with store._lock:
             try:
@@ -126,9 +127,16 @@ class StagedNamespace(Namespace):
         return int(row[0]) + 1 if row else 1
 
     def get(self, key: str) -> bytes | None:
-        """The staged value, else the stored one."""
-        writes = self._transaction.writes
-        return writes[(self.name, key)] if (self.name, key) in writes else super().get(key)
+        """The staged value, else the stored one (its version is checked again at commit)."""
+        transaction = self._transaction
+        if (self.name, key) in transaction.writes:
+            return transaction.writes[(self.name, key)]
+        if not transaction.closed and (self.name, key) not in transaction.reads:
+            with self._store._lock:  # the version before the value: a write in between is a conflict, never missed
+                row = self._store._connection.execute(
+                    "SELECT version FROM items WHERE namespace = ? AND key = ?", (self.name, key)).fetchone()
+            transaction.reads[(self.name, key)] = int(row[0]) if row else None
+        return super().get(key)
 
     def delete(self, key: str) -> bool:
         """Stage the removal; True when the key exists now."""
@@ -147,12 +155,17 @@ class StagedNamespace(Namespace):
         return sorted(found)
 
 
+class _Conflict(Exception):
+    """A value the transaction read was written by someone else before it committed: run the handler again."""
+
+
 class Transaction:
     """One delivery's staged store writes, committed with its inbox row in one SQLite transaction, or discarded."""
 
     def __init__(self, inbox: Inbox, consumer: str, key: str) -> None:
         self.inbox, self.consumer, self.key = inbox, consumer, key
         self.writes: dict[tuple[str, str], bytes | None] = {}
+        self.reads: dict[tuple[str, str], int | None] = {}  # the version of each value read (None: absent)
         self.pure = False  # set by a `@handles(..., pure=True)` listener: nothing staged, nothing recorded
         self.closed = False  # after commit or discard, views write through (a task the handler left running)
 
@@ -170,7 +183,8 @@ class Transaction:
         self.writes.clear()
 
     def commit(self, result: str = "null") -> bool:
-        """Write the staged values and the inbox row atomically; False (nothing written) when the key was already recorded."""
+        """Write the staged values and the inbox row atomically; False (nothing written) when the key was already
+        recorded; `_Conflict` (nothing written) when a value it read has changed since."""
         store, self.closed = self.inbox.store, True
         with store._lock:
             try:
@@ -178,6 +192,11 @@ class Transaction:
                 with immediate_transaction(store._connection) as connection:
                     if connection.execute(_RECORDED, (self.consumer, self.key)).fetchone() is not None:
                         return False
+                    for (namespace, key), read in self.reads.items():
+                        row = connection.execute("SELECT version FROM items WHERE namespace = ? AND key = ?",
+                                                 (namespace, key)).fetchone()
+                        if (int(row[0]) if row else None) != read:  # another process wrote what we read
+                            raise _Conflict(f"{namespace}/{key}")
                     for (namespace, key), value in self.writes.items():
                         if value is None:
                             connection.execute("DELETE FROM items WHERE namespace = ? AND key = ?", (namespace, key))
@@ -196,32 +215,41 @@ class Transaction:
         return True
 
 # %% ../../nbs/19c_inbox.ipynb #8ce1787d
-def exactly_once(handler: Handler, inbox: Inbox, consumer: str) -> Handler:
+def exactly_once(handler: Handler, inbox: Inbox, consumer: str, attempts: int = 8) -> Handler:
     """`handler` for a durable consumer: each idempotency key's store writes applied once, a redelivery answered from the inbox."""
     async def once(envelope: Envelope) -> Envelope | None:
         key = check_idempotency_key(envelope)
-        recorded = inbox.recorded(consumer, key)
-        if recorded is not None:
-            inbox.replayed += 1
-            return envelope.reply(json.loads(recorded)) if envelope.kind == "request" else None
-        transaction = inbox.begin(consumer, key)
-        scope = store_transaction.set(transaction)
-        try:
-            result = await handler(envelope)
-        except BaseException:
-            transaction.discard()
-            raise
-        finally:
-            store_transaction.reset(scope)
-        if isinstance(result, Envelope) and result.kind == "error" or transaction.pure:
-            transaction.discard()  # failed: the broker redelivers; pure: its writes went straight to the store
+        for attempt in range(attempts):
+            recorded = inbox.recorded(consumer, key)
+            if recorded is not None:
+                inbox.replayed += 1
+                return envelope.reply(json.loads(recorded)) if envelope.kind == "request" else None
+            transaction = inbox.begin(consumer, key)
+            scope = store_transaction.set(transaction)
+            try:
+                result = await handler(envelope)
+            except BaseException:
+                transaction.discard()
+                raise
+            finally:
+                store_transaction.reset(scope)
+            if isinstance(result, Envelope) and result.kind == "error" or transaction.pure:
+                transaction.discard()  # failed: the broker redelivers; pure: its writes went straight to the store
+                return result
+            payload = result.payload if isinstance(result, Envelope) else None
+            try:
+                committed = transaction.commit(json.dumps(payload, default=str))
+            except _Conflict:  # a replica wrote what the handler read: run it again on fresh values
+                inbox.conflicts += 1
+                await asyncio.sleep(0.002 * 2 ** attempt)
+                continue
+            if committed:
+                inbox.applied += 1
+                inbox._maybe_purge()
+            else:
+                inbox.replayed += 1  # another delivery of the same key committed first; ours was dropped
             return result
-        payload = result.payload if isinstance(result, Envelope) else None
-        if transaction.commit(json.dumps(payload, default=str)):
-            inbox.applied += 1
-            inbox._maybe_purge()
-        else:
-            inbox.replayed += 1  # another delivery of the same key committed first; ours was dropped
-        return result
+        raise StoreBusy(f"{envelope.subject}: the values the handler reads kept changing under it ({attempts} runs, "
+                        "nothing written); the broker delivers it again")
 
     return once

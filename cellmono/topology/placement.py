@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, field_va
 from ..core.config import Section, Settings
 from ..core.errors import ConfigError
 from ..core.transport import Transport
+from ..security.inbox import Inbox
 from ..transports.nats import NatsTransport
 from ..transports.redis import RedisTransport
 
@@ -77,15 +78,15 @@ DEFAULT_URLS = {"nats": "nats://127.0.0.1:4222", "redis": "redis://127.0.0.1:637
 
 
 def build_transport(settings: Settings, kind: str, *, client_name: str | None = None,
-                    url: str | None = None) -> Transport:
-    """The broker transport named `kind`, configured from its `[nats]` / `[redis]` section and `[bus]`; `url` overrides the section's."""
+                    url: str | None = None, inbox: Inbox | None = None) -> Transport:
+    """The broker transport named `kind`, configured from its `[nats]` / `[redis]` section and `[bus]`; `url` overrides the section's; `inbox`: exactly-once durable handlers."""
     if kind not in DEFAULT_URLS:
         raise ConfigError(f"{settings.source}: unknown transport {kind!r} (expected nats or redis)")
     section = settings.section(kind, BrokerSection)
     options: dict[str, Any] = dict(prefix=section.prefix, durable=section.durable, max_deliver=section.max_deliver,
                                    ack_wait=section.ack_wait, connect_timeout=section.connect_timeout,
                                    max_bytes=settings.bus.max_message_bytes, drain_timeout=settings.bus.drain_timeout,
-                                   max_in_flight=settings.bus.max_in_flight, client_name=client_name)
+                                   max_in_flight=settings.bus.max_in_flight, client_name=client_name, inbox=inbox)
     url = url or section.url or DEFAULT_URLS[kind]
     if kind == "nats":
         return NatsTransport(url, stream_replicas=section.stream_replicas, **options)

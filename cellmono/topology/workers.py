@@ -32,7 +32,9 @@ from .placement import (
 from .services import app_from_settings
 from .supervisor import ReplicaStatus, RestartPolicy, status_path, write_status
 from .switch import LiveApp
+from ..security.inbox import Inbox
 from ..security.records import audit_record
+from ..security.store import EncryptedStore
 from ..transports.brokers import ContractMismatch, covers
 
 _log = logging.getLogger(__name__)
@@ -116,6 +118,12 @@ def _load(settings: Settings | str | Path) -> tuple[Settings, App]:
     return settings, app_from_settings(settings)
 
 
+def _inbox(app: App) -> Inbox | None:
+    """The exactly-once inbox (security.inbox) in the app's encrypted store; None when it has none."""
+    store = getattr(app.services, "store", None)
+    return Inbox(store) if isinstance(store, EncryptedStore) else None
+
+
 async def check_contract(bus: Bus, cell_class: type[Cell], wait: float = 10.0) -> None:
     """Ask the app which contract it expects for the cell; `ContractMismatch` when ours differs."""
     mine = contract_fingerprint(cell_class)
@@ -143,7 +151,7 @@ async def run_worker(settings_path: str | Path, cell: str, replica: int = 1,
         raise ConfigError(f"{settings.source}: no cell {cell!r} in [app] cells ({', '.join(full.cells)})")
     placement = placements(settings)[cell]
     kind = placement.transport if placement.transport != "memory" else (broker_kind(settings) or "nats")
-    inner = build_transport(settings, kind, client_name=f"{cell}-{replica}-{os.getpid()}")
+    inner = build_transport(settings, kind, client_name=f"{cell}-{replica}-{os.getpid()}", inbox=_inbox(full))
     section = settings.section(kind, BrokerSection)
     app = WorkerApp([full.cells[cell]], settings=settings, services=full.services,  # the same security layer
                     transport=PlacedTransport(inner, cell, section.durable))
@@ -345,6 +353,6 @@ def build_app(settings: Settings | str | Path = "settings.ini") -> App:
         return LiveApp(list(everything.cells.values()), settings=settings, services=everything.services)
     placed = placements(settings)
     local = [cell for name, cell in everything.cells.items() if placed[name].where == "inprocess"]
-    transport = build_transport(settings, kind, client_name=f"{settings.app.name}-app")
+    transport = build_transport(settings, kind, client_name=f"{settings.app.name}-app", inbox=_inbox(everything))
     return PromotedApp(local, everything=everything, placed=placed, settings_path=settings_path,
                        settings=settings, transport=transport, services=everything.services)
