@@ -206,10 +206,11 @@ async def request_rate(caller_url: str, responder_url: str, seconds: float) -> f
         await responder.stop(timeout=1)
 
 
-async def first_success_after(successes: list[float], moment: float, limit: float) -> float | None:
+async def first_success_after(successes: list[tuple[float, float]], moment: float, limit: float) -> float | None:
+    """Seconds from `moment` to the acknowledgement of the first command *sent* after it (None past `limit`)."""
     give_up = time.monotonic() + limit
     while time.monotonic() < give_up:
-        later = [when for when in successes if when > moment]
+        later = [finished for started, finished in successes if started > moment]
         if later:
             return round(later[0] - moment, 3)
         await asyncio.sleep(0.02)
@@ -228,16 +229,17 @@ async def kill_recovery(cluster: Cluster) -> dict[str, Any]:
     bus = Bus(NatsTransport(cluster.url(follower), prefix="kr", durable=("k.>",), reconnect_wait=0.2,
                             stream_replicas=3), timeout=5)
     await bus.start()
-    successes: list[float] = []
+    successes: list[tuple[float, float]] = []  # (sent, acknowledged)
     stop = asyncio.Event()
 
     async def publisher() -> None:
         number = 0
         while not stop.is_set():
             number += 1
+            started = time.monotonic()
             try:
                 await bus.publish("k.one", number, idempotency_key=f"k-{number}")
-                successes.append(time.monotonic())
+                successes.append((started, time.monotonic()))
             except Exception:  # not acknowledged: the next one tries again
                 await asyncio.sleep(0.02)
             await asyncio.sleep(0.005)
