@@ -128,16 +128,17 @@ def measure_exactly_once_overhead(quick: bool = False) -> dict[str, Any]:
         server.cleanup()
 
 
-def recovery_after_kills(history: History) -> float | None:
-    """The longest wait from a node kill to the next acknowledged command (None when there was no kill)."""
-    kills = [when for when, what in history.faults if what.startswith(("kill ", "leader "))]
-    if not kills:
-        return None
-    waits = []
+def recovery_after_kills(history: History) -> tuple[float | None, int]:
+    """The longest wait from a node kill to the next acknowledged command, and how many kills saw none after them."""
+    kills = [when for when, what in history.faults if what.startswith(("kill ", "leader ")) and " for " in what]
+    waits, unrecovered = [], 0
     for killed in kills:
         later = [when for when in history.successes if when > killed]
-        waits.append(later[0] - killed if later else float("inf"))
-    return max(waits)
+        if later:
+            waits.append(later[0] - killed)
+        else:
+            unrecovered += 1
+    return (max(waits) if waits else None), unrecovered
 
 
 async def ledger_under_nemesis(seconds: float, seed: int) -> dict[str, Any]:
@@ -172,8 +173,10 @@ async def ledger_under_nemesis(seconds: float, seed: int) -> dict[str, Any]:
     verdict = check(history, [worker.folder for worker in workers])
     print(f"nemesis (seed {seed}): {', '.join(done)}")
     print(f"checker: {verdict.summary()}")
-    recovery = recovery_after_kills(history)
-    return {"nemesis_recovery_s": None if recovery is None or recovery == float("inf") else round(recovery, 3),"lost": len(verdict.lost), "double_effects": len(verdict.double_effects),
+    recovery, unrecovered = recovery_after_kills(history)
+    if unrecovered:
+        print(f"{unrecovered} kill(s) had no acknowledged command after them before the client stopped")
+    return {"nemesis_recovery_s": None if recovery is None else round(recovery, 3), "lost": len(verdict.lost), "double_effects": len(verdict.double_effects),
             "double_effects_across_workers": len(verdict.double_across_workers),
             "acknowledged": verdict.acknowledged, "audit_ok": not verdict.audit_problems}
 
