@@ -176,7 +176,8 @@ async def ledger_under_nemesis(seconds: float, seed: int) -> dict[str, Any]:
     recovery, unrecovered = recovery_after_kills(history)
     if unrecovered:
         print(f"{unrecovered} kill(s) had no acknowledged command after them before the client stopped")
-    return {"nemesis_recovery_s": None if recovery is None else round(recovery, 3), "lost": len(verdict.lost), "double_effects": len(verdict.double_effects),
+    return {"nemesis_recovery_s": None if recovery is None else round(recovery, 3), "lost": len(verdict.lost),
+            "double_effects": len(verdict.double_effects),
             "double_effects_across_workers": len(verdict.double_across_workers),
             "acknowledged": verdict.acknowledged, "audit_ok": not verdict.audit_problems}
 
