@@ -19,7 +19,7 @@ from ..core.cell import store_transaction
 from ..core.envelope import Envelope
 from ..core.errors import ContractError, IdempotencyKeyInvalid
 from ..core.transport import Handler
-from .files import immediate_transaction
+from .files import immediate_transaction, retry_while_locked
 from .keys import NamespaceError, StoreBusy
 from .store import EncryptedStore, Namespace, _check_key, _seal
 
@@ -72,7 +72,7 @@ class Inbox:
         self._next_purge = 0.0
         with store._lock:
             try:
-                store._connection.executescript(_SCHEMA)
+                retry_while_locked(lambda: store._connection.executescript(_SCHEMA), 10.0)  # replicas start together
             except sqlite3.Error as error:
                 raise store._translate(error) from None
 

@@ -253,6 +253,7 @@ def test_broker_killed_mid_run(tmp_path, kind):
     finally:
         store.close()
         server.cleanup()
+    print(f"{kind}: {inbox.replayed} redeliveries answered from the inbox, {inbox.conflicts} conflicts")
     assert acknowledged == keys
     assert {key: count for key, count in applied.items() if count != 1} == {}  # no loss, no double
     assert inbox.applied == len(keys)
