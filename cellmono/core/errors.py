@@ -27,6 +27,7 @@ class CellmonoError(Exception):
     │   ├── VerificationError                 App.verify() found broken invariants
     │   ├── ContractMismatch                  a replica serves another version of a cell's contract (transports)
     │   └── ClientCapabilityMissing           a handler asked the MCP client for what it did not declare (core.context)
+    │       └── ConfirmationUnavailable       a runbook apply whose MCP client cannot ask the human to confirm (ops)
     ├── StartupError                          a cell failed to start (core.app)
     ├── SubjectError (ValueError)             a subject or pattern outside the grammar
     ├── MessageError (ValueError)             a message that cannot cross the bus

@@ -39,8 +39,8 @@ from ..security.tokens import TokenAudienceMismatch, TokenInvalid, TokenIssuer, 
 
 # %% auto #0
 __all__ = ['Mode', 'SKIPPED', 'ApplyRefused', 'ApprovalRefused', 'RunbookFailed', 'RunbooksSection', 'AppPaths', 'app_paths',
-           'check_archive', 'last_dry_run', 'approval_audience', 'needs_approval', 'approve', 'check_approval',
-           'prepared', 'RunResult', 'run_runbook', 'history']
+           'check_archive', 'last_dry_run', 'rehearsed', 'approval_audience', 'needs_approval', 'approve',
+           'check_approval', 'prepared', 'RunResult', 'run_runbook', 'history']
 
 # %% ../../nbs/61_runbook_runner.ipynb #06f34e4c
 class ApplyRefused(RunbookError, PermissionError):
@@ -121,6 +121,16 @@ def last_dry_run(audit: Path, name: str, digest: str, window: float, now: float 
                     and details.get("content_hash") == digest and now - float(fields["time"]) <= window):
                 return float(fields["time"])
     return None
+
+
+def rehearsed(paths: AppPaths, name: str, digest: str) -> float:
+    """When the dry run an apply of runbook `name` at content hash `digest` rests on passed; `ApplyRefused` when none did."""
+    window = paths.section.apply_window
+    passed = last_dry_run(paths.audit, name, digest, window)
+    if passed is None:
+        raise ApplyRefused(f"runbook {name!r}: --apply needs a successful dry run of the same notebook and parameters "
+                           f"(content hash {digest[:12]}) in the last {window:g} s; run it without --apply first")
+    return passed
 
 # %% ../../nbs/61_runbook_runner.ipynb #f2d1fb36
 def approval_audience(name: str, digest: str) -> str:
@@ -324,10 +334,8 @@ def run_runbook(runbook: Runbook, parameters: BaseModel, *, mode: Mode = "dry-ru
     paths = app_paths(settings)
     digest = content_hash(runbook, parameters)
     check_archive(paths.archive)
-    if mode == "apply" and last_dry_run(paths.audit, runbook.name, digest, paths.section.apply_window) is None:
-        raise ApplyRefused(f"runbook {runbook.name!r}: --apply needs a successful dry run of the same notebook and "
-                           f"parameters (content hash {digest[:12]}) in the last {paths.section.apply_window:g} s; "
-                           "run it without --apply first")
+    if mode == "apply":
+        rehearsed(paths, runbook.name, digest)
     approved: tuple[str, str] | None = None
     if mode == "apply" and needs_approval(runbook, paths.section):
         approved = check_approval(approval, runbook, digest, paths)

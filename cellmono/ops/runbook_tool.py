@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from ..core.cell import Cell, Spec
+from ..core.context import ClientCapabilityMissing, Context, InputRequired, elicitation
 from ..core.envelope import Envelope
-from .runbook_runner import Mode, RunResult, run_runbook
-from .runbooks import Runbook, runbook_named
+from .runbook_runner import Mode, RunResult, app_paths, rehearsed, run_runbook
+from .runbooks import Runbook, content_hash, runbook_named
+from ..security.audit import AuditLog
+from ..security.records import audit_record
 
 # %% auto #0
-__all__ = ['RunbookToolSettings', 'RunbookToolResult', 'report', 'RunbookToolCell']
+__all__ = ['CONFIRM_SCHEMA', 'RunbookToolSettings', 'RunbookToolResult', 'report', 'ConfirmationUnavailable', 'shown_parameters',
+           'confirmation_message', 'confirm_apply', 'declined', 'RunbookToolCell']
 
 # %% ../../nbs/69_runbook_tool.ipynb #473514cf
 class RunbookToolSettings(BaseModel):
@@ -64,6 +69,70 @@ def report(result: RunResult, limit: int = 2000) -> str:
             return text[-limit:]
     return ""
 
+# %% ../../nbs/69_runbook_tool.ipynb #c0f1a2b4
+class ConfirmationUnavailable(ClientCapabilityMissing):
+    """Applying a runbook over MCP asks the human to confirm, and the calling client declared no 'elicitation'."""
+
+
+CONFIRM_SCHEMA: dict[str, Any] = {"type": "object", "required": ["confirm"], "properties": {"confirm": {
+    "type": "boolean", "title": "Apply", "default": False,
+    "description": "Tick to apply the runbook as shown; nothing is applied otherwise"}}}
+
+
+def shown_parameters(parameters: BaseModel, limit: int = 200) -> str:
+    """`parameters` as `name=value, ...` for a human; a secret shows as its reference (the tool never resolves it)."""
+    schema = type(parameters).model_json_schema().get("properties", {})
+    shown = []
+    for name, value in parameters.model_dump(mode="json").items():
+        secret = value is not None and "secret-reference" in json.dumps(schema.get(name, {}))
+        text = f"<secret from {value}>" if secret else json.dumps(value)
+        shown.append(f"{name}={text[:limit]}")
+    return ", ".join(shown) or "(none)"
+
+
+def confirmation_message(runbook: Runbook, parameters: BaseModel, digest: str, passed: float, actor: str | None) -> str:
+    """What the human reads before an apply: who applies which runbook, with what, and which dry run it rests on."""
+    when = datetime.fromtimestamp(passed, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (f"Apply runbook {runbook.name!r} (its destructive steps) as {actor or 'an unnamed caller'}?\n"
+            f"Parameters: {shown_parameters(parameters)}\n"
+            f"Dry run being applied: content hash {digest}, passed {when}.\n"
+            "Accept with 'Apply' ticked to apply exactly this; decline or cancel and nothing is applied.")
+
+# %% ../../nbs/69_runbook_tool.ipynb #c0f1a2b7
+async def confirm_apply(runbook: Runbook, parameters: BaseModel, ctx: Context, settings: Path) -> str:
+    """The human's answer to applying `runbook` with `parameters`: "accept" (box ticked), "decline" or "cancel";
+    `ApplyRefused` first when no dry run of that content hash passed, `ConfirmationUnavailable` when the client cannot ask."""
+    digest = content_hash(runbook, parameters)
+    passed = await asyncio.to_thread(rehearsed, app_paths(settings), runbook.name, digest)
+    if not ctx.supports("elicitation"):
+        raise ConfirmationUnavailable(
+            f"{ctx.envelope.subject} asks the human to confirm, and this client cannot (it did not declare the "
+            f"'elicitation' capability): nothing was applied; apply from the CLI: cellmono runbook run "
+            f"{runbook.name} --apply", ("elicitation",))
+    key = f"confirm-{digest[:16]}"
+    question = {key: elicitation(confirmation_message(runbook, parameters, digest, passed, ctx.principal),
+                                 CONFIRM_SCHEMA)}
+    if ctx.state != digest:  # not asked in this call for this hash yet: answers the client volunteered do not count
+        raise InputRequired(question, digest)
+    answer = (await ctx.ask(question))[key]
+    action = answer.get("action") if isinstance(answer, dict) else None
+    content = answer.get("content") if isinstance(answer, dict) else None
+    if action == "accept":
+        return "accept" if isinstance(content, dict) and content.get("confirm") is True else "decline"
+    return "cancel" if action == "cancel" else "decline"
+
+
+def declined(runbook: Runbook, parameters: BaseModel, settings: Path, actor: str | None, answer: str) -> RunbookToolResult:
+    """Audit an apply the human did not confirm (nothing ran) and say so."""
+    digest = content_hash(runbook, parameters)
+    reason = f"not applied: the human answered {answer}"
+    with AuditLog(app_paths(settings).audit) as log:
+        log.append(audit_record(actor or "unknown", "runbook.run", resource=runbook.name, outcome="cancelled",
+                                reason=reason, details={"mode": "apply", "parameters": parameters.model_dump(mode="json"),
+                                                        "content_hash": digest, "result": "declined"}))
+    return RunbookToolResult(runbook=runbook.name, mode="apply", ok=False, content_hash=digest, archive="",
+                             duration=0.0, error=reason)
+
 # %% ../../nbs/69_runbook_tool.ipynb #e1538526
 _KINDS: tuple[tuple[Mode, str, str], ...] = (("dry-run", "", "run"), ("apply", "-apply", "apply"))
 
@@ -91,21 +160,30 @@ class RunbookToolCell(Cell):
                 specs.append(Spec(kind="tool", attribute=attribute, subject=f"{self.name}.{name}{suffix}",
                                   input=runbook.parameters, output=RunbookToolResult,
                                   requires=(f"runbook:{capability}:{name}",), requires_declared=True,
-                                  takes_envelope=True, description=_description(runbook, mode)))
+                                  takes_envelope=True, description=_description(runbook, mode),
+                                  context="ctx" if mode == "apply" else None))
         self.__dict__["specs"] = tuple(specs)
 
     def _tool(self, runbook: Runbook, mode: Mode) -> Any:
-        async def call(parameters: BaseModel, envelope: Envelope) -> RunbookToolResult:
-            result = await asyncio.to_thread(run_runbook, runbook, parameters, mode=mode,
-                                             settings=Path(self._options.settings), actor=envelope.principal)
+        settings = Path(self._options.settings)
+
+        async def run(parameters: BaseModel, envelope: Envelope) -> RunbookToolResult:
+            result = await asyncio.to_thread(run_runbook, runbook, parameters, mode=mode, settings=settings,
+                                             actor=envelope.principal)
             return RunbookToolResult(runbook=runbook.name, mode=mode, ok=result.ok, content_hash=result.content_hash,
                                      archive=result.archive.name, duration=round(result.duration, 3),
                                      failed_cell=result.failed_cell, error=result.error, report=report(result))
-        return call
 
+        async def apply(parameters: BaseModel, envelope: Envelope, ctx: Context) -> RunbookToolResult:
+            answer = await confirm_apply(runbook, parameters, ctx, settings)
+            if answer != "accept":
+                return await asyncio.to_thread(declined, runbook, parameters, settings, envelope.principal, answer)
+            return await run(parameters, envelope)
+
+        return run if mode == "dry-run" else apply
 
 def _description(runbook: Runbook, mode: Mode) -> str:
     if mode == "dry-run":
         return f"Dry run of runbook {runbook.name}: {runbook.summary} When to use: {runbook.when}"
     return (f"Apply runbook {runbook.name} (its destructive steps): {runbook.summary} Needs a passed dry run "
-            "with the same parameters first.")
+            "with the same parameters first, and asks the human to confirm (MCP elicitation).")

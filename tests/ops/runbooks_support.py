@@ -1,4 +1,5 @@
-"""A fresh app (a clean copy of the example's settings and cells) and the `cellmono runbook` CLI as a subprocess."""
+"""A fresh app (a clean copy of the example's settings and cells), the `cellmono runbook` CLI as a subprocess, and an
+app serving runbooks as MCP tools with the keys and the official MCP client that call them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOKS = ROOT / "nbs" / "runbooks"
@@ -24,6 +26,38 @@ def fresh_app(folder: Path) -> Path:
     shutil.copy(ROOT / "settings.ini", folder / "settings.ini")
     shutil.copytree(ROOT / "examples", folder / "examples", ignore=shutil.ignore_patterns("__pycache__"))
     return folder / "settings.ini"
+
+
+def runbook_tool_app(folder: Path, expose: str, extra: str = "") -> Path:
+    """A fresh app in `folder` with the runbooks cell exposing `expose`, roles `operator` (dry runs) and `applier`
+    (dry runs, applying promote-cell and health-check), and `extra` lines in `[cell.runbooks]`; its settings file."""
+    settings = fresh_app(folder)
+    text = re.sub(r"^cells = (.*)$", r"cells = \1, runbooks", settings.read_text(), count=1, flags=re.MULTILINE)
+    text = text.replace("[security]\n", "[security]\nrole.operator = tool:call:runbooks.*, runbook:run:*\n"
+                        "role.applier = tool:call:runbooks.*, runbook:run:*, runbook:apply:promote-cell, "
+                        "runbook:apply:health-check\n", 1)
+    text = text.replace("[gateway]\n", "[gateway]\ncall_timeout = 300\n", 1)  # a run starts a kernel: seconds
+    settings.write_text(text + "\n[cell.runbooks]\nclass = cellmono.ops.runbook_tool:RunbookToolCell\n"
+                        f"expose = {expose}\nsettings = {settings}\n{extra}")
+    return settings
+
+
+def tool_keys(folder: Path) -> dict[str, str]:
+    """API keys of the app in `folder`: one per role (admin, operator, applier, reader; principal `ROLE-user`) and
+    `probe`, a reader key that health-check's `probe_key` authenticates."""
+    from cellmono.gateway.auth import ApiKeys
+    keys = ApiKeys(folder / "var" / "api-keys.json")
+    made = {role: keys.create(f"{role}-user", [role]) for role in ("admin", "operator", "applier", "reader")}
+    return made | {"probe": keys.create("probe", ["reader"])}
+
+
+def mcp_client(url: str, key: str, mode: str = "2026-07-28", **callbacks: Any) -> Any:
+    """The official MCP client on `url` with API `key` (a run starts a kernel: a long timeout), speaking `mode`."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=httpx2.Timeout(300.0))
+    return Client(streamable_http_client(url, http_client=http), mode=mode, cache=None, **callbacks)
 
 
 def cellmono(*arguments: str, cwd: Path, env: dict[str, str] | None = None,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cellmono.ops.runbooks import app_security, find_runbooks
+from cellmono.security.guard import SecuritySection
 from cellmono.security.store import open_store
 
 from runbooks_support import RUNBOOKS, audit_runs, cellmono, fresh_app
@@ -98,16 +99,21 @@ def test_a_secret_never_reaches_the_archive_the_audit_log_or_the_output(tmp_path
     assert audit_runs(tmp_path)[0]["details"]["parameters"] == {"probe_key": "env:PROBE_KEY"}
 
 
-def test_a_backup_changed_after_its_manifest_is_never_restored_as_good(tmp_path: Path) -> None:
-    settings = fresh_app(tmp_path)
-    security = app_security(settings)
+def backed_up_app(folder: Path) -> SecuritySection:
+    """A fresh app in `folder` whose store holds 20 items, backed up (dry run, apply) and its restore rehearsed."""
+    security = app_security(fresh_app(folder))
     Path(security.store_path).parent.mkdir(parents=True)
     with open_store(security, create_key_file=True) as store:
         for number in range(20):
             store.put("notes", f"note-{number}", bytes([number]) * 4096)
     for name, mode in (("backup-store", "--dry-run"), ("backup-store", "--apply"), ("restore-store", "--dry-run")):
-        done = cellmono("runbook", "run", name, mode, "--cwd", str(tmp_path), cwd=tmp_path)
+        done = cellmono("runbook", "run", name, mode, "--cwd", str(folder), cwd=folder)
         assert done.returncode == 0, (name, mode, done.stderr)
+    return security
+
+
+def test_a_backup_changed_after_its_manifest_is_never_restored_as_good(tmp_path: Path) -> None:
+    backed_up_app(tmp_path)
     [backup] = (tmp_path / "var" / "backups").glob("*-store.sqlite")
     data = bytearray(backup.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one bit of rot in the middle of the file, after the manifest was written
@@ -123,15 +129,7 @@ def test_a_backup_changed_after_its_manifest_is_never_restored_as_good(tmp_path:
 
 def test_a_restore_with_the_wrong_key_is_never_reported_good(tmp_path: Path) -> None:
     """The single-scan verification (`verify_all`) still refuses a backup the app's key cannot read."""
-    settings = fresh_app(tmp_path)
-    security = app_security(settings)
-    Path(security.store_path).parent.mkdir(parents=True)
-    with open_store(security, create_key_file=True) as store:
-        for number in range(20):
-            store.put("notes", f"note-{number}", bytes([number]) * 4096)
-    for name, mode in (("backup-store", "--dry-run"), ("backup-store", "--apply"), ("restore-store", "--dry-run")):
-        done = cellmono("runbook", "run", name, mode, "--cwd", str(tmp_path), cwd=tmp_path)
-        assert done.returncode == 0, (name, mode, done.stderr)
+    security = backed_up_app(tmp_path)
     kek_file = Path(security.kek_file or "")
     keys = json.loads(kek_file.read_text())
     other = base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
