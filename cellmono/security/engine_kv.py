@@ -80,7 +80,7 @@ class MemoryTables:
         """Forget the watchers."""
         self.watchers.clear()
 
-# %% ../../nbs/18c_engine_kv.ipynb #a0a45aca
+# %% ../../nbs/18c_engine_kv.ipynb #73e69a1d
 async def _quiet(error: Exception) -> None:
     _log.debug("engine connection: %s", error)  # reconnects are logged by the client; no traceback per retry
 
@@ -114,12 +114,18 @@ class NatsTables:
             js = self._connection.jetstream()
             bucket = f"{self.namespace}_{table}"
             try:
-                self._buckets[table] = await js.key_value(bucket)
-            except BucketNotFoundError:
-                if not self.create:
-                    raise EngineUnavailable(f"no {bucket!r} table on the engine at {redact(self.url)}: "
-                                            "start the app first (it creates it)") from None
-                self._buckets[table] = await js.create_key_value(bucket=bucket, history=1)
+                try:
+                    self._buckets[table] = await js.key_value(bucket)
+                except BucketNotFoundError:
+                    if not self.create:
+                        raise EngineUnavailable(f"no {bucket!r} table on the engine at {redact(self.url)}: "
+                                                "start the app first (it creates it)") from None
+                    self._buckets[table] = await js.create_key_value(bucket=bucket, history=1)
+            except EngineUnavailable:
+                raise
+            except Exception as error:  # no JetStream, no permission, timeout: the client's types vary
+                raise EngineUnavailable(f"the engine at {redact(self.url)} has no usable KV bucket {bucket!r} "
+                                        f"(JetStream on? nats-server -js): {type(error).__name__}") from None
         return self._buckets[table]
 
     async def put(self, table: str, key: str, value: bytes) -> None:
