@@ -45,13 +45,17 @@ def engine_namespace(app_name: str) -> str:
     """The app's namespace on the engine: `cellmono_<name>` with characters NATS bucket names allow."""
     return "cellmono_" + re.sub(r"[^A-Za-z0-9_-]", "_", app_name)
 
-# %% ../../nbs/38c_engine_link.ipynb #725b68ea
-async def link_engine(services: Any, tables: EngineTables, *, signer: bool) -> EngineKeys:
-    """Connect `services` (with `.keys` and `.verifier`) to the engine's keys and revocations."""
+# %% ../../nbs/38c_engine_link.ipynb #c379b135
+async def link_engine(services: Any, tables: EngineTables, *, signer: bool, retire_grace: float = 300.0) -> EngineKeys:
+    """Connect `services` (with `.keys` and `.verifier`) to the engine's keys and revocations; a signer publishes
+    its ring and retires, with `retire_grace` seconds of grace, published keys its ring no longer holds."""
     engine = EngineKeys(tables)
     await engine.start()
     if signer:
         await engine.publish(services.keys)
+        for kid, record in list(engine.directory.records.items()):
+            if record.retired is None and services.keys.public_key(kid) is None:
+                await engine.retire(kid, retire_grace)
     services.verifier.keys = TrustedKeys(services.keys, engine.directory)
     services.verifier.revocations = engine.revocations
     guard = getattr(services, "guard", None)
