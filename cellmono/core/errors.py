@@ -65,6 +65,9 @@ class CellmonoError(Exception):
     │   ├── StoreCorrupted (ValueError)       a ciphertext or the file is damaged
     │   ├── StoreBusy (TimeoutError)          another process held the file too long
     │   └── NamespaceError (ValueError)       a bad namespace or key name
+    ├── EngineError                           keys, revocations or credentials on the engine (security)
+    │   ├── EngineUnavailable (ConnectionError)  the engine cannot be reached; names its URL, never a password
+    │   └── EngineRecordInvalid (ValueError)  a record on the engine is malformed, or a key under another's id
     ├── RunbookError                          a runbook cannot run, or its run failed (ops)
     │   ├── RunbookNotFound (LookupError)     no runbook of that name
     │   ├── ParameterError (ValueError)       unknown, missing or ill-typed parameter; never echoes the value

@@ -33,6 +33,7 @@ from .services import app_from_settings
 from .supervisor import ReplicaStatus, RestartPolicy, status_path, write_status
 from .switch import LiveApp
 from ..security.inbox import Inbox
+from .engine_link import link_app
 from ..security.records import audit_record
 from ..security.store import EncryptedStore
 from ..transports.brokers import ContractMismatch, covers
@@ -156,6 +157,7 @@ async def run_worker(settings_path: str | Path, cell: str, replica: int = 1,
     app = WorkerApp([full.cells[cell]], settings=settings, services=full.services,  # the same security layer
                     transport=PlacedTransport(inner, cell, section.durable))
     await app.bus.start()  # BrokerUnavailable (naming the URL) when the broker is not there
+    engine = await link_app(app, signer=False)  # the app's public keys and revocations, from the engine
     await check_contract(app.bus, type(full.cells[cell]))
     await app.start()
     ping = {"cell": cell, "replica": replica, "pid": os.getpid(), "contract": contract_fingerprint(type(full.cells[cell]))}
@@ -170,6 +172,8 @@ async def run_worker(settings_path: str | Path, cell: str, replica: int = 1,
     _log.info("worker %s #%d (pid %d) serving on %s", cell, replica, os.getpid(), kind)
     await stop.wait()
     await app.stop()
+    if engine is not None:
+        await engine.close()
     return 0
 
 # %% ../../nbs/37_workers.ipynb #154f1377
@@ -188,6 +192,7 @@ class PromotedApp(App):
         self._stopping_workers = False
         self._status_written = 0.0
         self.ready_timeout = self.settings.supervision.ready_timeout
+        self.engine: Any = None  # EngineKeys once linked: the app publishes its public keys and revocations
 
 
     def violations(self) -> list[str]:
@@ -202,6 +207,7 @@ class PromotedApp(App):
         """Connect, answer contract queries, spawn and await the workers, then start in-process cells."""
         self.verify()
         await self.bus.start()
+        self.engine = await link_app(self, signer=True)
         for placement in self.promoted():
             fingerprint = contract_fingerprint(type(self.everything.cells[placement.cell]))
             await answer_control(self.bus, CONTRACT_SUBJECT.format(cell=placement.cell), fingerprint)
@@ -338,6 +344,9 @@ class PromotedApp(App):
             if process.poll() is None:
                 process.kill()
                 process.wait(5)
+        if self.engine is not None:
+            engine, self.engine = self.engine, None
+            await engine.close()
 
     def to_mermaid(self) -> str:
         """Where each cell runs: the app process, the broker, and each promoted cell's replicas."""
