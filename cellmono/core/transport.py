@@ -297,12 +297,12 @@ class MemoryTransport:
     async def turn(self) -> None:
         """Return at once, unless inline requests used this loop turn's budget: then wait, in order, for a turn."""
         started = self._turn_started
-        if started is not None and self._turn_holder is asyncio.current_task():
-            return  # this task started the turn (a `SwitchTransport` took it before routing)
         if started is None and not self._turn_waiters and not self._handing:
             self._start_turn(time.perf_counter())
-        elif started is None or time.perf_counter() - started > self.turn_budget or self._turn_waiters:
+        elif started is None or time.perf_counter() - started > self.turn_budget:
             await self._next_turn_for_me()
+        elif self._turn_waiters and self._turn_holder is not asyncio.current_task():
+            await self._next_turn_for_me()  # in order; the holder is a `SwitchTransport` request, routed already
 
     def _start_turn(self, now: float) -> None:
         self._turn_started, self._turn_holder = now, asyncio.current_task()
