@@ -2,23 +2,28 @@
 
 One run, real components: the cell runs in a `LiveApp` with telemetry attached, `AppTriggers` (the loop `cellmono
 serve` runs) samples it every interval with short windows, and its `PromoterMover` promotes through the `Promoter`
-that `cellmono promote` uses: worker processes (`cellmono.cli.worker`) over the embedded nats-server. Closed-loop
-clients (`CLIENTS`) send requests back to back through `app.bus.request`, each waited for; the baseline is the same
-load before the move (the cell in process). The trigger settings are short for the run (0.2 s ticks, 0.4 s up delay,
-a 4 s / 1 s burn window, CPU enter 0.25 and the cell's `slo_p95_ms = 10`: on a shared machine a saturated event loop
-gets well under a core, so thread CPU alone reads low); two replicas.
+that `cellmono promote` uses: worker processes (`cellmono.cli.worker`) over the embedded nats-server. The load is
+closed-loop through `app.bus.request`: `CALLERS` (8) callers back to back, so in process the cell
+is saturated and requests queue on the app's loop (each waits behind the others'), while two workers serve them two
+at a time. The trigger settings are short for the run (0.2 s ticks, 0.4 s up delay, a 4 s / 1 s burn
+window, CPU enter 0.25 and the cell's `slo_p95_ms = 10`: on a shared machine a saturated event loop gets well under a
+core, so thread CPU alone reads low); two replicas.
+
+Every figure may be null (the reason is printed above the JSON line): the run never crashes on a missing window.
 
 Keys of the last line:
 - lost_requests: requests sent and never answered (timed out or cut) over the whole run; failed_requests: answered
   with an error;
 - detect_s: from load start to the promotion decision; promote_s: from the decision until the promotion returned,
   i.e. the cell's subjects route to the broker and the in-process copy is drained: all traffic served by workers;
-- p95_before_ms / p95_after_ms: client latency under the same load, in process (from 0.5 s after load start to the
-  decision) vs in workers (from `WARM_UP` s after the promotion to the demotion);
+- p95_before_ms / p95_after_ms: latency from when each request was due, under the same load, in process (from 0.5 s
+  after load start to the decision) vs in workers (from `WARM_UP` s after the promotion to the demotion);
 - telemetry_overhead: in-process bus request/reply with the default telemetry on vs off, minus 1 (thread CPU,
   paired rounds, from `bench/telemetry.py`); tracing is off by default and not part of it;
 - demote_lost: requests lost while `Promoter.demote` brings the cell back under the same load;
-- replicas: the workers the decision asked for; decide_us: one pure policy decision with the default windows.
+- replicas: the workers the decision asked for; decide_us: one pure policy decision with the default windows;
+- requests, callers, service_ms: the requests sent, by how many callers, and the in-process time of one request with
+  nothing queued (measured first: p95_before_ms is about callers x service_ms when the cell is saturated).
 """
 
 from __future__ import annotations
@@ -103,20 +108,26 @@ def write_app(folder: Path) -> Path:
     return settings
 
 
-# Two closed-loop clients against two workers. With four, the workers' p95 is worse than in process: a worker runs the
-# CPU-bound handler on its event loop, and a reply waits in the NATS client's buffer behind the next handler call.
-CLIENTS = 2
+# The load: CALLERS callers, each sending `hot.work` and waiting for the answer before the next, with no pause (as
+# many agents calling one tool). In process they saturate the cell: it runs one request at a time on the app's
+# loop, so each request waits behind the other callers' (a queue CALLERS - 1 deep). Two workers run two at a time.
+# The bench had two callers before: in process that queued at most one request, while the broker's queue group sent
+# both to the same worker half the time, so it measured those collisions rather than the scenario. An open-loop rate
+# above the in-process capacity queues too, but without bound: on this shared machine (2 cores, 8 rooms) the capacity
+# changes 2x within a minute and a promotion under contention takes 10 s, so the backlog, not the move, set the figures.
+CALLERS = 8
+REPLICAS = 2
 WARM_UP = 2.0  # seconds after the promotion before the 'after' latencies count
-TIMEOUT = 2.5  # seconds before a request counts as lost: well above any p95 here, below the phases' lengths
+TIMEOUT = 10.0  # seconds before a request counts as lost (never answered): far above any queue of this run
 
 
 class Load:
-    """Closed-loop clients: each sends `hot.work`, waits for the answer, sends the next; every outcome counted."""
+    """Closed-loop callers: each sends `hot.work`, waits for the answer, sends the next; every outcome counted."""
 
-    def __init__(self, app: LiveApp, clients: int, rounds: int) -> None:
+    def __init__(self, app: LiveApp, callers: int, rounds: int) -> None:
         from hotcell import Done, Work  # importable once the app is built (its folder is on sys.path)
 
-        self.app, self.clients, self.work, self.done = app, clients, Work(rounds=rounds), Done
+        self.app, self.callers, self.work, self.done = app, callers, Work(rounds=rounds), Done
         self.token = app.services.token_for(Principal(id="load", roles=("caller",)))
         self.sent = self.answered = self.lost = self.failed = 0
         self.latencies: list[tuple[float, float]] = []  # (sent at, seconds)
@@ -126,13 +137,14 @@ class Load:
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self.tasks = [asyncio.create_task(self.client()) for _ in range(self.clients)]
+        self.tasks = [asyncio.create_task(self.caller()) for _ in range(self.callers)]
 
     async def stop(self) -> None:
+        """Stop sending; every request in the air ends (answered or timed out) before this returns."""
         self.stopping.set()
         await asyncio.gather(*self.tasks)
 
-    async def client(self) -> None:
+    async def caller(self) -> None:
         while not self.stopping.is_set():
             self.sent += 1
             started = time.monotonic()
@@ -149,7 +161,6 @@ class Load:
             else:
                 self.answered += 1
                 self.latencies.append((started, time.monotonic() - started))
-            await asyncio.sleep(0)
 
     def p95_ms(self, start: float, end: float) -> float | None:
         return self.quantile_ms(start, end, 0.95)
@@ -157,6 +168,19 @@ class Load:
     def quantile_ms(self, start: float, end: float, quantile: float) -> float | None:
         values = sorted(seconds for at, seconds in self.latencies if start <= at < end)
         return values[int(quantile * (len(values) - 1))] * 1000 if values else None
+
+
+async def service_ms(app: LiveApp, rounds: int, calls: int = 9) -> float:
+    """The in-process cell's time for one request with nothing queued (median of `calls`), in ms."""
+    from hotcell import Done, Work
+
+    token = app.services.token_for(Principal(id="load", roles=("caller",)))
+    times = []
+    for _ in range(calls):
+        started = time.monotonic()
+        await app.bus.request("hot.work", Work(rounds=rounds), capability=token, timeout=TIMEOUT, response=Done)
+        times.append(time.monotonic() - started)
+    return statistics.median(times) * 1000
 
 
 def ms(value: float | None) -> str:
@@ -184,7 +208,17 @@ class StampedMover:
         self.moved = time.monotonic()
 
 
-async def measure_move(folder: Path, quick: bool) -> dict[str, float | int | None]:
+def why_null(figures: dict[str, float | int | None], reasons: dict[str, str], key: str, reason: str) -> None:
+    """Set `key` to null, with the reason printed at the end: a figure may be missing, the run still ends with JSON."""
+    figures[key] = None
+    reasons.setdefault(key, reason)
+
+
+async def measure_move(folder: Path, quick: bool, reasons: dict[str, str]) -> dict[str, float | int | None]:
+    """The move's figures; any that could not be measured is null, with its reason in `reasons`."""
+    keys = ("lost_requests", "failed_requests", "detect_s", "promote_s", "p95_before_ms", "p95_after_ms",
+            "demote_lost", "replicas", "requests", "callers", "service_ms")
+    figures: dict[str, float | int | None] = dict.fromkeys(keys)
     settings = write_app(folder)
     os.environ["CELLMONO__NATS__PREFIX"] = f"bench{os.getpid()}"
     app = build_app(settings)
@@ -192,16 +226,22 @@ async def measure_move(folder: Path, quick: bool) -> dict[str, float | int | Non
     telemetry = Telemetry.attach(app)
     promoter = Promoter(app, audit=app.services.audit, state=folder / "var")
     short = TriggerSettings(mode="promote", interval=0.2, up_delay=0.4, cpu_enter=0.25, cpu_exit=0.1,
-                            burn_windows="4/1@14.4", cooldown=5.0, min_replicas=2, max_replicas=2)  # type: ignore[arg-type]
+                            burn_windows="4/1@14.4", cooldown=5.0, min_replicas=REPLICAS,
+                            max_replicas=REPLICAS)  # type: ignore[arg-type]
     triggers = AppTriggers(app, telemetry, promoter, audit=app.services.audit, config=TriggerConfig(default=short))
     mover = StampedMover(triggers.mover)
     triggers.mover = mover
     await app.start()
-    load = Load(app, clients=CLIENTS, rounds=8000)
+    rounds = 8000
+    load: Load | None = None
     after_s = 4.0 if quick else 10.0
-    figures: dict[str, float | int | None] = {}
     loop = None
     try:
+        service = await service_ms(app, rounds)
+        figures["service_ms"] = round(service, 3)
+        load = Load(app, callers=CALLERS, rounds=rounds)
+        figures["callers"] = CALLERS
+        print(f"in-process service time {service:.1f} ms with nothing queued; {CALLERS} callers")
         started = time.monotonic()
         load.start()
         loop = asyncio.create_task(triggers.run())
@@ -210,40 +250,61 @@ async def measure_move(folder: Path, quick: bool) -> dict[str, float | int | Non
             await asyncio.sleep(0.05)
         triggers.stop()
         await loop
+        if mover.decided is not None:
+            figures["detect_s"] = round(mover.decided - started, 3)
+            figures["replicas"] = mover.decision.level_after if mover.decision else None
+            before = started + min(0.5, (mover.decided - started) / 2)  # skip the cold first half second
+            figures["p95_before_ms"] = load.p95_ms(before, mover.decided)
+            if figures["p95_before_ms"] is None:
+                reasons["p95_before_ms"] = "no answer in the in-process window"
+        else:
+            for key in ("detect_s", "p95_before_ms", "replicas"):
+                why_null(figures, reasons, key, f"no decision within {deadline - started:.0f} s")
         if mover.moved is None or mover.decided is None:
-            raise SystemExit(f"no promotion: {mover.error!r} (decision {mover.decision})")
-        settled = mover.moved + WARM_UP  # fresh workers' first calls are slow (lazy imports, cold caches)
-        await asyncio.sleep(WARM_UP + after_s)
-        lost_before_demote = load.lost
-        demote_started = time.monotonic()
-        await promoter.demote("hot", actor="bench")
-        await asyncio.sleep(TIMEOUT + 0.5)  # the load keeps running on the local copy; a lost request shows by now
+            reason = f"no promotion: {mover.error!r}" if mover.error else "no promotion before the deadline"
+            for key in ("promote_s", "p95_after_ms", "demote_lost"):
+                why_null(figures, reasons, key, reason)
+        else:
+            figures["promote_s"] = round(mover.moved - mover.decided, 3)
+            settled = mover.moved + WARM_UP  # fresh workers' first calls are slow (lazy imports, cold caches)
+            await asyncio.sleep(WARM_UP + after_s)
+            lost_before_demote = load.lost
+            demote_started = time.monotonic()
+            figures["p95_after_ms"] = load.p95_ms(settled, demote_started)
+            if figures["p95_after_ms"] is None:
+                reasons["p95_after_ms"] = "no answer in the workers' window"
+            print(f"p50 {ms(load.quantile_ms(before, mover.decided, 0.5))} in process -> "
+                  f"{ms(load.quantile_ms(settled, demote_started, 0.5))} in workers")
+            try:
+                await promoter.demote("hot", actor="bench")
+            except Exception as error:
+                why_null(figures, reasons, "demote_lost", f"demotion failed: {type(error).__name__}: {error}")
+            else:
+                await asyncio.sleep(1.0)  # the load runs on the local copy for a moment, then every request ends
+                await load.stop()
+                figures["demote_lost"] = load.lost - lost_before_demote
         await load.stop()
-        for at in load.lost_at:
-            print(f"lost a request sent {at - started:.3f} s after load start (decision {mover.decided - started:.3f}, "
-                  f"promoted {mover.moved - started:.3f}, demote {demote_started - started:.3f})", file=sys.stderr)
-        # the in-process window skips the first half second (cold start) unless the decision came sooner
-        before = started + min(0.5, (mover.decided - started) / 2)
-        print(f"p50 {ms(load.quantile_ms(before, mover.decided, 0.5))} in process -> "
-              f"{ms(load.quantile_ms(settled, demote_started, 0.5))} in workers")
-        figures = {
-            "lost_requests": load.lost, "failed_requests": load.failed,
-            "detect_s": round(mover.decided - started, 3), "promote_s": round(mover.moved - mover.decided, 3),
-            "p95_before_ms": load.p95_ms(before, mover.decided),
-            "p95_after_ms": load.p95_ms(settled, demote_started),
-            "demote_lost": load.lost - lost_before_demote,
-            "replicas": mover.decision.level_after if mover.decision else None,
-            "requests": load.sent,
-        }
+        figures["lost_requests"], figures["failed_requests"] = load.lost, load.failed
+        figures["requests"] = load.sent
+        for at in load.lost_at[:5]:
+            print(f"lost a request sent {at - started:.3f} s after load start", file=sys.stderr)
+    except Exception as error:  # a figure that could not be measured is null, never a crash
+        print(f"the move could not be measured: {type(error).__name__}: {error}", file=sys.stderr)
+        for key, value in figures.items():
+            if value is None:
+                why_null(figures, reasons, key, f"{type(error).__name__}: {error}")
     finally:
-        if not load.stopping.is_set():
+        if load is not None and not load.stopping.is_set():
             await load.stop()
+        if loop is not None and not loop.done():
+            triggers.stop()
+            await loop
         for group in list(promoter.groups.values()):  # the workers, then the app, then the embedded broker
             await group.stop()
         promoter.groups.clear()
         await app.stop()
         await promoter.close()
-    for line in load.errors[:5]:
+    for line in (load.errors if load is not None else [])[:5]:
         print(line, file=sys.stderr)
     with AuditLog(folder / "audit.sqlite") as log:  # where the promotion's time went, from its audit steps
         steps = [(entry.fields["action"], entry.fields["time"]) for entry in log.entries()
@@ -265,21 +326,39 @@ def decide_us(ticks: int) -> float:
     return (time.perf_counter() - started) / ticks * 1e6
 
 
+def show(value: float | int | None, unit: str = "") -> str:
+    """A figure for the human lines: a dash when it is null."""
+    return "-" if value is None else f"{value}{unit}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="under a minute, for CI")
     args = parser.parse_args()
+    reasons: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="cellmono-triggers-bench-") as folder:
-        figures = asyncio.run(measure_move(Path(folder), args.quick))
+        try:
+            figures = asyncio.run(measure_move(Path(folder), args.quick, reasons))
+        except Exception as error:  # the app did not even start: every move figure is null
+            figures = {}
+            reasons["move"] = f"{type(error).__name__}: {error}"
     count, rounds = (2_000, 21) if args.quick else (2_000, 61)  # paired rounds; 5000 x 101 ran over 5 min here
-    figures["telemetry_overhead"] = asyncio.run(measure_telemetry(count, rounds))["telemetry_overhead"]
+    try:
+        figures["telemetry_overhead"] = asyncio.run(measure_telemetry(count, rounds))["telemetry_overhead"]
+    except Exception as error:
+        why_null(figures, reasons, "telemetry_overhead", f"{type(error).__name__}: {error}")
     figures["decide_us"] = round(decide_us(200 if args.quick else 1000), 1)
     figures = {key: round(value, 3) if isinstance(value, float) else value for key, value in figures.items()}
-    print(f"load: {figures['requests']} requests, {figures['lost_requests']} lost, {figures['failed_requests']} failed")
-    print(f"detect {figures['detect_s']} s, promote {figures['promote_s']} s to {figures['replicas']} worker(s); "
-          f"p95 {figures['p95_before_ms']} ms in process -> {figures['p95_after_ms']} ms in workers; "
-          f"demote lost {figures['demote_lost']}")
-    print(f"telemetry overhead on bus request/reply: {figures['telemetry_overhead']:+.1%}")
+    get = figures.get
+    print(f"load: {show(get('requests'))} requests from {show(get('callers'))} callers, {show(get('lost_requests'))} "
+          f"lost, {show(get('failed_requests'))} failed")
+    print(f"detect {show(get('detect_s'), ' s')}, promote {show(get('promote_s'), ' s')} to {show(get('replicas'))} "
+          f"worker(s); p95 {show(get('p95_before_ms'), ' ms')} in process -> {show(get('p95_after_ms'), ' ms')} in "
+          f"workers; demote lost {show(get('demote_lost'))}")
+    overhead = get("telemetry_overhead")
+    print(f"telemetry overhead on bus request/reply: {'-' if overhead is None else f'{overhead:+.1%}'}")
+    for key, reason in reasons.items():
+        print(f"{key}: null ({reason})")
     print(json.dumps(figures))
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from ..core.config import load_settings
 from ..core.errors import CellmonoError
+from ..ops.worker_metrics import publish_metrics
 from ..topology.workers import run_worker
 
 # %% auto #0
@@ -27,7 +28,7 @@ def command_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log.level, stream=sys.stdout, force=True,
                         format=f"%(asctime)s %(levelname)-7s [{args.cell}#{args.replica}] %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    return asyncio.run(run_worker(args.settings, args.cell, args.replica))
+    return asyncio.run(run_worker(args.settings, args.cell, args.replica, setup=publish_metrics))
 
 
 def register(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import types
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -231,10 +232,15 @@ class MemoryTransport:
     name = "memory"
 
     def __init__(self, *, serialize: bool = False, max_bytes: int = DEFAULT_MAX_BYTES,
-                 capacity: int = 10_000, max_in_flight: int = 1_000, fairness: int = 64) -> None:
+                 capacity: int = 10_000, max_in_flight: int = 1_000, fairness: int = 64,
+                 turn_budget: float = 0.005) -> None:
         self.serialize, self.max_bytes = serialize, max_bytes
-        self.fairness = fairness
+        self.fairness, self.turn_budget = fairness, turn_budget
         self._inline_calls = 0
+        self._turn_started: float | None = None  # when inline requests began running in this turn of the loop
+        self._turn_waiters: deque[asyncio.Future[None]] = deque()
+        self._handing = False  # a waiter was given the next turn and has not taken it yet
+        self._turn_holder: asyncio.Task[Any] | None = None  # the task that started this turn
         self.capacity, self.max_in_flight = capacity, max_in_flight
         self._index: SubjectIndex[_MemorySubscription | _QueueGroup] = SubjectIndex()
         self._groups: dict[tuple[str, str], _QueueGroup] = {}
@@ -264,6 +270,7 @@ class MemoryTransport:
     async def request(self, envelope: Envelope, timeout: float) -> Envelope:
         if self._closed:
             raise BusClosed(f"cannot request {envelope.subject!r}: the bus is stopped")
+        await self.turn()  # before the responder is chosen: a cell may move away while the request waits
         if self.serialize:
             envelope = self._wire(envelope)
         targets = self._index.lookup(envelope.subject)
@@ -286,6 +293,45 @@ class MemoryTransport:
         if reply is None:
             raise NoResponders(f"the handler for {envelope.subject!r} did not reply")
         return self._wire(reply) if self.serialize else reply
+
+    async def turn(self) -> None:
+        """Return at once, unless inline requests used this loop turn's budget: then wait, in order, for a turn."""
+        started = self._turn_started
+        if started is None and not self._turn_waiters and not self._handing:
+            self._start_turn(time.perf_counter())
+        elif started is None or time.perf_counter() - started > self.turn_budget:
+            await self._next_turn_for_me()
+        elif self._turn_waiters and self._turn_holder is not asyncio.current_task():
+            await self._next_turn_for_me()  # in order; the holder is a `SwitchTransport` request, routed already
+
+    def _start_turn(self, now: float) -> None:
+        self._turn_started, self._turn_holder = now, asyncio.current_task()
+        asyncio.get_running_loop().call_soon(self._end_turn)  # runs once the loop comes round (after I/O)
+
+    def _end_turn(self) -> None:
+        self._turn_started = self._turn_holder = None
+        while self._turn_waiters:  # hand the new turn to the longest waiter
+            waiter = self._turn_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._handing = True
+                return
+
+    async def _next_turn_for_me(self) -> None:
+        """Wait, in order, for a turn of the loop in which inline requests have not used their budget."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._turn_waiters.append(waiter)
+        if self._turn_started is None and not self._handing:
+            self._end_turn()  # nobody runs now: this waiter's turn starts at once
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # given the turn, then cancelled: pass it on
+                self._handing = False
+                self._end_turn()
+            raise
+        self._handing = False
+        self._start_turn(time.perf_counter())
 
     async def subscribe(self, pattern: str, handler: Handler, *, queue: str | None = None,
                         responder: bool = False, durable: bool = False) -> _MemorySubscription:

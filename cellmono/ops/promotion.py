@@ -26,6 +26,8 @@ from ..core.envelope import Envelope
 from ..core.errors import BusError, CellmonoError
 from ..core.transport import Transport
 from .embedded import EmbeddedNats
+from .telemetry import TelemetrySection
+from .worker_metrics import WorkerMetrics
 from ..security.audit import AuditLog
 from ..security.records import audit_record
 from ..topology.placement import BrokerSection, Placement, build_transport
@@ -193,6 +195,8 @@ class Promoter:
         self.broker_kind: str | None = None
         self.broker_url: str | None = None
         self._answered: set[str] = set()
+        every = app.settings.section("telemetry", TelemetrySection).publish_every
+        self.metrics = WorkerMetrics(stale_after=3 * every)  # the workers' reports: promoted cells stay measured
 
     def record(self, actor: str, action: str, cell: str, *, error: BaseException | None = None,
                latency: float | None = None, **details: Any) -> None:
@@ -235,6 +239,7 @@ class Promoter:
             try:
                 broker = await self._broker(transport)
                 await self.answer_contracts()
+                await self.metrics.attach(broker)
                 self.record(actor, "promote.broker", cell, transport=transport)
                 group = WorkerGroup(self.app.cells[cell], replicas, settings=self.app.settings, broker=broker,
                                     environment=self._environment(cell, replicas), ready_timeout=self.ready_timeout)
@@ -276,6 +281,7 @@ class Promoter:
             self.record(actor, "demote.switched", cell)
             await group.stop()
             del self.groups[cell]
+            self.metrics.forget(cell)
             self.record(actor, "demote.done", cell, latency=time.monotonic() - started)
             return Placement(cell=cell)
         finally:

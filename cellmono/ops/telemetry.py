@@ -51,6 +51,7 @@ class TelemetrySection(Section):
     model_window_tokens: PositiveInt = 200_000  # the model that must read a cell whole
     bytes_per_token: PositiveFloat = 4.0  # offline token estimate: ~4 bytes of English or code per token
     exporter: str = "none"  # where spans go: none (kept in memory), console
+    publish_every: PositiveFloat = 5.0  # seconds between a worker's reports of its cell (`ops.worker_metrics`)
 
 # %% ../../nbs/53_telemetry.ipynb #06374abd
 class CellMetrics(BaseModel):

@@ -90,9 +90,13 @@ class AppTriggers(TriggerController):
 
     def _sample(self) -> dict[str, Sample]:
         tick = self.tick - 1  # `step` counts the tick before it samples
-        samples = {name: Sample.model_validate(metrics, from_attributes=True)
-                   for name, metrics in self.telemetry.snapshot().items()
-                   if self.app.where.get(name, "inprocess") == "inprocess"}
+        measured = {name: metrics for name, metrics in self.telemetry.snapshot().items()
+                    if self.app.where.get(name, "inprocess") == "inprocess"}
+        for name, group in self.promoter.groups.items():  # promoted cells: their workers' reports, aggregated
+            reported = self.promoter.metrics.sample(name, group.replicas)
+            if reported is not None:
+                measured[name] = reported
+        samples = {name: Sample.model_validate(metrics, from_attributes=True) for name, metrics in measured.items()}
         for sample in samples.values():
             record = TraceRecord(tick=tick, sample=sample)
             self.records.append(record)

@@ -105,6 +105,7 @@ class SwitchTransport:
 
     async def request(self, envelope: Envelope, timeout: float) -> Envelope:
         """To the broker when the subject belongs to a cell that moved, else to memory."""
+        await self.local.turn()  # a request waiting for its turn on a saturated loop is routed when it gets it
         if self.broker is not None and self.route(envelope.subject) != "memory":
             return await self.broker.request(envelope, timeout)
         return await self.local.request(envelope, timeout)

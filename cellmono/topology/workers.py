@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +145,10 @@ async def check_contract(bus: Bus, cell_class: type[Cell], wait: float = 10.0) -
 
 
 async def run_worker(settings_path: str | Path, cell: str, replica: int = 1,
-                     stop: asyncio.Event | None = None) -> int:
-    """Run one cell out of process until `stop` (or SIGTERM); 0 on a clean drain."""
+                     stop: asyncio.Event | None = None,
+                     setup: Callable[[App, str, int], object] | None = None) -> int:
+    """Run one cell out of process until `stop` (or SIGTERM); 0 on a clean drain. `setup(app, cell, replica)` runs
+    before the app starts (the worker command publishes the cell's telemetry with it: `ops.worker_metrics`)."""
     settings, full = _load(settings_path)
     if cell not in full.cells:
         raise ConfigError(f"{settings.source}: no cell {cell!r} in [app] cells ({', '.join(full.cells)})")
@@ -159,6 +161,8 @@ async def run_worker(settings_path: str | Path, cell: str, replica: int = 1,
     await app.bus.start()  # BrokerUnavailable (naming the URL) when the broker is not there
     engine = await link_app(app, signer=False)  # the app's public keys and revocations, from the engine
     await check_contract(app.bus, type(full.cells[cell]))
+    if setup is not None:
+        setup(app, cell, replica)
     await app.start()
     ping = {"cell": cell, "replica": replica, "pid": os.getpid(), "contract": contract_fingerprint(type(full.cells[cell]))}
     await answer_control(app.bus, PING_SUBJECT.format(cell=cell, replica=replica), ping)

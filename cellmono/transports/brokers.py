@@ -45,6 +45,9 @@ def redact(url: str) -> str:
     """`url` with any password replaced by `***`, fit for error messages and logs."""
     parts = urlsplit(url)
     if parts.password is None:
+        if parts.username:  # a token alone (`nats://TOKEN@host`, the embedded server's) is a secret too
+            netloc = f"***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+            return urlunsplit(parts._replace(netloc=netloc))
         return url
     netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))

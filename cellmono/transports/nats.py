@@ -299,6 +299,9 @@ class NatsTransport:
             await self._connection.publish(reply_to, data)
         except self._error as error:
             _log.warning("reply to %s lost: %s", reply_to, error)
+            return
+        if self._connection.pending_data_size:  # let the client's flusher write the reply now: a CPU-bound
+            await asyncio.sleep(0)  # handler of the next queued request would hold it in the buffer for its run
 
     # -- close -------------------------------------------------------------------------------------
     async def close(self, timeout: float = 5.0) -> None:
