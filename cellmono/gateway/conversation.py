@@ -31,11 +31,11 @@ from ..core.envelope import Envelope, new_id
 from ..security.records import GatewayRecord, Outcome
 
 # %% auto #0
-__all__ = ['MAX_ROUNDS', 'STREAM_GRACE', 'LOG_META', 'client_capabilities', 'carried_state', 'Conversations']
+__all__ = ['MAX_ROUNDS', 'LOG_META', 'client_capabilities', 'carried_state', 'Conversations']
 
 # %% ../../nbs/43b_conversation.ipynb #e18761d6
 MAX_ROUNDS = 8  # questions asked of a 2025 client within one call, at most
-STREAM_GRACE = 1.0  # seconds to wait, after an answer, for the end of its progress and log events
+
 LOG_META = "io.modelcontextprotocol/logLevel"
 _REQUESTS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     "elicitation/create": (types.ElicitRequest, types.ElicitResult),
@@ -157,7 +157,7 @@ class Conversations:
                     ended.clear()
                     result = await bus.send_request(envelope.model_copy(update={"headers": headers}))
                     with contextlib.suppress(TimeoutError):  # the round's last events travel behind its answer
-                        await asyncio.wait_for(ended.wait(), STREAM_GRACE)
+                        await asyncio.wait_for(ended.wait(), self.settings.event_grace)  # [gateway] event_grace
                 except ClientCapabilityMissing as error:
                     self.note(context, "tools/call", spec.subject, "rejected", str(error), 400)
                     raise MCPError(MISSING_REQUIRED_CLIENT_CAPABILITY, str(error),
