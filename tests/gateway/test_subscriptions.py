@@ -139,3 +139,47 @@ def test_the_caps_refuse_more_subscriptions_with_a_clear_error(tmp_path: Path) -
 
         refused = asyncio.run(two_on_one_session())
         assert refused.error.code == -32004 and "per session" in refused.error.message
+
+
+def test_an_announcement_from_a_worker_on_nats_reaches_the_gateways_subscribers() -> None:
+    from brokers import require, start_nats
+    from cellmono.core.app import App
+    from cellmono.core.bus import Bus
+    from cellmono.gateway.auth import Identity
+    from cellmono.gateway.server import Gateway
+    from cellmono.gateway.subscriptions import announce_update
+    from cellmono.transports.nats import NatsTransport
+    from examples.conformance.conformance_cells import ConformanceCell
+
+    broker = require(start_nats)
+    url = f"nats://127.0.0.1:{broker.port}"
+
+    async def scenario() -> list[str]:
+        app = App([ConformanceCell()], transport=NatsTransport(url))
+        gateway = Gateway(app)
+        worker = Bus(NatsTransport(url))  # another process's bus, as a promoted cell's worker has
+        heard: list[str] = []
+
+        async def notify(uri: str) -> None:
+            heard.append(uri)
+
+        await app.start()
+        await worker.start()
+        try:
+            subscriber = await gateway.subscriptions.add("session", Identity(principal="ada", roles=("admin",)),
+                                                          [WATCHED], notify, "session")
+            pump = asyncio.ensure_future(subscriber.pump())
+            await announce_update(worker, STATIC)  # nobody subscribed to it
+            await announce_update(worker, WATCHED)
+            await settle(heard, 1)
+            gateway.subscriptions.forget("session")
+            await pump
+            return heard
+        finally:
+            await worker.stop()
+            await app.stop()
+
+    try:
+        assert asyncio.run(scenario()) == [WATCHED]
+    finally:
+        broker.cleanup()
