@@ -27,6 +27,7 @@ from ..core.context import Completions, PromptResult, ResourceContents, ToolCont
 from .conversation import Conversations
 from ..core.errors import AccessDenied, CellmonoError, ConfigError, PayloadInvalid, RequestTimeout
 from .bridge import downstream_requirements
+from .subscriptions import Subscriptions
 from .auth import Identity, InsufficientScope, Policy
 from ..security.records import Outcome
 
@@ -159,6 +160,7 @@ class CatalogBase(Conversations):
     resources: list[ResourceEntry]
     prompts: dict[str, PromptEntry]
     completions: dict[tuple[str, str, str], Spec]
+    subscriptions: Subscriptions
 
     def record(self, context: Any, method: str, tool: str | None, outcome: Outcome, *, status: int = 200,
                reason: str | None = None, correlation_id: str | None = None,
@@ -170,6 +172,7 @@ class CatalogBase(Conversations):
         """Read the app's resources, prompts and completions (the gateway calls it once)."""
         self.resources, self.prompts, self.completions = catalog_entries(self.app, self.settings.bare_names)
         unique_names([(entry.name, entry.spec.subject) for entry in self.resources], "resources")
+        self.subscriptions = Subscriptions(self)  # resources/subscribe and subscriptions/listen
 
     def downstream(self, spec: Spec) -> tuple[str, ...]:
         """`downstream_requirements` of `spec`, computed once."""
@@ -365,30 +368,12 @@ class Catalog(Resources):
         return handlers
 
     def install(self, server: Server[Any], context_of: Callable[[Any], Any]) -> None:
-        """Add `resources/subscribe`, `resources/unsubscribe` (checked like a read) and `logging/setLevel` to `server`."""
-        async def subscription(ctx: Any, uri: str, method: str) -> types.EmptyResult:
-            context = context_of(ctx)
-            entry = next((e for e in self.resources if e.match(uri) is not None), None)
-            if entry is None:
-                raise self.refuse(context, method, f"Resource not found: {uri[:200]}", {"uri": uri[:2000]})
-            if not self.allowed(context.identity, entry.requires):
-                self.record(context, method, entry.spec.subject, "denied", status=403)
-                raise MCPError(_FORBIDDEN, f"{context.identity.principal!r} may not read {uri[:200]}")
-            self.record(context, method, entry.spec.subject, "ok")
-            return types.EmptyResult()
-
-        async def on_subscribe(ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
-            return await subscription(ctx, str(params.uri), "resources/subscribe")
-
-        async def on_unsubscribe(ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
-            return await subscription(ctx, str(params.uri), "resources/unsubscribe")
+        """Add resource subscriptions (`cellmono.gateway.subscriptions`) and `logging/setLevel` to `server`."""
+        self.subscriptions.install(server, context_of)
 
         async def on_set_level(ctx: Any, params: types.SetLevelRequestParams) -> types.EmptyResult:
             self.set_level(ctx.session, params.level)
             self.record(context_of(ctx), "logging/setLevel", None, "ok", reason=f"level {params.level}")
             return types.EmptyResult()
 
-        if self.resources:
-            server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, on_subscribe)
-            server.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, on_unsubscribe)
         server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, on_set_level)

@@ -31,11 +31,11 @@ from ..core.envelope import Envelope, new_id
 from ..security.records import GatewayRecord, Outcome
 
 # %% auto #0
-__all__ = ['MAX_ROUNDS', 'STREAM_GRACE', 'LOG_META', 'client_capabilities', 'carried_state', 'Conversations']
+__all__ = ['MAX_ROUNDS', 'LOG_META', 'REQUEST_CANCELLED', 'client_capabilities', 'carried_state', 'Conversations']
 
 # %% ../../nbs/43b_conversation.ipynb #e18761d6
 MAX_ROUNDS = 8  # questions asked of a 2025 client within one call, at most
-STREAM_GRACE = 1.0  # seconds to wait, after an answer, for the end of its progress and log events
+
 LOG_META = "io.modelcontextprotocol/logLevel"
 _REQUESTS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
     "elicitation/create": (types.ElicitRequest, types.ElicitResult),
@@ -55,6 +55,18 @@ def client_capabilities(session: Any) -> tuple[str, ...] | None:
     if declared is None:
         return None if session is None else ()
     return tuple(name for name in ("elicitation", "sampling", "roots") if getattr(declared, name, None) is not None)
+
+
+_METHODS = {"tool": "tools/call", "resource": "resources/read", "prompt": "prompts/get", "completion": "completion/complete"}
+REQUEST_CANCELLED = -32800  # the SDK's answer to a request settled without a response (2025-11-25 wire)
+
+
+async def _left(receive: Any) -> None:
+    """Return when the request's connection goes away (`http.disconnect`)."""
+    for _ in range(1000):  # a server may hand out empty body parts before the disconnect
+        if (await receive())["type"] == "http.disconnect":
+            return
+    await asyncio.Event().wait()  # a peer that keeps sending: the call's own end stops this
 
 
 def carried_state(text: Any) -> tuple[dict[str, Any], str | None]:
@@ -106,6 +118,32 @@ class Conversations:
                         client=client_capabilities(session), answers=answers, state=kept)
 
     async def converse(self, context: Any, spec: Spec, envelope: Envelope) -> Any:
+        """`talk`, cancelled when a 2025-11-25 client's connection for the request goes away (issue 13): the cell's
+        handler is stopped over the bus, the audit says "cancelled", and the SDK gets -32800 (nobody reads it)."""
+        sdk = getattr(context, "session", None)
+        receive = getattr(getattr(sdk, "request", None), "receive", None)  # the request's ASGI receive, on HTTP sessions
+        if not callable(receive) or not _interactive(sdk):
+            return await self.talk(context, spec, envelope)
+        call, watch = asyncio.ensure_future(self.talk(context, spec, envelope)), asyncio.ensure_future(_left(receive))
+        try:
+            await asyncio.wait((call, watch), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the SDK cancelled the request (notifications/cancelled, the session's end)
+            call.cancel()
+            watch.cancel()
+            await asyncio.gather(call, watch, return_exceptions=True)
+            raise
+        watch.cancel()
+        if call.done():
+            return call.result()
+        reason = "the client disconnected; the call was cancelled"
+        record = getattr(self, "record")  # the gateway's (cellmono.gateway.server.Gateway.record); at once, before
+        record(context, _METHODS.get(spec.mcp or spec.kind, spec.kind), spec.subject, "cancelled", status=499,
+               reason=reason, correlation_id=envelope.id)  # the HTTP layer, seeing the request end, records one
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)  # its cancellation reached the cell over the bus
+        raise MCPError(REQUEST_CANCELLED, reason)
+
+    async def talk(self, context: Any, spec: Spec, envelope: Envelope) -> Any:
         """Call `spec`'s handler with its context: events forwarded, questions answered; the final answer, or an `InputRequiredResult`."""
         bus = self.app.bus
         if spec.context is None:
@@ -157,7 +195,7 @@ class Conversations:
                     ended.clear()
                     result = await bus.send_request(envelope.model_copy(update={"headers": headers}))
                     with contextlib.suppress(TimeoutError):  # the round's last events travel behind its answer
-                        await asyncio.wait_for(ended.wait(), STREAM_GRACE)
+                        await asyncio.wait_for(ended.wait(), self.settings.event_grace)  # [gateway] event_grace
                 except ClientCapabilityMissing as error:
                     self.note(context, "tools/call", spec.subject, "rejected", str(error), 400)
                     raise MCPError(MISSING_REQUIRED_CLIENT_CAPABILITY, str(error),

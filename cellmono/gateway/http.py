@@ -280,6 +280,8 @@ class GatewayHTTP:
             route = route_stateless(scope, read, headers, self._input_schema)  # before any credential is read
             identity = self._authenticate(headers)
             tool = self._authorize_call(identity, read.message)
+            if method == "subscriptions/listen" and self.gateway.resources:  # a stream, bounded by the subscription caps
+                return await self.gateway.subscriptions.listen_http(identity, read.request, headers, receive, send)
             ip = self._enter(scope)  # a slot only for a known caller with a whole request
         except Rejection as rejection:
             await self._reject(send, rejection, request_id)

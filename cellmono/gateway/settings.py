@@ -49,6 +49,11 @@ class GatewaySettings(FrontSettings):
     local_roles: tuple[str, ...] = ("admin",)
     bare_names: bool = False
     page_size: PositiveInt = 100
+    event_grace: float = Field(default=1.0, gt=0, le=30)  # seconds to wait, after a handler's answer, for its last events
+    max_subscriptions: PositiveInt = 10_000  # resource subscriptions held by the gateway, over all sessions and streams
+    max_subscriptions_per_session: PositiveInt = 100  # per 2025-11-25 session, or per subscriptions/listen stream
+    subscriber_backlog: PositiveInt = 64  # update notifications queued for one subscriber; past it, it is dropped
+    subscriber_send_timeout: PositiveFloat = 5.0  # seconds one notification may take to reach its client
 
     @field_validator("allowed_hosts", "allowed_origins", "authorization_servers", "local_roles", mode="before")
     @classmethod

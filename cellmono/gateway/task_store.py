@@ -69,6 +69,10 @@ class TaskSettings(Section):
     poll_interval_ms: PositiveInt = 500
     max_running: PositiveInt = 64  # running tasks per principal; more is refused as rate limited
     timeout: PositiveInt = 3600  # seconds a task's tool may run before it fails
+    # where records live: "auto" is JetStream KV when a [nats] section is configured, else the encrypted SQLite store
+    store: Literal["auto", "sqlite", "jetstream", "memory"] = "auto"
+    bucket: str = Field(default="cellmono_tasks", pattern=r"^[A-Za-z0-9_-]{1,64}$")  # the JetStream KV bucket
+    max_record_bytes: PositiveInt = 256 * 1024  # a sealed record (a result is replaced by an error past it)
 
 
 def _iso(moment: float) -> str:

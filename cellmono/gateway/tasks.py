@@ -29,7 +29,8 @@ from .asgi import Rejection
 from .auth import InsufficientScope
 from .catalog import page, tool_content
 from .task_store import (TASKS_EXTENSION, TERMINAL, MemoryTaskStore, TaskRecord, TaskSettings, TaskStore,
-                                         TaskSupport, asking_first, new_task, task_store_of, tool_modes)
+                                         TaskSupport, asking_first, new_task, tool_modes)
+from .task_kv import choose_task_store
 
 _log = logging.getLogger(__name__)
 _FORBIDDEN = -32003  # cellmono.gateway.server.FORBIDDEN (this module sits below it)
@@ -147,12 +148,14 @@ class TaskRunner:
         self._background: set[asyncio.Task[None]] = set()
 
     def recover(self) -> int:
-        """Drop expired records; mark tasks left working by a previous process as failed. Returns how many."""
+        """Drop expired records; mark tasks left working by a previous process as failed. Returns how many.
+        On a store shared by replicas (`shared`), only those past the tasks' `timeout`: another may run the rest."""
         now, count = time.time(), 0
+        shared = getattr(self.store, "shared", False)
         for record in self.store.every():
             if record.expired(now):
                 self.store.delete(record)
-            elif record.status == "working":
+            elif record.status == "working" and not (shared and now - record.updated < self.settings.timeout):
                 self.store.save(record.model_copy(update={"status": "failed", "updated": now, "error": {
                     "code": INTERNAL_ERROR, "message": "the gateway restarted while the task ran; call the tool again"}}))
                 count += 1
@@ -317,7 +320,8 @@ class Tasks(TaskActions):
         self.settings = settings or gateway.app.settings.section("tasks", TaskSettings)
         self.modes = tool_modes(gateway)
         self.asking = asking_first(gateway)
-        self.store = store if store is not None else task_store_of(gateway.app) if self.modes else MemoryTaskStore()
+        self.store = store if store is not None else choose_task_store(gateway.app, self.settings) if self.modes \
+            else MemoryTaskStore()
         self.init_runner()
         self.recovered = self.recover() if self.modes else 0
 

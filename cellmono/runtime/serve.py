@@ -229,6 +229,7 @@ async def serve_http(served: Served, *, seconds: float | None = None,
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
+        served.http.gateway.subscriptions.close()  # subscriptions/listen streams end with their final response
         closing.append(loop.create_task(served.http.close_sessions()))  # open streams would hold the exit
         # the SDK's SSE responses (sse-starlette) end on uvicorn's own exit signal, which this handler replaces
         AppStatus.should_exit = True

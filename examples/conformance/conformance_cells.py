@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cellmono.core.cell import Cell, Empty, completes, prompt, resource, tool
 from cellmono.core.context import CompletionRequest, Context, ToolContent, elicitation, list_roots, sampling
+from cellmono.gateway.subscriptions import announce_update
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 WAV = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
@@ -157,6 +158,12 @@ class ConformanceCell(Cell):
     @resource("test://watched-resource", requires=(), description="A resource that can be subscribed to for updates")
     async def watched_resource(self, request: Empty) -> str:
         return "Watched resource content"
+
+    @tool(requires=())
+    async def test_update_resource(self, request: ResourceUri) -> ToolContent:
+        """Announces that a resource changed: its subscribers get notifications/resources/updated"""
+        await announce_update(self.bus, request.resourceUri)
+        return _text(f"announced {request.resourceUri}")
 
     # -- prompts ----------------------------------------------------------------------------------
     @prompt(requires=(), description="A simple prompt without arguments")
