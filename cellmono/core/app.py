@@ -347,6 +347,12 @@ class App:
         """Each cell's health by name."""
         return {name: cell.health() for name, cell in self.cells.items()}
 
+    @property
+    def served_cells(self) -> dict[str, Cell]:
+        """Every cell whose contract the app serves, by name: the gateway's tools and resources come from these.
+        Here the cells in this process; an app with cells placed in workers adds those (`topology.workers`)."""
+        return self.cells
+
     # -- diagrams ------------------------------------------------------------------------------
     def to_mermaid(self) -> str:
         """A mermaid flowchart of the live app: cells, their tools, and the subjects between them."""

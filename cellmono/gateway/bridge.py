@@ -31,7 +31,7 @@ __all__ = ['downstream_requirements', 'TokenMinter', 'GatewayGuard', 'AuditLogSi
 def downstream_requirements(app: App, spec: Spec) -> tuple[str, ...]:
     """What the handlers a call of `spec` may reach need: those of the subjects its cell declares it `requests` and of
     the listeners of what it `publishes`, transitively; a cell's token for the call carries these and nothing else."""
-    cells = list(app.cells.values())
+    cells = list(app.served_cells.values())
     found: dict[str, None] = {}
     todo = [cell for cell in cells if spec in cell.specs]
     seen: set[str] = set()

@@ -112,7 +112,7 @@ def catalog_entries(app: App, bare: bool = False) -> tuple[list[ResourceEntry], 
     resources: list[ResourceEntry] = []
     prompts: dict[str, PromptEntry] = {}
     completions: dict[tuple[str, str, str], Spec] = {}
-    for cell in app.cells.values():
+    for cell in app.served_cells.values():
         for spec in cell.mcp_specs("resource"):
             if spec.input is not None:  # App.verify() reports an untyped one; never expose it
                 resources.append(ResourceEntry(spec, resource_requirements(spec), mcp_name(spec, bare),

@@ -148,7 +148,7 @@ class CallContext:
 def tool_entries(app: App, bare: bool = False) -> dict[str, ToolEntry]:
     """Every `@tool` of the app's cells as an MCP tool, by MCP name (without the cell prefix when `bare`)."""
     entries: dict[str, ToolEntry] = {}
-    for cell in app.cells.values():
+    for cell in app.served_cells.values():
         for spec in cell.tools():
             if spec.input is None or spec.output is None:
                 continue  # App.verify() reports it; never expose an untyped tool

@@ -210,7 +210,7 @@ class StoredTasks:
 # %% ../../nbs/49b_task_store.ipynb #8ac6992b
 def _marks(gateway: Any, read: Callable[[Any], Any]) -> dict[str, Any]:
     by_subject: dict[str, Any] = {}
-    for cell in gateway.app.cells.values():
+    for cell in gateway.app.served_cells.values():
         for spec in cell.tools():
             mark = read(getattr(type(cell), spec.attribute, None))
             if mark is not None:

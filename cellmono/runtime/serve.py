@@ -83,7 +83,7 @@ def is_loopback(host: str) -> bool:
 def build(app: App, *, port: int | None = None, host: str | None = None, audit: AuditSink | None = None,
           minter: Minter | None = None, create_admin: bool = True) -> Served:
     """Assemble the gateway of `app`: settings, state folder, credentials, audit, the ASGI app."""
-    check_tool_schemas(app.cells.values())  # a ConfigError naming the cell and tool, before any file is written
+    check_tool_schemas(app.served_cells.values())  # a ConfigError naming the cell and tool, before any file is written
     settings = gateway_settings(app)
     trigger_config(app.settings)  # a bad [triggers] section is refused before anything starts
     updates: dict[str, object] = {}

@@ -203,6 +203,11 @@ class PromotedApp(App):
         """The whole app's violations, promoted cells included: placement does not change the contracts."""
         return self.everything.violations()
 
+    @property
+    def served_cells(self) -> dict[str, Cell]:
+        """Every cell of the app, in workers too: the gateway serves a placed cell's tools through the broker."""
+        return self.everything.cells
+
     def promoted(self) -> list[Placement]:
         """The placements of the cells that run in workers."""
         return [placement for placement in self.placed.values() if placement.where == "process"]
