@@ -75,6 +75,7 @@ class GatewayHTTP:
             finally:
                 self._manager_running = False
                 self._aggregate_refusals(everything=True)
+                await self.gateway.settle()  # records queued for group commit are committed before the log closes
 
     async def close_sessions(self) -> None:
         """End every 2025-11-25 session and its open streams (on Ctrl-C: the server then stops at once)."""
