@@ -135,7 +135,7 @@ class FrontSettings(Section):
     session_idle_timeout: PositiveFloat = 1800.0
     audit_refusals: PositiveInt = 20  # refusals of unauthenticated traffic recorded one by one, per address and window
     audit_window: PositiveFloat = 60.0
-    audit_refusals_total: PositiveInt = 1000  # records of refusals per window, all addresses together (then one aggregate)
+    audit_refusals_total: PositiveInt = 1000  # refusal records per window, all addresses (at least audit_refusals)
     metrics_capability: str = "gateway:metrics"  # what `/metrics` needs (an admin's `*:*` allows it)
 
 

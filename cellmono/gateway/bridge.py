@@ -189,8 +189,10 @@ class AuditLogSink:
         for _, loop, future in due:
             by_loop.setdefault(loop, []).append(future)
         for loop, futures in by_loop.items():  # one wake-up per event loop, however many answers wait
-            if not loop.is_closed():
+            try:
                 loop.call_soon_threadsafe(_resolve, futures)
+            except RuntimeError:  # that loop was closed meanwhile: nobody waits there any more
+                pass
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait (blocking) until every record queued so far is committed."""

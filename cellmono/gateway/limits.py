@@ -121,14 +121,15 @@ class KeyedCap:
 class RefusalThrottle:
     """Which refusals of unauthenticated traffic get an audit record of their own: the first `per_window` from a source
     in each `window` seconds; the rest are only counted, and reported as one aggregate per source and window. However
-    many sources, at most `max_records` records (own and aggregates) per window: past it, one more for all the rest."""
+    many sources, at most `max_records` (never fewer than `per_window`) records, own and aggregates, per window: past
+    it, one more for all the rest."""
 
     def __init__(self, per_window: int = 20, window: float = 60.0, *, max_sources: int = 10_000,
                  max_records: int = 1000, clock: Callable[[], float] = time.monotonic) -> None:
         if per_window < 1 or window <= 0 or max_records < 1:
             raise ValueError("per_window and max_records must be at least 1 and window positive")
         self.per_window, self.window, self.max_sources, self.clock = per_window, window, max_sources, clock
-        self.max_records = max_records
+        self.max_records = max(max_records, per_window)  # one address alone always gets its `per_window`
         self._sources: OrderedDict[str, list[float]] = OrderedDict()  # source -> [window start, admitted, counted]
         self._spent = [clock(), 0]  # this window's start, and the records it allowed
         self._overflow = [0, 0]  # refusals and sources past `max_records`, reported when the window ends
