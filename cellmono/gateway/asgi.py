@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
@@ -18,13 +19,16 @@ from pydantic import PositiveFloat, PositiveInt
 
 from ..core.config import Section
 
+_log = logging.getLogger(__name__)
+
 
 JSON_CONTENT = (b"content-type", b"application/json")
 PROMETHEUS_CONTENT = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
 
 # %% auto #0
-__all__ = ['JSON_CONTENT', 'PROMETHEUS_CONTENT', 'Rejection', 'json_bytes', 'rejection_body', 'request_headers', 'header_matches',
-           'accepts_json', 'send_response', 'read_body', 'FrontSettings', 'edge_protocol', 'client_ip']
+__all__ = ['JSON_CONTENT', 'PROMETHEUS_CONTENT', 'DISCONNECT', 'Rejection', 'json_bytes', 'rejection_body', 'request_headers',
+           'header_matches', 'accepts_json', 'send_response', 'read_body', 'FrontSettings', 'Disconnect',
+           'edge_protocol', 'client_ip']
 
 # %% ../../nbs/44_asgi.ipynb #7bf465f7
 # The ASGI spec's types (as in Starlette and asgiref): a server may pass any mutable mapping.
@@ -131,6 +135,7 @@ class FrontSettings(Section):
     session_idle_timeout: PositiveFloat = 1800.0
     audit_refusals: PositiveInt = 20  # refusals of unauthenticated traffic recorded one by one, per address and window
     audit_window: PositiveFloat = 60.0
+    audit_refusals_total: PositiveInt = 1000  # refusal records per window, all addresses (at least audit_refusals)
     metrics_capability: str = "gateway:metrics"  # what `/metrics` needs (an admin's `*:*` allows it)
 
 
@@ -140,17 +145,41 @@ def _edge_answer(status: int, reason: str, error: str, message: str) -> bytes:
             f"content-length: {len(body)}\r\n\r\n").encode() + body
 
 
+DISCONNECT = "cellmono.disconnect"  # the ASGI scope key of a request's `Disconnect`, set by `edge_protocol`
+
+
+class Disconnect:
+    """What to run when the connection of one request is lost before its answer completed (the call's cancellation)."""
+
+    __slots__ = ("callbacks", "lost")
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], object]] = []
+        self.lost = False
+
+    def fire(self) -> None:
+        """The connection is gone: run each callback once."""
+        self.lost = True
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            callback()
+
+
 def edge_protocol(limits: FrontSettings) -> type:
-    """A uvicorn httptools protocol class enforcing `limits` on every connection (pass it as `uvicorn.Config(http=...)`)."""
+    """A uvicorn httptools protocol class enforcing `limits` on every connection (pass it as `uvicorn.Config(http=...)`);
+    each request's scope carries a `Disconnect` under `DISCONNECT`, and each refusal is reported to the ASGI app's
+    `edge_refused(status, reason, peer)` when it has one (the gateway audits it, throttled)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # the gateway extra's server
 
     per_ip: dict[str, int] = {}
-    too_large = _edge_answer(431, "Request Header Fields Too Large", "request_header_fields_too_large",
-                             f"request headers over the limit of {limits.max_header_bytes} bytes")
-    too_slow = _edge_answer(408, "Request Timeout", "request_timeout",
-                            f"request headers not received within {limits.header_timeout:g} s")
-    too_many = _edge_answer(429, "Too Many Requests", "too_many_connections",
-                            f"over {limits.max_connections_per_ip} connections from this address")
+    large_reason = f"request headers over the limit of {limits.max_header_bytes} bytes"
+    slow_reason = f"request headers not received within {limits.header_timeout:g} s"
+    many_reason = f"over {limits.max_connections_per_ip} connections from this address"
+    too_large = (431, large_reason, _edge_answer(431, "Request Header Fields Too Large", "request_header_fields_too_large",
+                                                 large_reason))
+    too_slow = (408, slow_reason, _edge_answer(408, "Request Timeout", "request_timeout", slow_reason))
+    too_many = (429, many_reason, _edge_answer(429, "Too Many Requests", "too_many_connections", many_reason))
+    idle = (0, "", b"")  # a kept-alive connection idle past the header deadline: closed, not a refusal
 
     class EdgeProtocol(HttpToolsProtocol):
         _edge_ip: str | None = None
@@ -171,6 +200,11 @@ def edge_protocol(limits: FrontSettings) -> type:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._edge_stop_timer()
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:  # the running call learns it at once, no watcher
+                signal = cycle.scope.get(DISCONNECT)
+                if isinstance(signal, Disconnect):
+                    signal.fire()
             ip, self._edge_ip = self._edge_ip, None
             if ip is not None:
                 count = per_ip.get(ip, 1) - 1
@@ -197,6 +231,7 @@ def edge_protocol(limits: FrontSettings) -> type:
             if self._edge_size > limits.max_header_bytes:  # headers that arrived whole in one chunk
                 self._edge_refuse(too_large)
                 return
+            self.scope[DISCONNECT] = Disconnect()  # type: ignore[literal-required]
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:
@@ -220,19 +255,26 @@ def edge_protocol(limits: FrontSettings) -> type:
         def _edge_timed_out(self) -> None:
             self._edge_timer = None
             if self._edge_head >= 0 and not self.transport.is_closing():
-                self._edge_refuse(too_slow if self._edge_head else b"")
+                self._edge_refuse(too_slow if self._edge_head else idle)
 
         def _edge_stop_timer(self) -> None:
             if self._edge_timer is not None:
                 self._edge_timer.cancel()
                 self._edge_timer = None
 
-        def _edge_refuse(self, answer: bytes) -> None:
+        def _edge_refuse(self, refusal: tuple[int, str, bytes]) -> None:
+            status, reason, answer = refusal
             self._edge_head, self._edge_refused = -1, True
             self._edge_stop_timer()
             if answer:
                 self.transport.write(answer)
             self.transport.close()
+            report = getattr(self.config.app, "edge_refused", None) if status else None
+            if callable(report):
+                try:
+                    report(status, reason, self._edge_ip or "unknown")
+                except Exception:  # the audit must not break the connection handling; it logs its own failure
+                    _log.exception("auditing a connection refusal failed")
 
     return EdgeProtocol
 

@@ -7,6 +7,9 @@ Docs: https://cellmono.github.io/cellmono/bridge.html.md"""
 # %% ../../nbs/45_bridge.ipynb #3ec75d78
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
 import time
 
 from cryptography.hazmat.primitives import serialization
@@ -20,9 +23,12 @@ from ..core.subjects import matches
 from .auth import Identity, Policy, grant_allows
 from ..security.audit import AuditLog
 from ..security.capabilities import CapabilityError
+from ..security.chain import AuditError
 from ..security.guard import CapabilityGuard
-from ..security.records import GatewayRecord, from_gateway
+from ..security.records import AuditRecord, GatewayRecord, from_gateway
 from ..security.tokens import TokenIssuer
+
+_log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['downstream_requirements', 'TokenMinter', 'GatewayGuard', 'AuditLogSink']
@@ -107,14 +113,108 @@ class GatewayGuard:
 
 
 class AuditLogSink:
-    """The gateway's `AuditSink` over the hash-chained `AuditLog`: each record is committed before the answer leaves."""
+    """The gateway's `AuditSink` over the hash-chained `AuditLog`, with group commit: records are queued, one writer
+    thread commits whatever has gathered in one transaction, and `durable(since)` lets the gateway hold an answer
+    until the records of its request are committed (kill -9 never loses the record of an answered call)."""
 
-    def __init__(self, log: AuditLog) -> None:
-        self.log = log
+    def __init__(self, log: AuditLog, *, max_batch: int = 2048) -> None:
+        self.log, self.max_batch = log, max_batch
+        lock = threading.Lock()
+        self._work, self._done = threading.Condition(lock), threading.Condition(lock)  # the writer's; flush()'s
+        self._pending: list[AuditRecord] = []
+        self._queued = 0  # tickets: the n-th record queued has ticket n
+        self._committed = 0  # every ticket up to this one is settled: committed, or failed (in `_failures`)
+        self._failures: list[tuple[int, int, str]] = []  # (first, last, why) of the last batches that failed
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
     def __call__(self, record: GatewayRecord) -> None:
-        self.log.append(from_gateway(record))  # durable before the answer leaves (kill -9 safe)
+        audit_record = from_gateway(record)  # in the caller's thread and context (its trace)
+        with self._work:
+            if self._closed:
+                raise AuditError("the gateway's audit sink is closed")
+            self._pending.append(audit_record)
+            self._queued += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._write_loop, name="cellmono-gateway-audit", daemon=True)
+                self._thread.start()
+            self._work.notify()
+
+    def mark(self) -> int:
+        """The ticket of the last record queued so far: `durable(since=mark())` checks only the records queued after."""
+        return self._queued
+
+    async def durable(self, since: int = 0) -> None:
+        """Return once every record queued so far is committed; `AuditError` when one queued after `since` was lost."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] | None = None
+        with self._work:
+            target = self._queued
+            if self._committed < target:
+                future = loop.create_future()
+                self._waiters.append((target, loop, future))
+        if future is not None:
+            await future
+        with self._work:
+            failure = next((why for first, last, why in self._failures if first <= target and last > since), None)
+        if failure is not None:
+            raise AuditError(failure)
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._work:
+                while not self._pending and not self._closed:
+                    self._work.wait()
+                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+                if not batch:  # closed, and everything committed
+                    return
+                first, last = self._committed + 1, self._committed + len(batch)
+            try:
+                self.log.append_many(batch)
+            except Exception as error:  # the answers waiting for these records get an error, never a silent loss
+                _log.error("audit records %d-%d were not committed: %s", first, last, error)
+                with self._work:
+                    self._failures = [*self._failures[-63:], (first, last, f"audit records not committed: {error}")]
+            self._settle(last)
+
+    def _settle(self, committed: int) -> None:
+        with self._work:
+            self._committed = committed
+            self._done.notify_all()
+            due = [waiter for waiter in self._waiters if waiter[0] <= committed]
+            if due:
+                self._waiters = [waiter for waiter in self._waiters if waiter[0] > committed]
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for _, loop, future in due:
+            by_loop.setdefault(loop, []).append(future)
+        for loop, futures in by_loop.items():  # one wake-up per event loop, however many answers wait
+            try:
+                loop.call_soon_threadsafe(_resolve, futures)
+            except RuntimeError:  # that loop was closed meanwhile: nobody waits there any more
+                pass
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait (blocking) until every record queued so far is committed."""
+        deadline = time.monotonic() + timeout
+        with self._work:
+            target = self._queued
+            while self._committed < target:
+                if time.monotonic() > deadline:
+                    raise AuditError("audit flush timed out")
+                self._done.wait(0.05)
 
     def close(self) -> None:
-        """Flush and close the log."""
+        """Commit what is queued, stop the writer, and close the log."""
+        with self._work:
+            self._closed = True
+            self._work.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
         self.log.close()
+
+
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)

@@ -14,14 +14,13 @@ import time
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
-
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp_types.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
-from .asgi import (JSON_CONTENT, PROMETHEUS_CONTENT, Headers, Receive, Rejection, Scope, Send,
+from .asgi import (DISCONNECT, JSON_CONTENT, PROMETHEUS_CONTENT, Headers, Receive, Rejection, Scope, Send,
                                    client_ip, header_matches, json_bytes, read_body, rejection_body, request_headers,
                                    send_response)
 from .auth import (Authenticator, Identity, InsufficientScope, Unauthenticated, metadata_url,
@@ -43,24 +42,20 @@ class GatewayHTTP:
     """The gateway as an ASGI app: MCP on `settings.path`, plus `/healthz`, `/metrics` and RFC 9728 metadata."""
 
     def __init__(self, gateway: Gateway, authenticator: Authenticator, *, resource: str | None = None) -> None:
-        self.gateway = gateway
-        self.authenticator = authenticator
-        settings = gateway.settings
-        self.settings = settings
+        self.gateway, self.authenticator = gateway, authenticator
+        self.settings = settings = gateway.settings
         self.path = settings.path
         self.resource = resource or settings.resource()
         self.metadata_url = metadata_url(self.resource)
-        self.metadata_paths = {"/.well-known/oauth-protected-resource",
-                               "/.well-known/oauth-protected-resource" + self.path}
+        self.metadata_paths = {"/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource" + self.path}
         self.allowed_hosts = settings.served_hosts()
         self.server = gateway.server()
         self.cap = ConcurrencyCap(settings.max_in_flight)
         self.ip_cap = KeyedCap(settings.max_in_flight_per_ip)
-        self.refusals = RefusalThrottle(settings.audit_refusals, settings.audit_window)
-        self.manager = StreamableHTTPSessionManager(self.server, json_response=False, security_settings=None,
-                                                    max_request_body_size=settings.max_body_bytes,
-                                                    max_sessions=settings.max_sessions,
-                                                    session_idle_timeout=settings.session_idle_timeout)
+        self.refusals = RefusalThrottle(settings.audit_refusals, settings.audit_window, max_records=settings.audit_refusals_total)
+        self.manager = StreamableHTTPSessionManager(
+            self.server, json_response=False, security_settings=None, max_request_body_size=settings.max_body_bytes,
+            max_sessions=settings.max_sessions, session_idle_timeout=settings.session_idle_timeout)
         self._manager_running = False
         self._annotated: dict[str, bool] = {}  # tool -> whether its input schema has `x-mcp-header` annotations
         self.sessions = SessionCap(settings.max_sessions_per_principal)
@@ -75,6 +70,7 @@ class GatewayHTTP:
             finally:
                 self._manager_running = False
                 self._aggregate_refusals(everything=True)
+                await self.gateway.settle()  # records queued for group commit are committed before the log closes
 
     async def close_sessions(self) -> None:
         """End every 2025-11-25 session and its open streams (on Ctrl-C: the server then stops at once)."""
@@ -125,6 +121,11 @@ class GatewayHTTP:
             time=time.time(), principal=identity.principal, tenant=identity.tenant, method=method, tool=tool,
             decision="allow" if outcome in ("ok", "cancelled") else "deny", outcome=outcome, status=status,
             latency=time.perf_counter() - started, correlation_id=None, reason=reason, transport="http"))
+
+    def edge_refused(self, status: int, reason: str, peer: str) -> None:
+        """Audit a connection refused before it reached the app (`asgi.edge_protocol`: 408, 431, 429), throttled."""
+        self._audit(ANONYMOUS, "http", "rejected", status, f"connection refused: {reason} (peer {peer})",
+                    time.perf_counter(), scope={"client": (peer, 0)})
 
     def _aggregate_refusals(self, *, everything: bool = False) -> None:
         """One record per address whose refusals went over the throttle in a window that ended."""
@@ -291,7 +292,8 @@ class GatewayHTTP:
         context = CallContext(identity, "http", route.protocol_version, started)
         events: list[dict[str, Any]] | None = [] if "text/event-stream" in headers.get("accept", "") else None
         try:
-            answered = await answer_or_leave(self.server, read.request, route, context, receive, events)
+            answered = await answer_or_leave(self.server, read.request, route, context, receive, events,
+                                             scope.get(DISCONNECT))
         finally:
             self._leave(ip)
         if answered is None:  # the client went away: its call was cancelled, nobody reads an answer

@@ -120,14 +120,28 @@ class KeyedCap:
 # %% ../../nbs/41_limits.ipynb #e5fe24c6
 class RefusalThrottle:
     """Which refusals of unauthenticated traffic get an audit record of their own: the first `per_window` from a source
-    in each `window` seconds; the rest are only counted, and reported as one aggregate per source and window."""
+    in each `window` seconds; the rest are only counted, and reported as one aggregate per source and window. However
+    many sources, at most `max_records` (never fewer than `per_window`) records, own and aggregates, per window: past
+    it, one more for all the rest."""
 
     def __init__(self, per_window: int = 20, window: float = 60.0, *, max_sources: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if per_window < 1 or window <= 0:
-            raise ValueError("per_window must be at least 1 and window positive")
+                 max_records: int = 1000, clock: Callable[[], float] = time.monotonic) -> None:
+        if per_window < 1 or window <= 0 or max_records < 1:
+            raise ValueError("per_window and max_records must be at least 1 and window positive")
         self.per_window, self.window, self.max_sources, self.clock = per_window, window, max_sources, clock
+        self.max_records = max(max_records, per_window)  # one address alone always gets its `per_window`
         self._sources: OrderedDict[str, list[float]] = OrderedDict()  # source -> [window start, admitted, counted]
+        self._spent = [clock(), 0]  # this window's start, and the records it allowed
+        self._overflow = [0, 0]  # refusals and sources past `max_records`, reported when the window ends
+
+    def _budget(self, now: float) -> bool:
+        """Take one record from this window's budget; False when it is spent."""
+        if self._spent[0] + self.window <= now:
+            self._spent = [now, 0]
+        if self._spent[1] >= self.max_records:
+            return False
+        self._spent[1] += 1
+        return True
 
     def __len__(self) -> int:
         return len(self._sources)
@@ -138,8 +152,11 @@ class RefusalThrottle:
         entry = self._sources.get(source)
         if entry is None:
             entry = self._sources[source] = [now, 0.0, 0.0]
-        entry[1 if entry[1] < self.per_window else 2] += 1
-        return entry[2] == 0
+        if entry[2] == 0 and entry[1] < self.per_window and self._budget(now):
+            entry[1] += 1
+            return True
+        entry[2] += 1
+        return False
 
     def due(self, *, everything: bool = False) -> list[tuple[str, int]]:
         """The aggregates to record now, as (source, refusals without a record of their own): windows that ended,
@@ -151,8 +168,13 @@ class RefusalThrottle:
             if not everything and entry[0] + self.window > now and len(sources) <= self.max_sources:
                 break
             del sources[source]
-            if entry[2]:
+            if entry[2] and self._budget(now):
                 found.append((source, int(entry[2])))
+            elif entry[2]:
+                self._overflow = [self._overflow[0] + int(entry[2]), self._overflow[1] + 1]
+        if self._overflow[0] and (everything or self._spent[0] + self.window <= now):
+            found.append((f"{self._overflow[1]} more addresses", self._overflow[0]))
+            self._overflow = [0, 0]
         return found
 
 # %% ../../nbs/41_limits.ipynb #216fd843

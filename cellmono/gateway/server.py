@@ -23,7 +23,7 @@ import mcp_types as types
 from mcp.server import Server
 from mcp.shared.exceptions import MCPError
 from opentelemetry import trace as otel_trace
-from mcp_types.jsonrpc import INVALID_PARAMS
+from mcp_types.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, field_validator
 
 from ..core.app import App
@@ -228,9 +228,35 @@ class Gateway(Catalog):
         self.record(context, "tools/list", None, "ok")
         return types.ListToolsResult(tools=tools, next_cursor=following)
 
+    # -- durability: the answer waits for its records -------------------------------------------
+    def audit_mark(self) -> int:
+        """Where the sink's queue stands now (0 for a sink that commits as it is called): see `settle`."""
+        mark = getattr(self.audit, "mark", None)
+        return int(mark()) if callable(mark) else 0
+
+    async def settle(self, since: int = 0) -> None:
+        """Return once the records written so far are committed (a sink committing in groups, `bridge.AuditLogSink`);
+        `MCPError` (internal error) when one written after `audit_mark()` == `since` was lost: the answer is withheld."""
+        durable = getattr(self.audit, "durable", None)
+        try:
+            if callable(durable):
+                await durable(since)
+        except CellmonoError as error:
+            raise MCPError(INTERNAL_ERROR, f"the request's audit record was not committed ({type(error).__name__})") \
+                from None
+
     async def call_tool(self, context: CallContext, name: Any, arguments: Any
                         ) -> types.CallToolResult | types.InputRequiredResult:
-        """`tools/call`: authorize, limit, call the cell over the bus, turn its answer into a tool result."""
+        """`tools/call`: authorize, limit, call the cell over the bus, turn its answer into a tool result; returns
+        (or raises) once its audit record is committed."""
+        since = self.audit_mark()
+        try:
+            return await self._call_tool(context, name, arguments)
+        finally:
+            await self.settle(since)
+
+    async def _call_tool(self, context: CallContext, name: Any, arguments: Any
+                         ) -> types.CallToolResult | types.InputRequiredResult:
         identity = context.identity
         try:
             entry = self.entry(name)
@@ -342,6 +368,15 @@ class Gateway(Catalog):
             # (cellmono's own tracing, `cellmono.ops.tracing`, has its own provider and traces the bus)
             server.middleware = [m for m in server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"]
         server.middleware.append(self.state_boundary(context_of))
+
+        async def durable_answers(ctx: Any, call_next: Any) -> Any:  # outermost: no answer before its records are durable
+            since = self.audit_mark()
+            try:
+                return await call_next(ctx)
+            finally:
+                await self.settle(since)
+
+        server.middleware.insert(0, durable_answers)
         self.tasks.install(server, context_of)
         return server
 

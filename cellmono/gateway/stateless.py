@@ -26,7 +26,7 @@ from mcp_types import JSONRPCNotification, JSONRPCRequest
 from mcp_types.jsonrpc import HEADER_MISMATCH, INVALID_REQUEST, PARSE_ERROR
 from pydantic import ValidationError
 
-from .asgi import Receive, Rejection, Scope, accepts_json, read_body
+from .asgi import Disconnect, Receive, Rejection, Scope, accepts_json, read_body
 from .server import FORBIDDEN, CallContext
 from .tasks import check_task_name
 
@@ -160,8 +160,21 @@ async def answer(server: Server[Any], request: JSONRPCRequest, route: InboundMod
 
 
 async def answer_or_leave(server: Server[Any], request: JSONRPCRequest, route: InboundModernRoute, context: CallContext,
-                          receive: Receive, events: list[dict[str, Any]] | None = None) -> tuple[int, dict[str, Any]] | None:
-    """`answer`, cancelled when the client disconnects (how a 2026-07-28 client cancels): None then."""
+                          receive: Receive, events: list[dict[str, Any]] | None = None,
+                          disconnect: object = None) -> tuple[int, dict[str, Any]] | None:
+    """`answer`, cancelled when the client disconnects (how a 2026-07-28 client cancels): None then. With the
+    server's `Disconnect` signal (`asgi.edge_protocol`) it costs one cancel scope; without, a task watching `receive`."""
+    if isinstance(disconnect, Disconnect):
+        if disconnect.lost:
+            return None
+        with anyio.CancelScope() as scope:
+            disconnect.callbacks.append(scope.cancel)
+            try:
+                return await answer(server, request, route, context, events)
+            finally:
+                if scope.cancel in disconnect.callbacks:
+                    disconnect.callbacks.remove(scope.cancel)
+        return None
     outcome: list[tuple[int, dict[str, Any]]] = []
     async with anyio.create_task_group() as group:
         async def watch() -> None:
