@@ -20,9 +20,8 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp_types.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
-from .asgi import (DISCONNECT, JSON_CONTENT, PROMETHEUS_CONTENT, Headers, Receive, Rejection, Scope, Send,
-                                   client_ip, header_matches, json_bytes, read_body, rejection_body, request_headers,
-                                   send_response)
+from .asgi import (DISCONNECT, JSON_CONTENT, PROMETHEUS_CONTENT, Headers, Receive, Rejection, Scope,
+                                   Send, client_ip, header_matches, json_bytes, read_body, rejection_body, request_headers, send_response)
 from .auth import (Authenticator, Identity, InsufficientScope, Unauthenticated, metadata_url,
                                    resource_metadata, www_authenticate)
 from .limits import (ConcurrencyCap, KeyedCap, Overloaded, RateLimited, RefusalThrottle,
@@ -33,6 +32,7 @@ from .stateless import (Notification, StatelessRequest, answer_or_leave, read_st
                                         route_stateless, sse_body)
 
 ANONYMOUS = Identity(principal="anonymous", method="local")
+_RETRY_SOON = [(b"retry-after", b"1")]  # a refusal for a full gateway: try again in a second
 
 # %% auto #0
 __all__ = ['ANONYMOUS', 'GatewayHTTP']
@@ -174,15 +174,13 @@ class GatewayHTTP:
         try:
             self.cap.enter()
         except Overloaded as error:
-            raise Rejection(503, INTERNAL_ERROR, str(error), outcome="overloaded",
-                            headers=[(b"retry-after", b"1")]) from None
+            raise Rejection(503, INTERNAL_ERROR, str(error), outcome="overloaded", headers=_RETRY_SOON) from None
         ip = client_ip(scope)
         try:
             self.ip_cap.enter(ip, f"client {ip}")
         except Overloaded as error:
             self.cap.leave()
-            raise Rejection(429, INVALID_REQUEST, str(error), outcome="overloaded",
-                            headers=[(b"retry-after", b"1")]) from None
+            raise Rejection(429, INVALID_REQUEST, str(error), outcome="overloaded", headers=_RETRY_SOON) from None
         self.gateway.metrics.in_flight = self.cap.in_flight
         return ip
 

@@ -224,7 +224,8 @@ async def serve_http(served: Served, *, seconds: float | None = None,
     config = uvicorn.Config(served.http, lifespan="on", log_level="warning", access_log=False,
                             http=edge_protocol(settings) if _has("httptools") else "h11", loop="none",
                             h11_max_incomplete_event_size=settings.max_header_bytes,  # h11 only: httptools' is the edge
-                            timeout_keep_alive=5, timeout_graceful_shutdown=5, server_header=False)
+                            timeout_keep_alive=5, timeout_graceful_shutdown=5, server_header=False,
+                            proxy_headers=False)  # X-Forwarded-For from loopback would let a client pick its address
     server = Server(config)
     loop = asyncio.get_running_loop()
 
