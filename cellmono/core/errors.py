@@ -62,7 +62,8 @@ class CellmonoError(Exception):
     │   ├── WrongKey (ValueError)             the key-encryption key does not open the data
     │   ├── StoreCorrupted (ValueError)       a ciphertext or the file is damaged
     │   ├── StoreBusy (TimeoutError)          another process held the file too long
-    │   └── NamespaceError (ValueError)       a bad namespace or key name
+    │   ├── NamespaceError (ValueError)       a bad namespace or key name
+    │   └── StoreRolledBack                   the store file is older than its generation anchor (restored)
     ├── RunbookError                          a runbook cannot run, or its run failed (ops)
     │   ├── RunbookNotFound (LookupError)     no runbook of that name
     │   ├── ParameterError (ValueError)       unknown, missing or ill-typed parameter; never echoes the value
