@@ -110,7 +110,12 @@ class StoreGeneration:
 
     def current(self) -> tuple[str, int] | None:
         """The store id and authenticated generation the file holds; None before its first write."""
-        row = self.connection.execute("SELECT store_id, seal FROM store_generation WHERE id = 1").fetchone()
+        try:  # the table is made by the first write: opening a store (or a backup being checked) writes nothing
+            row = self.connection.execute("SELECT store_id, seal FROM store_generation WHERE id = 1").fetchone()
+        except sqlite3.OperationalError as error:
+            if "no such table" not in str(error):
+                raise
+            return None
         if row is None:
             return None
         store_id, seal = str(row[0]), bytes(row[1])
@@ -128,6 +133,7 @@ class StoreGeneration:
                 return
         state = self.current()  # another handle wrote meanwhile (we hold the write lock now), or the first write
         if state is None:
+            self.connection.execute(GENERATION_SCHEMA)  # inside the write's transaction, like the row
             store_id, generation = secrets.token_hex(8), 0
             self._write_anchor(key, store_id, 0)  # first, so that a store with writes always has its anchor
         else:

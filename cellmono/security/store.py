@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .files import Durability, immediate_transaction, open_shared_database, retry_while_locked
-from .generation import (GENERATION_NAMESPACE, GENERATION_SCHEMA, SEAL_HEADER, StoreGeneration,
+from .generation import (GENERATION_NAMESPACE, SEAL_HEADER, StoreGeneration,
                                           anchor_file_of, dek_aad, item_aad, seal_value)
 from .guard import SecuritySection
 from .keys import (KEY_BYTES, EnvKeyProvider, FileKeyProvider, KeyProvider, KeyUnavailable,
@@ -75,7 +75,7 @@ class EncryptedStore:
         self._keys_checked = False
         try:
             self._connection = open_shared_database(self.path, durability=durability, busy_timeout=busy_timeout)
-            retry_while_locked(lambda: self._connection.executescript(_SCHEMA + GENERATION_SCHEMA), busy_timeout)
+            retry_while_locked(lambda: self._connection.executescript(_SCHEMA), busy_timeout)
             self.generation = StoreGeneration(self._connection, self.path, Path(anchor_file or anchor_file_of(path)),
                                               self._cipher, lambda: self._active_key(GENERATION_NAMESPACE))
             self.restore_accepted = self.generation.check(accept_restore=accept_restore)  # or StoreRolledBack

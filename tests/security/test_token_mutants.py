@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from cellmono.security.signing import SigningKeys
-from cellmono.security.tokens import (MAX_BLOCKS, MemoryRevocations, TokenExpired, TokenIssuer, TokenNotYetValid,
-                                      TokenTooLarge, TokenVerifier, attenuate)
+from cellmono.security.capabilities import AttenuationError
+from cellmono.security.tokens import (MAX_BLOCKS, MemoryRevocations, TokenAudienceMismatch, TokenExpired, TokenIssuer,
+                                      TokenNotYetValid, TokenRevoked, TokenTooLarge, TokenVerifier, attenuate)
 
 KEYS = SigningKeys()
 ISSUER = TokenIssuer(KEYS)
@@ -47,3 +48,31 @@ def test_every_revoke_moves_the_version_forward() -> None:
         seen.append(revocations.version)
     assert seen == sorted(set(seen)) and len(seen) == 4
     assert revocations.is_revoked(["x", "b"]) and not revocations.is_revoked(["x"])
+
+
+def test_attenuate_refuses_to_widen_and_names_the_block() -> None:
+    """The verifier would still refuse a widened child, but attenuate must not mint it (defence in depth)."""
+    token = ISSUER.issue("alice", ["tool:call:notes.add"], "app")
+    with pytest.raises(AttenuationError, match=r"cannot attenuate to .*tool:call:\*.*not covered by block 0"):
+        attenuate(token, ["tool:call:*"])
+
+
+def test_a_child_ttl_shortens_the_token() -> None:
+    verifier = TokenVerifier(KEYS, audience="app")
+    token = ISSUER.issue("alice", ["tool:call:notes.add"], "app", ttl=3600)
+    child = attenuate(token, ["tool:call:notes.add"], ttl=10)
+    claims = verifier.verify(child)
+    assert claims.expires < claims.issued_at + 60
+    with pytest.raises(TokenExpired):
+        verifier.verify(child, at=claims.issued_at + 10 + verifier.leeway + 1)
+
+
+def test_the_verifier_keeps_its_audience_and_revocations() -> None:
+    revocations = MemoryRevocations()
+    verifier = TokenVerifier(KEYS, audience="app", revocations=revocations)
+    with pytest.raises(TokenAudienceMismatch):
+        verifier.verify(ISSUER.issue("alice", ["tool:call:notes.add"], "other-app"))
+    token = ISSUER.issue("alice", ["tool:call:notes.add"], "app")
+    revocations.revoke(verifier.verify(token).token_id)
+    with pytest.raises(TokenRevoked):
+        verifier.verify(token)
