@@ -32,7 +32,7 @@ def _check(args: argparse.Namespace) -> int:
         values = store.verify_all()
         state = store.generation.current()
     print(f"store {section.store_path}: {values} values authenticated; "
-          f"{'no write yet' if state is None else f'at write {state[1]}'}, not behind its anchor")
+          f"{'no write yet' if state is None else f'at generation {state[1]}'}, not behind its anchor")
     return 0
 
 
@@ -46,9 +46,9 @@ def _accept_restore(args: argparse.Namespace) -> int:
     anchored, found = accepted
     with AuditLog(section.audit_path) as log:
         log.append(audit_record(os.environ.get("USER") or "cli", "store.accept_restore", resource=section.store_path,
-                                reason=f"restore accepted at write {found}; the anchor said write {anchored}",
+                                reason=f"restore accepted at generation {found}; the anchor said generation {anchored}",
                                 details={"anchored": anchored, "file": found}))
-    print(f"store {section.store_path}: restore accepted at write {found} (its anchor said write {anchored}); "
+    print(f"store {section.store_path}: restore accepted at generation {found} (its anchor said generation {anchored}); "
           "recorded in the audit log")
     return 0
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .files import exclusive_lock, write_private
+from .files import exclusive_lock, immediate_transaction, write_private
 from .keys import StoreCorrupted, StoreError
 
 _log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def open_generation(seal: bytes, label: str, store_id: str, cipher: Callable[[in
 
 # %% ../../nbs/19b_generation.ipynb #5d3f63c1
 class StoreGeneration:
-    """The store's write counter: sealed in the file, bumped by every write, anchored in a sealed file outside it."""
+    """The store's generation: sealed in the file, moved on by a write just before each anchor, anchored outside it."""
 
     def __init__(self, connection: sqlite3.Connection, path: Path, anchor_file: Path, cipher: Callable[[int], AESGCM],
                  key: Callable[[], SealingKey], *, anchor_every: int = 256) -> None:
@@ -107,6 +107,7 @@ class StoreGeneration:
         self._key = key  # may create the sealing data key: never call it inside a transaction
         self._state: tuple[str, int, bytes] | None = None  # store id, generation, seal: as this handle last saw them
         self._anchored = -1
+        self._writes = 0  # writes this handle committed since its generation last moved on
 
     def current(self) -> tuple[str, int] | None:
         """The store id and authenticated generation the file holds; None before its first write."""
@@ -122,8 +123,13 @@ class StoreGeneration:
         self._state = (store_id, open_generation(seal, "file", store_id, self._cipher), seal)
         return self._state[0], self._state[1]
 
-    def bump(self, key: SealingKey) -> None:
-        """Count one write; call inside the write's transaction (it commits or rolls back with it)."""
+    def bump(self, key: SealingKey, *, now: bool = False) -> None:
+        """Count one write; call inside the write's transaction. The generation moves on (in that transaction) at
+        the first write and every `anchor_every` writes, each time just before it is anchored, and at close."""
+        self._writes += 1
+        if self._state is not None and self._writes < self.anchor_every and not now:
+            return  # a copy taken from here on is caught by the next anchor, which always follows a move
+        self._writes = 0
         if self._state is not None:  # the fast path: compare-and-swap on the seal this handle wrote or read
             store_id, generation, seal = self._state
             new = seal_generation(key, "file", store_id, generation + 1)
@@ -144,9 +150,20 @@ class StoreGeneration:
         self._state = (store_id, generation + 1, new)
 
     def committed(self) -> None:
-        """After a write committed: anchor the generation every `anchor_every` writes."""
-        if self._state is not None and self._state[1] - self._anchored >= self.anchor_every:
+        """After a write committed: anchor the generation when it moved on."""
+        if self._state is not None and self._state[1] > self._anchored:
             self.anchor()
+
+    def close(self) -> None:
+        """Move the generation on if this handle wrote since it last did, and anchor it (a failure is logged)."""
+        if self._writes and self._state is not None:
+            try:
+                key = self._key()
+                with immediate_transaction(self.connection):
+                    self.bump(key, now=True)
+            except (StoreError, sqlite3.Error) as error:
+                _log.warning("store %s: generation not moved on at close: %s", self.path, error)
+        self.anchor()
 
     def anchor(self) -> None:
         """Write the generation this handle last saw committed to the anchor file, unless the anchor is newer.
@@ -195,13 +212,13 @@ class StoreGeneration:
             return None  # a crash between the anchor and the first commit: nothing was ever written
         what = "another store's file" if state is not None else "a file without any write"
         if state is not None and state[0] == store_id:
-            what = f"write {found}"
+            what = f"generation {found}"
         if not accept_restore:
             raise StoreRolledBack(
-                f"store {str(self.path)!r} is at {what}, but its anchor {str(self.anchor_file)!r} says write "
+                f"store {str(self.path)!r} is at {what}, but its anchor {str(self.anchor_file)!r} says generation "
                 f"{generation}: an older copy was put back. If you restored it on purpose, run "
                 f"`cellmono store accept-restore` (audited)")
-        _log.warning("store %s: restore accepted at %s (anchor said write %d)", self.path, what, generation)
+        _log.warning("store %s: restore accepted at %s (anchor said generation %d)", self.path, what, generation)
         if state is None:
             self.anchor_file.unlink()
             self._anchored = -1

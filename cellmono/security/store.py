@@ -319,7 +319,7 @@ class EncryptedStore:
     def close(self) -> None:
         """Close the database and forget every cached key."""
         with self._lock:
-            self.generation.anchor()  # the clean-close anchor: the generation this handle leaves behind
+            self.generation.close()  # the clean-close anchor: the generation this handle leaves behind
             self._ciphers.clear()
             self._active.clear()
             self._connection.close()
