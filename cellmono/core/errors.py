@@ -64,7 +64,8 @@ class CellmonoError(Exception):
     │   ├── WrongKey (ValueError)             the key-encryption key does not open the data
     │   ├── StoreCorrupted (ValueError)       a ciphertext or the file is damaged
     │   ├── StoreBusy (TimeoutError)          another process held the file too long
-    │   └── NamespaceError (ValueError)       a bad namespace or key name
+    │   ├── NamespaceError (ValueError)       a bad namespace or key name
+    │   └── StoreRolledBack                   the store file is older than its generation anchor (restored)
     ├── EngineError                           keys, revocations or credentials on the engine (security)
     │   ├── EngineUnavailable (ConnectionError)  the engine cannot be reached; names its URL, never a password
     │   └── EngineRecordInvalid (ValueError)  a record on the engine is malformed, or a key under another's id

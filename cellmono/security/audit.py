@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..core.errors import ConfigError
 from .chain import (GENESIS, Anchor, AuditCorrupted, AuditTampered, AuditEntry, AuditError, VerifyReport, check_macs, link_hash,
-                    read_anchor_file, record_body, record_mac, sign_anchor, verify_chain)
+                    canonical_json, read_anchor_file, record_fields, record_mac, sign_anchor, verify_chain)
 from .files import Durability, immediate_transaction, open_shared_database, retry_while_locked
 from .guard import Decision
 from .records import AuditRecord, from_decision
@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, body TEXT NOT NULL, h
 CREATE TABLE IF NOT EXISTS anchors (seq INTEGER PRIMARY KEY, anchor TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_INSERT = "INSERT INTO audit(seq, body, hash, mac) VALUES (?, ?, ?, ?)"
 
 
 KEY_FILE = "signing-keys.json"  # the key ring looked for beside the log when no `anchor_keys` are given
@@ -76,6 +77,7 @@ class AuditLog:
         self._writer: threading.Thread | None = None
         self._closed = False
         self._writer_error: BaseException | None = None
+        self._head: tuple[int, str] | None = None  # the head this process last wrote; `seq`'s key catches a stale one
         try:
             self._connection = open_shared_database(self.path, durability=durability, busy_timeout=busy_timeout)
             if not create and self._connection.execute(
@@ -108,21 +110,25 @@ class AuditLog:
         if not records:
             return []
         with self._lock:
+            connection = self._connection
             try:
-                with immediate_transaction(self._connection) as connection:
-                    row = connection.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-                    seq, prev = row if row else (0, GENESIS)
-                    kid, mac_key = self._mac_key()
-                    entries, rows = [], []
-                    for record in records:
-                        seq += 1
-                        body = record_body(record, seq, prev)
-                        digest = link_hash(prev, body)
-                        mac = f"{kid}:{record_mac(mac_key, self.log_id, seq, digest)}" if mac_key else None
-                        rows.append((seq, body.decode(), digest, mac))
-                        entries.append(AuditEntry(seq, prev, digest, json.loads(body)))
-                        prev = digest
-                    connection.executemany("INSERT INTO audit(seq, body, hash, mac) VALUES (?, ?, ?, ?)", rows)
+                entries: list[AuditEntry] | None = None
+                if self._head is not None:  # the fast path: one INSERT (its own transaction) on the head we wrote
+                    entries, rows = self._link(records, *self._head)
+                    try:
+                        if len(rows) == 1:
+                            connection.execute(_INSERT, rows[0])
+                        else:
+                            with immediate_transaction(connection):
+                                connection.executemany(_INSERT, rows)
+                    except sqlite3.IntegrityError:  # that seq is taken: another process appended since
+                        entries = None
+                if entries is None:
+                    with immediate_transaction(connection):
+                        row = connection.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+                        entries, rows = self._link(records, *(row if row else (0, GENESIS)))
+                        connection.executemany(_INSERT, rows)
+                self._head = (entries[-1].seq, entries[-1].hash)
             except sqlite3.OperationalError as error:
                 raise AuditError(f"audit append to {str(self.path)!r} failed: {error}") from None
             except sqlite3.DatabaseError as error:
@@ -134,6 +140,21 @@ class AuditLog:
                     and self._anchor_state() is not None:
                 self.anchor()
         return entries
+
+    def _link(self, records: list[AuditRecord], seq: int, prev: str) -> tuple[list[AuditEntry], list[tuple[Any, ...]]]:
+        """The entries and rows of `records` chained after record `seq` with hash `prev`."""
+        kid, mac_key = self._mac_key()
+        entries, rows = [], []
+        for record in records:
+            seq += 1
+            fields = record_fields(record, seq, prev)
+            body = canonical_json(fields)
+            digest = link_hash(prev, body)
+            mac = f"{kid}:{record_mac(mac_key, self.log_id, seq, digest)}" if mac_key else None
+            rows.append((seq, body.decode(), digest, mac))
+            entries.append(AuditEntry(seq, prev, digest, fields))
+            prev = digest
+        return entries, rows
 
     def _mac_key(self) -> tuple[str, bytes | None]:
         if self.anchor_keys is None:

@@ -21,7 +21,8 @@ from ..core.errors import ContractError, IdempotencyKeyInvalid
 from ..core.transport import Handler
 from .files import immediate_transaction, retry_while_locked
 from .keys import NamespaceError, StoreBusy
-from .store import EncryptedStore, Namespace, _check_key, _seal
+from .generation import seal_value
+from .store import EncryptedStore, Namespace, _check_key
 
 _log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ class Transaction:
                         dek_id, cipher = ciphers[namespace]
                         connection.execute(
                             "INSERT OR REPLACE INTO items(namespace, key, version, dek_id, value) VALUES (?, ?, ?, ?, ?)",
-                            (namespace, key, version, dek_id, _seal(cipher, namespace, key, version, dek_id, value)))
+                            (namespace, key, version, dek_id, seal_value(cipher, namespace, key, version, dek_id, value)))
                     connection.execute("INSERT INTO inbox(consumer, key, result, at) VALUES (?, ?, ?, ?)",
                                        (self.consumer, self.key, result, time.time()))
             except sqlite3.Error as error:

@@ -22,6 +22,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .files import Durability, immediate_transaction, open_shared_database, retry_while_locked
+from .generation import (GENERATION_NAMESPACE, SEAL_HEADER, StoreGeneration,
+                                          anchor_file_of, dek_aad, item_aad, seal_value)
 from .guard import SecuritySection
 from .keys import (KEY_BYTES, EnvKeyProvider, FileKeyProvider, KeyProvider, KeyUnavailable,
                                     NamespaceError, StoreBusy, StoreCorrupted, StoreError)
@@ -45,25 +47,6 @@ CREATE TABLE IF NOT EXISTS items (
 
 
 _SELECT_ITEM = "SELECT value FROM items WHERE namespace = ? AND key = ?"
-# A stored value is header + AES-GCM output; the header repeats version and data-key id (also kept
-# as columns for rotation queries) so a read fetches one column. Tampering with the header changes
-# the associated data, so it fails authentication like any other change.
-_HEADER = struct.Struct(">QQ12s")  # version, data-key id, nonce
-
-
-def _seal(cipher: AESGCM, namespace: str, key: str, version: int, dek_id: int, value: bytes) -> bytes:
-    nonce = os.urandom(12)
-    return _HEADER.pack(version, dek_id, nonce) + cipher.encrypt(nonce, value, _item_aad(namespace, key, version, dek_id))
-
-
-def _item_aad(namespace: str, key: str, version: int, dek_id: int) -> bytes:
-    return f"cellmono-store-v1\x00{namespace}\x00{key}\x00{version}\x00{dek_id}".encode()
-
-
-def _dek_aad(dek_id: int, namespace: str) -> bytes:
-    return f"cellmono-dek-v1\x00{dek_id}\x00{namespace}".encode()
-
-
 def _check_namespace(namespace: str) -> str:
     if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
         raise NamespaceError(f"namespace {namespace!r} must match {_NAMESPACE.pattern[:-2]}")
@@ -81,7 +64,8 @@ class EncryptedStore:
     """Encrypted key-value items per namespace in one SQLite file; safe for several threads and processes."""
 
     def __init__(self, path: str | Path, keys: KeyProvider, *, durability: Durability = "normal",
-                 busy_timeout: float = 10.0, key_cache_seconds: float = 5.0) -> None:
+                 busy_timeout: float = 10.0, key_cache_seconds: float = 5.0, anchor_file: str | Path | None = None,
+                 accept_restore: bool = False) -> None:
         self.path = Path(path)
         self.keys = keys
         self.key_cache_seconds = key_cache_seconds
@@ -92,6 +76,9 @@ class EncryptedStore:
         try:
             self._connection = open_shared_database(self.path, durability=durability, busy_timeout=busy_timeout)
             retry_while_locked(lambda: self._connection.executescript(_SCHEMA), busy_timeout)
+            self.generation = StoreGeneration(self._connection, self.path, Path(anchor_file or anchor_file_of(path)),
+                                              self._cipher, lambda: self._active_key(GENERATION_NAMESPACE))
+            self.restore_accepted = self.generation.check(accept_restore=accept_restore)  # or StoreRolledBack
         except sqlite3.OperationalError as error:
             raise self._translate(error) from None
         except sqlite3.DatabaseError as error:
@@ -114,7 +101,7 @@ class EncryptedStore:
         if row is None:
             raise StoreCorrupted(f"store {str(self.path)!r} has no data key {dek_id!r}")
         namespace, kek_id, wrapped = row
-        cipher = self._ciphers[dek_id] = AESGCM(self.keys.unwrap(kek_id, wrapped, _dek_aad(dek_id, namespace)))
+        cipher = self._ciphers[dek_id] = AESGCM(self.keys.unwrap(kek_id, wrapped, dek_aad(dek_id, namespace)))
         return cipher
 
     def _active_key(self, namespace: str) -> tuple[int, AESGCM]:
@@ -143,7 +130,7 @@ class EncryptedStore:
             self.check_keys()  # never start wrapping new data keys under a KEK the store does not use
         data_key = os.urandom(KEY_BYTES)
         dek_id = secrets.randbits(62) + 1
-        kek_id, wrapped = self.keys.wrap(data_key, _dek_aad(dek_id, namespace))
+        kek_id, wrapped = self.keys.wrap(data_key, dek_aad(dek_id, namespace))
         with immediate_transaction(self._connection) as connection:
             row = connection.execute("SELECT id FROM data_keys WHERE namespace = ? AND active = 1",
                                      (namespace,)).fetchone()
@@ -167,13 +154,16 @@ class EncryptedStore:
         with self._lock:
             try:
                 dek_id, cipher = self._active_key(namespace)
+                sealing = self._active_key(GENERATION_NAMESPACE)
                 with immediate_transaction(self._connection) as connection:
                     row = connection.execute("SELECT version FROM items WHERE namespace = ? AND key = ?",
                                              (namespace, key)).fetchone()
                     version = row[0] + 1 if row else 1
-                    sealed = _seal(cipher, namespace, key, version, dek_id, bytes(value))
+                    sealed = seal_value(cipher, namespace, key, version, dek_id, bytes(value))
                     connection.execute("INSERT OR REPLACE INTO items(namespace, key, version, dek_id, value) "
                                        "VALUES (?, ?, ?, ?, ?)", (namespace, key, version, dek_id, sealed))
+                    self.generation.bump(sealing)
+                self.generation.committed()
             except sqlite3.Error as error:
                 raise self._translate(error) from None
         return version
@@ -189,14 +179,14 @@ class EncryptedStore:
                 return None
             sealed = row[0]
             try:
-                version, dek_id, nonce = _HEADER.unpack_from(sealed)
+                version, dek_id, nonce = SEAL_HEADER.unpack_from(sealed)
             except (struct.error, TypeError):
                 raise StoreCorrupted(f"value {namespace}/{key} is truncated or not a sealed value") from None
             cipher = self._ciphers.get(dek_id)
             if cipher is None:
                 cipher = self._cipher(dek_id)
-        try:  # the associated data is built inline: this is the hot path (see _item_aad)
-            return cipher.decrypt(nonce, sealed[_HEADER.size:],
+        try:  # the associated data is built inline: this is the hot path (see item_aad)
+            return cipher.decrypt(nonce, sealed[SEAL_HEADER.size:],
                                   f"cellmono-store-v1\x00{namespace}\x00{key}\x00{version}\x00{dek_id}".encode())
         except (InvalidTag, ValueError, TypeError):
             raise StoreCorrupted(f"value {namespace}/{key} (version {version}) fails authentication: "
@@ -206,7 +196,12 @@ class EncryptedStore:
         """Remove `namespace`/`key`; True when it existed."""
         with self._lock:
             try:
-                cursor = self._connection.execute("DELETE FROM items WHERE namespace = ? AND key = ?", (namespace, key))
+                sealing = self._active_key(GENERATION_NAMESPACE)
+                with immediate_transaction(self._connection) as connection:
+                    cursor = connection.execute("DELETE FROM items WHERE namespace = ? AND key = ?", (namespace, key))
+                    if cursor.rowcount:  # a deleted value put back by an older copy counts as a rollback too
+                        self.generation.bump(sealing)
+                self.generation.committed()
             except sqlite3.Error as error:
                 raise self._translate(error) from None
         return cursor.rowcount > 0
@@ -226,12 +221,12 @@ class EncryptedStore:
             try:
                 for namespace, key, sealed in self._connection.execute("SELECT namespace, key, value FROM items"):
                     try:
-                        version, dek_id, nonce = _HEADER.unpack_from(sealed)
+                        version, dek_id, nonce = SEAL_HEADER.unpack_from(sealed)
                     except (struct.error, TypeError):
                         raise StoreCorrupted(f"value {namespace}/{key} is truncated or not a sealed value") from None
                     cipher = self._ciphers.get(dek_id) or self._cipher(dek_id)  # a wrong KEK: WrongKey, as in get
                     try:
-                        cipher.decrypt(nonce, memoryview(sealed)[_HEADER.size:], _item_aad(namespace, key, version, dek_id))
+                        cipher.decrypt(nonce, memoryview(sealed)[SEAL_HEADER.size:], item_aad(namespace, key, version, dek_id))
                     except (InvalidTag, ValueError, TypeError):
                         raise StoreCorrupted(f"value {namespace}/{key} (version {version}) fails authentication") from None
                     checked += 1
@@ -250,8 +245,8 @@ class EncryptedStore:
                                           (current,)).fetchall()
                 updates = []
                 for dek_id, namespace, kek_id, wrapped in rows:  # unwrap all first: fail before writing
-                    data_key = self.keys.unwrap(kek_id, wrapped, _dek_aad(dek_id, namespace))
-                    new_kek, new_wrapped = self.keys.wrap(data_key, _dek_aad(dek_id, namespace))
+                    data_key = self.keys.unwrap(kek_id, wrapped, dek_aad(dek_id, namespace))
+                    new_kek, new_wrapped = self.keys.wrap(data_key, dek_aad(dek_id, namespace))
                     updates.append((new_kek, new_wrapped, dek_id, kek_id))
                 with immediate_transaction(connection):
                     changed = sum(connection.execute(
@@ -269,7 +264,8 @@ class EncryptedStore:
     def rotate_data_keys(self) -> list[str]:
         """Start a new data key for every namespace (new writes use it; old values stay readable); the namespaces."""
         with self._lock:
-            namespaces = [row[0] for row in self._connection.execute("SELECT DISTINCT namespace FROM data_keys")]
+            namespaces = [row[0] for row in self._connection.execute(  # the generation's key only seals a counter
+                "SELECT DISTINCT namespace FROM data_keys WHERE namespace != ?", (GENERATION_NAMESPACE,))]
             for namespace in namespaces:
                 self._create_data_key(namespace, replace=True)
             self._active.clear()
@@ -290,14 +286,14 @@ class EncryptedStore:
                         return moved
                     with immediate_transaction(connection):
                         for namespace, key, version, dek_id, sealed in rows:
-                            _, old_dek, nonce = _HEADER.unpack_from(sealed)
+                            _, old_dek, nonce = SEAL_HEADER.unpack_from(sealed)
                             value = self._cipher(old_dek).decrypt(
-                                nonce, sealed[_HEADER.size:], _item_aad(namespace, key, version, old_dek))
+                                nonce, sealed[SEAL_HEADER.size:], item_aad(namespace, key, version, old_dek))
                             new_dek, cipher = self._active_key(namespace)
                             moved += connection.execute(  # only if nobody wrote the key meanwhile
                                 "UPDATE items SET dek_id = ?, value = ? WHERE namespace = ? AND key = ? "
                                 "AND version = ? AND dek_id = ?",
-                                (new_dek, _seal(cipher, namespace, key, version, new_dek, value), namespace, key,
+                                (new_dek, seal_value(cipher, namespace, key, version, new_dek, value), namespace, key,
                                  version, dek_id)).rowcount
                 except InvalidTag:
                     raise StoreCorrupted("a value failed authentication during re-encryption; nothing was changed "
@@ -323,6 +319,7 @@ class EncryptedStore:
     def close(self) -> None:
         """Close the database and forget every cached key."""
         with self._lock:
+            self.generation.close()  # the clean-close anchor: the generation this handle leaves behind
             self._ciphers.clear()
             self._active.clear()
             self._connection.close()
@@ -372,8 +369,9 @@ class Namespace:
         return f"Namespace({self.name!r})"
 
 # %% ../../nbs/19_store.ipynb #986e41f1
-def open_store(section: SecuritySection | None = None, *, create_key_file: bool = False) -> EncryptedStore:
-    """The store described by a `[security]` section (defaults when None)."""
+def open_store(section: SecuritySection | None = None, *, create_key_file: bool = False,
+               accept_restore: bool = False) -> EncryptedStore:
+    """The store described by a `[security]` section (defaults when None); `accept_restore` as in `EncryptedStore`."""
     section = section if section is not None else SecuritySection()
     if section.kek_file and create_key_file and not Path(section.kek_file).exists() and _holds_data(section.store_path):
         raise KeyUnavailable(f"store {section.store_path!r} holds encrypted data but its key file {section.kek_file!r} "
@@ -381,7 +379,7 @@ def open_store(section: SecuritySection | None = None, *, create_key_file: bool 
                              f"{section.kek_env} to it); a new key would not read that data, so none is created")
     keys: KeyProvider = FileKeyProvider(section.kek_file, create=create_key_file) if section.kek_file \
         else EnvKeyProvider(section.kek_env)
-    return EncryptedStore(section.store_path, keys)
+    return EncryptedStore(section.store_path, keys, accept_restore=accept_restore)
 
 
 def _holds_data(path: str | Path) -> bool:

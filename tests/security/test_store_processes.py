@@ -102,7 +102,8 @@ def test_keys_rotate_while_a_writer_runs(tmp_path):
     rotated = subprocess.run([CELLMONO, "keys", "rotate", "--data-keys"], cwd=tmp_path, capture_output=True,
                              text=True, timeout=60)
     assert rotated.returncode == 0, rotated.stderr
-    assert "re-wrapped 1 data keys" in rotated.stdout and "re-encrypted" in rotated.stdout
+    # two data keys: the namespace's and the one that seals the store's generation (security.generation)
+    assert "re-wrapped 2 data keys" in rotated.stdout and "re-encrypted" in rotated.stdout
     retired = subprocess.run([CELLMONO, "keys", "rotate", "--retire"], cwd=tmp_path, capture_output=True,
                              text=True, timeout=60)
     assert retired.returncode == 0 and first_kek in retired.stdout, retired.stdout + retired.stderr
@@ -134,7 +135,7 @@ def test_missing_and_wrong_keys_are_clear_and_write_nothing(tmp_path):
         EncryptedStore(tmp_path / "store.sqlite", impostor).namespace("notes").put("b", b"2")
     raw = sqlite3.connect(tmp_path / "store.sqlite")
     assert raw.execute("SELECT count(*) FROM items").fetchone()[0] == 1
-    assert raw.execute("SELECT count(*) FROM data_keys").fetchone()[0] == 1
+    assert raw.execute("SELECT count(*) FROM data_keys").fetchone()[0] == 2  # the namespace's and the generation's
     (tmp_path / "settings.ini").write_text("[security]\nstore_path = store.sqlite\nkek_env = NO_SUCH_VARIABLE\n")
     result = subprocess.run([CELLMONO, "keys", "rotate"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                             env={k: v for k, v in os.environ.items() if k != "NO_SUCH_VARIABLE"})

@@ -92,6 +92,7 @@ def test_retire_refuses_while_a_data_key_is_still_under_the_old_key(tmp_path: Pa
     assert old in FileKeyProvider(tmp_path / "kek.json").keys
     monkeypatch.undo()
     facts: dict[str, int] = {}
-    assert _retire_keks(store, store.keys, facts) == [old] and facts["rewrapped"] == 1  # moved first, then retired
+    # moved first, then retired: the namespace's data key and the one sealing the generation (security.generation)
+    assert _retire_keks(store, store.keys, facts) == [old] and facts["rewrapped"] == 2
     assert store.get("notes", "a") == b"secret"
     store.close()
