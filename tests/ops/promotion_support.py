@@ -57,7 +57,7 @@ class Client:
         while not self.stop.is_set():
             self.sent += 1
             try:
-                note = await self.app.bus.request("notes.add", {"title": f"note {self.sent}"}, capability=token,
+                note = await self.app.bus.request("notes.add", {"title": f"note {self.sent}"}, capability=token, principal="load",
                                                   timeout=10.0, response=Note)
                 if note.title == f"note {self.sent}":
                     self.answered += 1

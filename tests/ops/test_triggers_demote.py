@@ -18,7 +18,8 @@ from cellmono.ops.telemetry import Telemetry
 from cellmono.runtime.autopilot import AppTriggers
 from cellmono.security.audit import AuditLog
 
-# the client is one principal: users 1 is not below exit 1, so its calls alone keep the cell where it is
+# the client is one principal (it names itself on each request, as the gateway does): users 1 is not below exit 1,
+# so its calls alone keep the cell where it is
 NOTES = dict(mode="promote", interval=0.2, up_delay=0.4, down_delay=0.6, down_window=0.6, dwell=0.0, cooldown=1.0,
              burn_windows="10/2@14.4", users_enter=5, users_exit=1, cpu_enter=0.9, cpu_exit=0.5,
              min_replicas=2, max_replicas=2)
