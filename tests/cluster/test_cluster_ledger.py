@@ -10,14 +10,12 @@ import os
 import pytest
 
 from cluster_support import partition_support, require_cluster
-from ledger import DURABLE, PREFIX, STREAM, History, Worker, check, client, dump, nemesis, settle
+from ledger import DURABLE, assert_applied_once, PREFIX, STREAM, History, Worker, check, client, dump, nemesis, settle
 
 from cellmono.core.bus import Bus
 from cellmono.transports.nats import NatsTransport
 
 pytestmark = pytest.mark.anyio
-# the framework records processed idempotency keys with the effect (issue 17 part 2): then no double effect
-EXACTLY_ONCE = True
 SEED = int(os.environ.get("CELLMONO_NEMESIS_SEED", "17"))
 
 
@@ -67,11 +65,4 @@ async def test_ledger_under_kills_pauses_leader_kills_and_partitions(tmp_path) -
     assert not verdict.unknown_effects and not verdict.mismatched, verdict.summary()
     assert verdict.balance_total == 8 * 1000, verdict.summary()
     assert not verdict.audit_problems, verdict.audit_problems
-    if verdict.double_effects and not EXACTLY_ONCE:
-        pytest.xfail(f"at-least-once delivery, no exactly-once inbox in the framework yet: {verdict.summary()}")
-    within_one_worker = sorted(set(verdict.double_effects) - set(verdict.double_across_workers))
-    assert not within_one_worker, f"the inbox let a redelivery apply twice on one worker: {verdict.summary()}"
-    if verdict.double_across_workers:  # each worker's inbox is on its own disk: a redelivery to the other is new to it
-        pytest.xfail(f"a redelivery to another worker was applied again (the inbox is per worker disk until the store "
-                     f"moves to the engine): {verdict.summary()}")
-    assert not verdict.double_effects, verdict.summary()
+    assert_applied_once(verdict)

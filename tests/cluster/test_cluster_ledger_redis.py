@@ -13,14 +13,13 @@ import time
 import pytest
 
 from brokers import require, start_redis
-from ledger import DURABLE, PREFIX, History, Worker, check, client, dump, settle
+from ledger import DURABLE, assert_applied_once, PREFIX, History, Worker, check, client, dump, settle
 
 from cellmono.core.bus import Bus
 from cellmono.transports.redis import RedisTransport
 
 pytestmark = pytest.mark.anyio
 SEED = int(os.environ.get("CELLMONO_NEMESIS_SEED", "17"))
-EXACTLY_ONCE = True  # see test_cluster_ledger.py
 
 
 async def primary_kills(server, history: History, seed: int, seconds: float) -> int:
@@ -67,11 +66,4 @@ async def test_ledger_on_redis_with_the_primary_killed_and_restarted(tmp_path) -
     assert not verdict.lost, verdict.summary()
     assert not verdict.unknown_effects and not verdict.mismatched, verdict.summary()
     assert verdict.balance_total == 8 * 1000 and not verdict.audit_problems, verdict.summary()
-    if verdict.double_effects and not EXACTLY_ONCE:
-        pytest.xfail(f"at-least-once delivery, no exactly-once inbox in the framework yet: {verdict.summary()}")
-    within_one_worker = sorted(set(verdict.double_effects) - set(verdict.double_across_workers))
-    assert not within_one_worker, f"the inbox let a redelivery apply twice on one worker: {verdict.summary()}"
-    if verdict.double_across_workers:  # each worker's inbox is on its own disk: a redelivery to the other is new to it
-        pytest.xfail(f"a redelivery to another worker was applied again (the inbox is per worker disk until the store "
-                     f"moves to the engine): {verdict.summary()}")
-    assert not verdict.double_effects, verdict.summary()
+    assert_applied_once(verdict)
