@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from brokers import require, start_nats, start_redis
+from worker_support import spawn_worker, stop, wait_ready
 
 from cellmono.core.bus import Bus
 from cellmono.core.config import load_settings
 from cellmono.topology.placement import build_transport
-from cellmono.topology.workers import CONTRACT_SUBJECT, PING_SUBJECT, answer_control, contract_fingerprint
+from cellmono.topology.workers import CONTRACT_SUBJECT, answer_control, contract_fingerprint
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ha"
 pytestmark = pytest.mark.anyio
@@ -67,21 +67,6 @@ max_deliver = 3
     return settings
 
 
-def spawn_worker(settings: Path, replica: int) -> subprocess.Popen:
-    """A worker replica; its output goes to a log file beside the settings (a pipe nobody reads could fill)."""
-    log = open(settings.parent / f"worker-{replica}-{time.monotonic_ns()}.log", "wb")
-    with log:
-        return subprocess.Popen([sys.executable, "-m", "cellmono.cli.worker", "--settings", str(settings),
-                                 "--cell", "jobs", "--replica", str(replica)], cwd=settings.parent,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-
-
-def worker_logs(folder: Path) -> str:
-    """Every worker's output, for failure messages."""
-    return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
-                     for path in sorted(folder.glob("worker-*.log")))
-
-
 async def app_side(settings_path: Path, kind: str) -> Bus:
     """The app's side of the bus: answers the contract query, publishes jobs, pings replicas."""
     settings = load_settings(settings_path, environ={})
@@ -91,19 +76,6 @@ async def app_side(settings_path: Path, kind: str) -> Bus:
     await bus.start()
     await answer_control(bus, CONTRACT_SUBJECT.format(cell="jobs"), contract_fingerprint(JobsCell))
     return bus
-
-
-async def wait_ready(bus: Bus, replicas, folder: Path) -> None:
-    give_up = time.monotonic() + 60  # worker processes start slowly on a loaded 2-core machine
-    for replica in replicas:
-        while True:
-            try:
-                await bus.request(PING_SUBJECT.format(cell="jobs", replica=replica), timeout=1)
-                break
-            except Exception as error:
-                if time.monotonic() > give_up:
-                    raise AssertionError(f"replica {replica} not ready: {error}\n{worker_logs(folder)}") from None
-                await asyncio.sleep(0.05)
 
 
 def counts(database: Path) -> tuple[int, int, int]:
@@ -121,25 +93,13 @@ def counts(database: Path) -> tuple[int, int, int]:
     return effects, attempts, distinct
 
 
-def stop(processes) -> None:
-    for process in processes:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(5)
-
-
 async def test_kill_one_of_three_replicas_while_2000_jobs_flow(broker, tmp_path: Path) -> None:
     kind, server = broker
     settings = write_app(tmp_path, kind, server.url)
     bus = await app_side(settings, kind)
-    workers = [spawn_worker(settings, replica) for replica in (1, 2, 3)]
+    workers = [spawn_worker(settings, "jobs", replica) for replica in (1, 2, 3)]
     try:
-        await wait_ready(bus, (1, 2, 3), tmp_path)
+        await wait_ready(bus, "jobs", (1, 2, 3), tmp_path)
         victim = workers[1]
         for number in range(2000):
             await bus.publish("jobs.run", {"key": f"job-{number}"}, idempotency_key=f"job-{number}")
@@ -168,9 +128,9 @@ async def test_worker_crashing_in_a_loop_dead_letters_the_poison(broker, tmp_pat
     bus = await app_side(settings, kind)
     dead: list[dict] = []
     await bus.subscribe("dead.>", lambda envelope: dead.append(envelope.payload), durable=True, queue="ops")
-    workers = [spawn_worker(settings, 1)]
+    workers = [spawn_worker(settings, "jobs", 1)]
     try:
-        await wait_ready(bus, (1,), tmp_path)
+        await wait_ready(bus, "jobs", (1,), tmp_path)
         await bus.publish("jobs.run", {"key": "before"})
         await bus.publish("jobs.run", {"key": "poison", "poison": True})
         for number in range(5):
@@ -181,14 +141,14 @@ async def test_worker_crashing_in_a_loop_dead_letters_the_poison(broker, tmp_pat
             if workers[-1].poll() is not None:
                 restarts += 1
                 await asyncio.sleep(min(0.1 * 2 ** restarts, 1.0))
-                workers.append(spawn_worker(settings, 1))
+                workers.append(spawn_worker(settings, "jobs", 1))
             await asyncio.sleep(0.05)
         assert dead and dead[0]["envelope"]["payload"] == {"key": "poison", "poison": True}, dead
         assert "crash" in dead[0]["reason"] and restarts >= 2
         give_up = time.monotonic() + 30
         while counts(tmp_path / "jobs.sqlite")[0] < 6 and time.monotonic() < give_up:
             if workers[-1].poll() is not None:
-                workers.append(spawn_worker(settings, 1))
+                workers.append(spawn_worker(settings, "jobs", 1))
             await asyncio.sleep(0.1)
         assert counts(tmp_path / "jobs.sqlite")[0] == 6  # before + 5 after: nothing lost
     finally:

@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,13 +19,14 @@ from pathlib import Path
 import pytest
 
 from brokers import require, start_nats, start_redis
+from worker_support import spawn_worker, stop, wait_ready, worker_logs
 
 from cellmono.core.bus import Bus
 from cellmono.core.config import load_settings
 from cellmono.security.guard import security_section
 from cellmono.security.store import open_store
 from cellmono.topology.placement import build_transport
-from cellmono.topology.workers import CONTRACT_SUBJECT, PING_SUBJECT, answer_control, contract_fingerprint
+from cellmono.topology.workers import CONTRACT_SUBJECT, answer_control, contract_fingerprint
 
 CELL = '''
 from cellmono.core.cell import Cell, handles
@@ -75,19 +75,6 @@ max_deliver = 5
     return settings
 
 
-def spawn_worker(settings: Path, replica: int) -> subprocess.Popen:
-    log = open(settings.parent / f"worker-{replica}-{time.monotonic_ns()}.log", "wb")
-    with log:
-        return subprocess.Popen([sys.executable, "-m", "cellmono.cli.worker", "--settings", str(settings),
-                                 "--cell", "ledger", "--replica", str(replica)], cwd=settings.parent,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-
-
-def logs(folder: Path) -> str:
-    return "\n".join(f"--- {path.name}\n{path.read_text(errors='replace')[-2000:]}"
-                     for path in sorted(folder.glob("worker-*.log")))
-
-
 def ledger_state(settings: Path, keys: list[str]) -> tuple[int, dict[str, int], int]:
     """(balance, applications per key, inbox rows) from the workers' store."""
     store = open_store(security_section(settings))
@@ -107,18 +94,6 @@ def ledger_state(settings: Path, keys: list[str]) -> tuple[int, dict[str, int], 
     return balance, applied, rows
 
 
-def stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(5)
-
-
 @pytest.mark.parametrize("kind", ["nats", "redis"])
 def test_worker_replica_killed_mid_flow_applies_each_command_once(tmp_path: Path, kind: str) -> None:
     server = require(start_nats if kind == "nats" else start_redis)
@@ -131,23 +106,15 @@ def test_worker_replica_killed_mid_flow_applies_each_command_once(tmp_path: Path
         bus = Bus(build_transport(load_settings(settings, environ={}), kind), timeout=5)
         await bus.start()
         await answer_control(bus, CONTRACT_SUBJECT.format(cell="ledger"), contract_fingerprint(LedgerCell))
-        workers = [spawn_worker(settings, replica) for replica in (1, 2)]
+        workers = [spawn_worker(settings, "ledger", replica) for replica in (1, 2)]
         try:
-            give_up = time.monotonic() + 60
-            for replica in (1, 2):
-                while True:
-                    try:
-                        await bus.request(PING_SUBJECT.format(cell="ledger", replica=replica), timeout=1)
-                        break
-                    except Exception as error:
-                        assert time.monotonic() < give_up, f"replica {replica}: {error}\n{logs(tmp_path)}"
-                        await asyncio.sleep(0.05)
+            await wait_ready(bus, "ledger", (1, 2), tmp_path)
             for number, key in enumerate(keys):
                 await bus.publish("ledger.credit", {"amount": 1}, idempotency_key=key)
                 if number == 150:
                     os.kill(workers[0].pid, signal.SIGKILL)  # mid-flow, holding an unacknowledged command
                 if number == 250:
-                    workers.append(spawn_worker(settings, 1))  # back, as a supervisor would
+                    workers.append(spawn_worker(settings, "ledger", 1))  # back, as a supervisor would
             give_up = time.monotonic() + 60
             while ledger_state(settings, keys[-1:])[0] < len(keys) and time.monotonic() < give_up:
                 await asyncio.sleep(0.2)
@@ -163,6 +130,6 @@ def test_worker_replica_killed_mid_flow_applies_each_command_once(tmp_path: Path
         sys.path.remove(str(tmp_path))
         sys.modules.pop("eo_ledger", None)
         server.cleanup()
-    assert {key: count for key, count in applied.items() if count != 1} == {}, logs(tmp_path)
+    assert {key: count for key, count in applied.items() if count != 1} == {}, worker_logs(tmp_path)
     assert balance == len(keys)
     assert rows == len(keys)  # the inbox recorded each command: wired by the settings path
