@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cellmono.core.config import load_settings
 from cellmono.core.envelope import Envelope
 from cellmono.core.errors import AccessDenied
 from cellmono.security.guard import (PUBLISHED_HEADER, Authority, CapabilityDenied, CapabilityGuard, MemoryDecisions,
@@ -226,3 +227,15 @@ def test_security_paths_resolve_beside_the_settings_file(tmp_path: Path) -> None
     assert section.store_path == "/abs/store.sqlite"
     assert section.signing_keys == str(ini.parent.resolve() / "var/signing-keys.json")
     assert section.anchor_file is None and section.kek_file is None
+
+
+def test_security_section_reads_the_working_folders_settings_or_defaults(tmp_path: Path, monkeypatch) -> None:
+    """No argument: ./settings.ini when present (else safe defaults); defaults resolve paths in the working folder."""
+    monkeypatch.chdir(tmp_path)
+    assert security_section().audit_path == "var/audit.sqlite"           # no file: plain defaults
+    (tmp_path / "settings.ini").write_text("[security]\nallow_public = false\naudience = shop\n")
+    section = security_section()
+    assert section.audience == "shop"
+    assert section.store_path == str(tmp_path.resolve() / "var/store.sqlite")
+    defaults = security_section(load_settings(None))
+    assert defaults.audience == "cellmono" and defaults.audit_path == str(Path.cwd() / "var/audit.sqlite")
