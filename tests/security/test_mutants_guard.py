@@ -239,3 +239,43 @@ def test_security_section_reads_the_working_folders_settings_or_defaults(tmp_pat
     assert section.store_path == str(tmp_path.resolve() / "var/store.sqlite")
     defaults = security_section(load_settings(None))
     assert defaults.audience == "cellmono" and defaults.audit_path == str(Path.cwd() / "var/audit.sqlite")
+
+
+def test_a_cached_decision_belongs_to_its_token_only() -> None:
+    """The decision cache is keyed by token and requirements: one token's grant never answers for another's."""
+    _, _, _, issuer, guard = world()
+    rich, poor = issuer.issue("alice", ["tool:call:a"], "app"), issuer.issue("bob", ["tool:call:b"], "app")
+    guard.check(rich, ("tool:call:a",))
+    with pytest.raises(CapabilityDenied, match="'bob' lacks"):
+        guard.check(poor, ("tool:call:a",))
+    event = guard.admit(env(rich, "orders.placed", kind="event"))
+    guard.authorize(event, ("tool:call:a",))
+    poor_event = guard.admit(env(poor, "orders.placed", kind="event"))
+    with pytest.raises(CapabilityDenied, match="'bob' lacks"):
+        guard.authorize(poor_event, ("tool:call:a",))
+
+
+def test_authorize_and_admit_bind_the_envelopes_labels() -> None:
+    _, _, decisions, issuer, guard = world()
+    token = issuer.issue("alice", ["tool:call:a"], "app", tenant="acme")
+    with pytest.raises(CapabilityDenied, match="claims principal 'mallory'"):
+        guard.authorize(env(token, principal="mallory"), ("tool:call:a",))
+    refusal = decisions.decisions[-1]
+    assert refusal.requires == ("tool:call:a",) and refusal.actor == "mallory" and "mallory" in refusal.reason
+    event = guard.admit(env(token, "orders.placed", kind="event"))
+    with pytest.raises(CapabilityDenied, match="claims principal 'mallory'"):
+        guard.authorize(event.model_copy(update={"principal": "mallory"}), ("tool:call:a",))
+    with pytest.raises(CapabilityDenied, match="claims tenant 'evil'"):
+        guard.admit(env(token, "orders.placed", kind="event", tenant="evil"))
+    assert "claims tenant 'evil'" in decisions.decisions[-1].reason
+    guard.authorize(env(token), ("tool:call:a",))
+    allowed = decisions.decisions[-1]
+    assert allowed.actor == "alice" and 0 <= allowed.latency < 5.0       # the token's subject, a duration
+
+
+def test_the_guard_and_authority_defaults() -> None:
+    guard = CapabilityGuard(TokenVerifier(KEYS))
+    assert (guard.cache_size, guard.event_grace, guard.allow_public, guard.bind_identity, guard.sink) == (
+        4096, 3600.0, False, True, None)
+    authority = Authority({}, TokenIssuer(KEYS))
+    assert (authority.audience, authority.ttl) == ("cellmono", 3600.0)
