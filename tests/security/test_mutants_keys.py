@@ -118,3 +118,39 @@ def test_another_process_rotation_is_followed_within_recheck(tmp_path: Path) -> 
     os.unlink(path)
     time.sleep(0.25)
     assert server.current_key_id() == latest                           # a removed file keeps the loaded keys
+
+
+def test_messages_name_the_missing_key_and_the_file(tmp_path: Path, monkeypatch) -> None:
+    """An operator at 3 a.m. needs the path and the next step, not `None`."""
+    with pytest.raises(KeyUnavailable, match="^no key-encryption key configured$"):
+        StaticKeyProvider({})
+    path = tmp_path / "kek.json"
+    with pytest.raises(KeyUnavailable, match=f"key file '{path}' does not exist \\(create one with `cellmono keys "
+                                             "rotate --create`\\)"):
+        FileKeyProvider(path)
+    path.write_text('{"current": "x", "keys": {"x": "AA"}}')
+    with pytest.raises(ConfigError, match=f"key file '{path}', key 'x': key must be 32 bytes"):
+        FileKeyProvider(path)
+    path.write_text("[]")
+    with pytest.raises(ConfigError, match=f"key file '{path}' is not a valid key file"):
+        FileKeyProvider(path)
+    monkeypatch.delenv("CELLMONO_KEK", raising=False)
+    with pytest.raises(KeyUnavailable, match="generate one with `cellmono keys new`"):
+        EnvKeyProvider()
+    monkeypatch.setenv("CELLMONO_KEK", f"env:{text(A)}")
+    assert EnvKeyProvider().current == "env"                         # os.environ when none is given
+    with pytest.raises(WrongKey, match="wrong key for this id, or the wrapped key is corrupted"):
+        StaticKeyProvider({"k": A}).unwrap("k", b"\x00" * 40, b"")
+
+
+def test_following_keeps_checking_after_a_quiet_period(tmp_path: Path) -> None:
+    path = tmp_path / "kek.json"
+    server = FileKeyProvider(path, create=True, recheck=0.05)
+    first = server.current
+    for _ in range(3):                                               # nothing changed: checks keep working
+        time.sleep(0.06)
+        assert server.current_key_id() == first
+    path.unlink()
+    for _ in range(2):                                               # file gone: loaded keys kept, checks go on
+        time.sleep(0.06)
+        assert server.current_key_id() == first
