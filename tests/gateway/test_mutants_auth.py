@@ -4,7 +4,9 @@ tests/security/MUTATION.md). In-process and fast: real PyJWT tokens signed with 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jwt
@@ -225,3 +227,93 @@ def test_metadata_and_challenges() -> None:
     scope = www_authenticate("m", InsufficientScope("y" * 300, ["a:b", "c:d"]))
     assert scope == f'Bearer resource_metadata="m", error="insufficient_scope", scope="a:b c:d", ' \
                     f'error_description="{"y" * 200}"'
+
+
+def test_an_api_key_with_an_unknown_role_is_refused_not_trimmed() -> None:
+    """A JWT's unknown roles are dropped (the IdP may send many); an API key's are an operator's typo: refused."""
+    policy = Policy({"reader": ["tool:call:notes.search"]})
+    keyed = Identity(principal="k", roles=("reader", "ghost"), method="api_key")
+    with pytest.raises(InsufficientScope, match="'k': .*ghost"):
+        policy.check(keyed, ("tool:call:notes.search",))
+    jwt_identity = keyed.model_copy(update={"method": "jwt"})
+    policy.check(jwt_identity, ("tool:call:notes.search",))
+    clean = Identity(principal="c", roles=("reader",), method="jwt")
+    with pytest.raises(InsufficientScope) as refused:
+        policy.check(clean, ("tool:call:x",))
+    assert str(refused.value) == "'c' lacks 'tool:call:x'"              # no note when no role was dropped
+    with pytest.raises(InsufficientScope) as noted:
+        policy.check(jwt_identity, ("tool:call:x",))
+    assert str(noted.value) == ("'k' lacks 'tool:call:x' (roles this app does not define, ignored: ghost; "
+                                "known roles: reader)")
+
+
+def test_concurrent_creates_by_separate_processes_all_land(tmp_path: Path) -> None:
+    """Each writer has its own ApiKeys (as separate processes do): only the file lock keeps every key."""
+    path = tmp_path / "keys.json"
+    ApiKeys(path).create("seed")
+    created: list[str] = []
+
+    def writer() -> None:
+        keys = ApiKeys(path)
+        for _ in range(5):
+            created.append(keys.create("bot"))
+
+    threads = [threading.Thread(target=writer) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    final = ApiKeys(path)
+    assert len(final) == 31 and all(final.identify(key).principal == "bot" for key in created)
+
+
+def test_jwt_claim_edges_and_messages() -> None:
+    assert verifier().verify(token({"sub": "x" * 256})).principal == "x" * 256
+    with pytest.raises(Unauthenticated, match="^token subject is missing or invalid$"):
+        verifier().verify(token({"sub": "x" * 257}))
+    assert verifier().verify(token({"jti": 7})).token_id is None
+    assert verifier().verify(token({"scp": "a:b"})).scopes == ("a:b",) and verifier().verify(token()).scopes == ()
+    with pytest.raises(Unauthenticated, match="^this server needs a bearer token$"):
+        Authenticator().authenticate("")
+    with pytest.raises(Unauthenticated, match="^the Authorization header must be 'Bearer <token>'$"):
+        Authenticator().authenticate("Token x")
+
+
+class _Jwks(BaseHTTPRequestHandler):
+    document: dict = JWKS
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        body = json.dumps(type(self).document).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_jwks_url_is_fetched_and_refreshed_for_a_new_key() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Jwks)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/jwks"
+        check = JwtVerifier(url, issuer="https://as", audience="mcp", refresh_interval=0.1)
+        assert check.verify(token()).principal == "alice"
+        rotated = ed25519.Ed25519PrivateKey.generate()
+        _Jwks.document = {"keys": [*JWKS["keys"], jwk(rotated, "new")]}
+        time.sleep(0.15)
+        assert check.verify(token(key=rotated, kid="new")).principal == "alice"   # rotation at the AS
+        with pytest.raises(Unauthenticated, match="unknown key"):
+            JwtVerifier(url, issuer="https://as", audience="mcp", refresh_interval=60).verify(token(kid="gone"))
+    finally:
+        _Jwks.document = JWKS
+        server.shutdown()
+        server.server_close()
+
+
+def test_challenges_escape_and_truncate() -> None:
+    assert www_authenticate("a\\b", Unauthenticated("m" * 300)) == (
+        'Bearer resource_metadata="a\\\\b", error="invalid_token", error_description="' + "m" * 200 + '"')
+    assert metadata_url("https://h/p://q") == "https://h/.well-known/oauth-protected-resource/p://q"
