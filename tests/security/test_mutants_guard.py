@@ -267,7 +267,9 @@ def test_authorize_and_admit_bind_the_envelopes_labels() -> None:
         guard.authorize(event.model_copy(update={"principal": "mallory"}), ("tool:call:a",))
     with pytest.raises(CapabilityDenied, match="claims tenant 'evil'"):
         guard.admit(env(token, "orders.placed", kind="event", tenant="evil"))
-    assert "claims tenant 'evil'" in decisions.decisions[-1].reason
+    assert "claims tenant 'evil'" in decisions.decisions[-1].reason and decisions.decisions[-1].requires == ()
+    with pytest.raises(CapabilityDenied, match="claims tenant 'evil'"):     # a delivered event's labels too
+        guard.authorize(event.model_copy(update={"tenant": "evil"}), ("tool:call:a",))
     guard.authorize(env(token), ("tool:call:a",))
     allowed = decisions.decisions[-1]
     assert allowed.actor == "alice" and 0 <= allowed.latency < 5.0       # the token's subject, a duration
