@@ -121,3 +121,19 @@ def test_open_store_never_creates_a_key_for_existing_data(tmp_path: Path) -> Non
     assert not (tmp_path / "kek.json").exists()
     with pytest.raises(KeyUnavailable, match="CELLMONO_TEST_NO_KEK is not set"):
         open_store(SecuritySection(store_path=str(tmp_path / "t.sqlite"), kek_env="CELLMONO_TEST_NO_KEK"))
+
+
+def test_verify_all_on_a_fresh_open_unwraps_every_data_key(tmp_path: Path) -> None:
+    """verify_all must work before any get has cached a data key (a fresh process checking a backup)."""
+    path = tmp_path / "store.sqlite"
+    with EncryptedStore(path, KEK) as db:
+        db.put("ns", "k", b"v")
+        db.put("other", "k", b"w")
+        db.namespace("docs").put("report-1", b"x")
+        db.namespace("docs").put("note", b"y")
+        assert db.namespace("docs").keys("rep") == ["report-1"]
+    with EncryptedStore(path, KEK) as db:
+        assert db.verify_all() == 4
+    with pytest.raises(WrongKey):
+        with EncryptedStore(path, StaticKeyProvider({"k1": b"w" * 32})) as db:
+            db.verify_all()
