@@ -21,7 +21,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from brokers import require, start_nats
+from brokers import require, start_nats, start_redis
 from cellmono.gateway.auth import ApiKeys
 from gateway_support import serve
 
@@ -92,9 +92,11 @@ def nats_url():
 
 
 @contextlib.contextmanager
-def replicas(tmp_path: Path, nats_url: str, **gateway: str) -> Iterator[tuple[list[int], dict[str, str]]]:
-    """Two replicas of the conformance app on one NATS; their ports and API keys (admin, reader, mallory)."""
-    environment = {"CELLMONO__NATS__URL": nats_url, "CELLMONO__GATEWAY_STATE__BUCKET": f"gw{tmp_path.name[-30:]}",
+def replicas(tmp_path: Path, url: str, **gateway: str) -> Iterator[tuple[list[int], dict[str, str]]]:
+    """Two replicas of the conformance app on one broker (`url`: NATS or Redis); their ports and API keys (admin,
+    reader, mallory)."""
+    broker = "REDIS" if url.startswith("redis") else "NATS"
+    environment = {f"CELLMONO__{broker}__URL": url, "CELLMONO__GATEWAY_STATE__BUCKET": f"gw{tmp_path.name[-30:]}",
                    "CELLMONO__TASKS__BUCKET": f"tk{tmp_path.name[-30:]}", "CELLMONO__LOG__LEVEL": "WARNING",
                    **{f"CELLMONO__GATEWAY__{key.upper()}": value for key, value in gateway.items()}}
     first, second = tmp_path / "a", tmp_path / "b"
@@ -154,14 +156,14 @@ async def test_replicas_share_sessions_continuations_and_limits(tmp_path: Path, 
             for _ in range(2):
                 stolen = await raw(proxy.url, keys["mallory"], {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
                                    session)
-                assert stolen.status_code == 404, stolen.text
+                assert stolen.status_code == 404, stolen.text[:200]
             listed = await raw(proxy.url, keys["admin"], {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, session)
-            assert listed.status_code == 200, listed.text
+            assert listed.status_code == 200, listed.text[:200]
             # DELETE on one replica ends it on both
             assert (await raw(proxy.url, keys["admin"], None, session, "DELETE")).status_code < 300
             for _ in range(2):
                 gone = await raw(proxy.url, keys["admin"], {"jsonrpc": "2.0", "id": 4, "method": "tools/list"}, session)
-                assert gone.status_code == 404, gone.text
+                assert gone.status_code == 404, gone.text[:200]
 
             # 2026-07-28 MRTR: the continuation lands on the other replica (sealed with the shared keys)
             async with client(proxy.url, keys["admin"], "2026-07-28", elicitation_callback=answer_form) as mcp:
@@ -195,14 +197,24 @@ async def replayed_continuation_is_refused(url: str, key: str) -> None:
     assert replay.get("error", {}).get("message") == "Invalid or expired requestState", replay
 
 
-async def test_a_rate_limit_holds_over_both_replicas(tmp_path: Path, nats_url: str) -> None:
-    with replicas(tmp_path, nats_url, rate="0.01", burst="6") as (ports, keys):  # 6 calls in 10 minutes, in all
-        async with RoundRobin(ports) as proxy:
-            if time.time() % 600 > 570:  # the window is fixed (600 s, from the epoch): never straddle its end
-                await asyncio.sleep(600 - time.time() % 600 + 0.5)
-            statuses = []
-            for number in range(9):  # counted at authentication; without a session the SDK then answers 400
-                answered = await raw(proxy.url, keys["reader"], {"jsonrpc": "2.0", "id": number, "method": "ping"})
-                statuses.append(answered.status_code)
-            assert set(proxy.posts()) == {0, 1}
-            assert statuses.count(429) == 3, statuses  # per replica it would be 0: each saw only 4 or 5
+@pytest.mark.parametrize("engine", ["nats", "redis"])
+async def test_a_rate_limit_holds_over_both_replicas_and_fails_closed(tmp_path: Path, engine: str) -> None:
+    broker = require(start_nats if engine == "nats" else start_redis)  # its own: this test stops it
+    try:
+        with replicas(tmp_path, broker.url, rate="0.01", burst="6") as (ports, keys):  # 6 calls in 10 minutes, in all
+            async with RoundRobin(ports) as proxy:
+                if time.time() % 600 > 570:  # the window is fixed (600 s, from the epoch): never straddle its end
+                    await asyncio.sleep(600 - time.time() % 600 + 0.5)
+                statuses = []
+                for number in range(9):  # counted at authentication; without a session the SDK then answers 400
+                    answered = await raw(proxy.url, keys["reader"], {"jsonrpc": "2.0", "id": number, "method": "ping"})
+                    statuses.append(answered.status_code)
+                assert set(proxy.posts()) == {0, 1}
+                assert statuses.count(429) == 3, statuses  # per replica it would be 0: each saw only 4 or 5
+                broker.kill()  # the engine goes away: every replica refuses (429 with Retry-After), never a 500
+                for number in range(2):
+                    refused = await raw(proxy.url, keys["admin"], {"jsonrpc": "2.0", "id": number, "method": "ping"})
+                    assert refused.status_code == 429 and "unreachable" in refused.text, refused.text[:200]
+                    assert refused.headers["retry-after"] == "1"
+    finally:
+        broker.cleanup()
