@@ -118,7 +118,14 @@ class SharedSessions(StreamableHTTPSessionManager):
             record = negotiated(params) if isinstance(params, dict) else None
             if record is not None:
                 record.principal, record.tenant = identity.principal, identity.tenant
-                self._save(opened[0].decode("latin-1"), record)
+                session = opened[0].decode("latin-1")
+                try:
+                    self._save(session, record)
+                except BrokerUnavailable as error:  # the answer is sent: end the session, the client opens another
+                    _log.warning("session %s not shared, ended: %s", session[:8], error)
+                    local = self._server_instances.get(session)
+                    if local is not None:
+                        await self._discard_session(session, local)
 
     async def _continue(self, session: str, scope: Any, receive: Any, send: Any, identity: Any) -> None:
         record = self._load(session)
