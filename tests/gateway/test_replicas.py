@@ -3,7 +3,8 @@ operator provisions them; one real nats-server) behind a round-robin TCP proxy w
 backend per connection, no keep-alive on the client: each request lands on the other replica). The official MCP
 client runs a 2025-11-25 session (initialize, tools/list, tools/call) across both; a session id presented with
 another principal's key is refused; DELETE ends it on both; the 2026-07-28 MRTR continuation is answered by the
-other replica, and a replayed one is refused; a rate limit holds over both replicas, not per replica."""
+other replica, and a replayed one is refused; a rate limit holds over both replicas, not per replica, on NATS and on Valkey; an expired session is adopted by
+no replica; once the engine is gone every replica answers 429 (fail closed), never a 500."""
 
 from __future__ import annotations
 
@@ -201,7 +202,7 @@ async def replayed_continuation_is_refused(url: str, key: str) -> None:
 async def test_a_rate_limit_holds_over_both_replicas_and_fails_closed(tmp_path: Path, engine: str) -> None:
     broker = require(start_nats if engine == "nats" else start_redis)  # its own: this test stops it
     try:
-        with replicas(tmp_path, broker.url, rate="0.01", burst="6") as (ports, keys):  # 6 calls in 10 minutes, in all
+        with replicas(tmp_path, broker.url, rate="0.01", burst="6", session_idle_timeout="4") as (ports, keys):  # 6 calls in 10 minutes, in all
             async with RoundRobin(ports) as proxy:
                 if time.time() % 600 > 570:  # the window is fixed (600 s, from the epoch): never straddle its end
                     await asyncio.sleep(600 - time.time() % 600 + 0.5)
@@ -211,6 +212,13 @@ async def test_a_rate_limit_holds_over_both_replicas_and_fails_closed(tmp_path: 
                     statuses.append(answered.status_code)
                 assert set(proxy.posts()) == {0, 1}
                 assert statuses.count(429) == 3, statuses  # per replica it would be 0: each saw only 4 or 5
+                # a session's record expires on the engine after session_idle_timeout: no replica adopts it then
+                session = (await raw(proxy.url, keys["admin"], INITIALIZE)).headers["mcp-session-id"]
+                await asyncio.sleep(6.5)
+                for number in range(2):
+                    expired = await raw(proxy.url, keys["admin"], {"jsonrpc": "2.0", "id": number,
+                                                                    "method": "tools/list"}, session)
+                    assert expired.status_code == 404, expired.text[:200]
                 broker.kill()  # the engine goes away: every replica refuses (429 with Retry-After), never a 500
                 for number in range(2):
                     refused = await raw(proxy.url, keys["admin"], {"jsonrpc": "2.0", "id": number, "method": "ping"})
