@@ -19,7 +19,7 @@ import mcp_types as types
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
-from mcp_types.jsonrpc import INVALID_PARAMS, MISSING_REQUIRED_CLIENT_CAPABILITY
+from mcp_types.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, MISSING_REQUIRED_CLIENT_CAPABILITY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
 
@@ -29,6 +29,8 @@ from ..core.cell import Spec
 from ..core.context import CallInfo, ClientCapabilityMissing, EventBudget, LOG_LEVELS, is_input_required
 from ..core.envelope import Envelope, new_id
 from ..security.records import GatewayRecord, Outcome
+from ..transports.brokers import BrokerUnavailable
+from .state import MemoryState, hashed
 
 # %% auto #0
 __all__ = ['MAX_ROUNDS', 'LOG_META', 'REQUEST_CANCELLED', 'client_capabilities', 'carried_state', 'Conversations']
@@ -237,6 +239,17 @@ class Conversations:
             keys = self.__dict__.setdefault("_ephemeral_keys", [os.urandom(32)])
         return list(keys)
 
+    def spend(self, wire: str) -> None:
+        """Take the sealed `requestState` `wire` for its one use, on the engine shared by every replica
+        (`gateway.state`); `MCPError` as for a forged one when it was used before (a replay)."""
+        state = self.__dict__.get("state") or self.__dict__.setdefault("state", MemoryState())
+        try:
+            first = state.claim("mrtr." + hashed(wire), 660.0)  # the SDK's requestState lives 600 s
+        except BrokerUnavailable:
+            raise MCPError(INTERNAL_ERROR, "the gateway state is unreachable; retry shortly") from None
+        if not first:
+            raise MCPError(INVALID_PARAMS, "Invalid or expired requestState", {"reason": "invalid_request_state"})
+
     def state_boundary(self, context_of: Any) -> Any:
         """The SDK middleware sealing and checking `requestState` (principal-bound), auditing each refusal."""
         def principal(ctx: Any) -> str:
@@ -247,8 +260,13 @@ class Conversations:
                                         default_audience=self.settings.resource())
 
         async def sealed(ctx: Any, call_next: Any) -> Any:
+            wire = (ctx.params or {}).get("requestState") if isinstance(ctx.params, dict) else None
+
+            async def once(verified: Any) -> Any:  # after the boundary verified it: one use, on any replica
+                self.spend(str(wire))
+                return await call_next(verified)
             try:
-                return await boundary(ctx, call_next)
+                return await boundary(ctx, once if isinstance(wire, str) else call_next)
             except MCPError as error:
                 data = error.error.data
                 if isinstance(data, dict) and data.get("reason") == "invalid_request_state":

@@ -30,6 +30,7 @@ from ..gateway.asgi import edge_protocol
 from ..gateway.auth import ApiKeys, Authenticator, Identity, JwtVerifier, Policy, metadata_url
 from ..gateway.bridge import AuditLogSink, GatewayGuard, TokenMinter
 from ..gateway.http import GatewayHTTP
+from ..gateway.shared_sessions import share_state
 from ..gateway.server import AuditSink, Gateway, Minter
 from ..gateway.settings import GatewaySettings, app_policy, gateway_settings
 from ..ops.prometheus import prometheus_text
@@ -118,6 +119,7 @@ def build(app: App, *, port: int | None = None, host: str | None = None, audit: 
     if metered:
         gateway.metrics.exporters.append(lambda: prometheus_text(telemetry))
     http = GatewayHTTP(gateway, Authenticator(api_keys=api_keys, jwt=jwt))
+    share_state(gateway, http)  # rate limits, sessions, MRTR continuations on the engine when one is configured
     return Served(app, gateway, http, settings, state, api_keys, new_key, runtime.audit,
                   telemetry if metered else None)
 
