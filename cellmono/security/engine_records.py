@@ -74,7 +74,8 @@ class NatsRecords:
     async def _start(self, replicas: int, name: str | None) -> None:
         import nats  # optional extra: cellmono[nats]
         from nats.js.errors import BucketNotFoundError  # optional extra: cellmono[nats]
-        self._nc = await nats.connect(self.url, name=name, connect_timeout=self.timeout, max_reconnect_attempts=-1,
+        servers = [part.strip() for part in self.url.split(",") if part.strip()]  # every node of a cluster
+        self._nc = await nats.connect(servers, name=name, connect_timeout=self.timeout, max_reconnect_attempts=-1,
                                       reconnect_time_wait=0.5, allow_reconnect=True)
         js = self._nc.jetstream()
         try:
