@@ -126,6 +126,13 @@ class NatsRecords:
     async def _commit(self, checks: dict[str, Read], writes: Writes) -> bool:
         batch = uuid.uuid4().hex
         names = list(dict.fromkeys([*checks, *writes]))
+        if len(names) == 1:  # one message is atomic by itself: skip the batch (a batch commit costs ~30 ms here)
+            name = names[0]
+            value = writes[name] if name in writes else checks[name][1]
+            headers = {**({"Nats-Expected-Last-Subject-Sequence": str(checks[name][0])} if name in checks else {}),
+                       **(_DELETE if value is None else {})}
+            reply = await self._nc.request(self.prefix + name, value or b"", timeout=self.timeout, headers=headers)
+            return self._acknowledged(json.loads(reply.data))
         for number, name in enumerate(names, 1):
             value = writes[name] if name in writes else checks[name][1]  # a check-only record is written as read
             headers = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(number),
@@ -136,14 +143,17 @@ class NatsRecords:
                 continue
             reply = await self._nc.request(self.prefix + name, value or b"", timeout=self.timeout,
                                            headers={**headers, "Nats-Batch-Commit": "1"})
-            answer = json.loads(reply.data)
-            error = answer.get("error")
-            if error is None:
-                return True
-            if error.get("err_code") == _WRONG_SEQUENCE or "wrong last sequence" in str(error.get("description")):
-                return False
-            raise StoreError(f"the engine store refused a commit: {error.get('description', error)}")
+            return self._acknowledged(json.loads(reply.data))
         return True
+
+    @staticmethod
+    def _acknowledged(answer: dict[str, Any]) -> bool:
+        error = answer.get("error")
+        if error is None:
+            return True
+        if error.get("err_code") == _WRONG_SEQUENCE or "wrong last sequence" in str(error.get("description")):
+            return False
+        raise StoreError(f"the engine store refused a commit: {error.get('description', error)}")
 
     def close(self) -> None:
         """Drain the connection and stop its thread."""
