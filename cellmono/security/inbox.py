@@ -21,7 +21,7 @@ from ..core.errors import ContractError, IdempotencyKeyInvalid
 from ..core.transport import Handler
 from .files import immediate_transaction, retry_while_locked
 from .keys import NamespaceError, StoreBusy
-from .generation import seal_value
+from .generation import GENERATION_NAMESPACE, seal_value
 from .store import EncryptedStore, Namespace, _check_key
 
 _log = logging.getLogger(__name__)
@@ -190,6 +190,7 @@ class Transaction:
         with store._lock:
             try:
                 ciphers = {namespace: store._active_key(namespace) for namespace, _ in self.writes}
+                sealing = store._active_key(GENERATION_NAMESPACE)  # the store's one write path counts these writes
                 with immediate_transaction(store._connection) as connection:
                     if connection.execute(_RECORDED, (self.consumer, self.key)).fetchone() is not None:
                         return False
@@ -211,6 +212,9 @@ class Transaction:
                             (namespace, key, version, dek_id, seal_value(cipher, namespace, key, version, dek_id, value)))
                     connection.execute("INSERT INTO inbox(consumer, key, result, at) VALUES (?, ?, ?, ?)",
                                        (self.consumer, self.key, result, time.time()))
+                    if self.writes:
+                        store.generation.bump(sealing)  # an older copy put back would otherwise miss these
+                store.generation.committed()
             except sqlite3.Error as error:
                 raise store._translate(error) from None
         return True
