@@ -11,20 +11,25 @@ import asyncio
 import base64
 import concurrent.futures
 import json
+import re
 import threading
 import uuid
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
+
+from pydantic import PositiveInt
 
 from .engine_keys import EngineUnavailable
 from .engine_kv import redact
-from .engine_store import Read, Writes
-from .keys import StoreError
+from ..core.config import Section, Settings
+from ..core.errors import ConfigError
+from .engine_store import EngineStore, Read, Writes
+from .keys import KeyProvider, StoreError
 
 _T = TypeVar("_T")
 
 # %% auto #0
-__all__ = ['NatsRecords', 'RedisRecords', 'engine_records']
+__all__ = ['NatsRecords', 'RedisRecords', 'engine_records', 'StoreSection', 'open_engine_store', 'safe_app']
 
 # %% ../../nbs/19e_engine_records.ipynb #dbc10d9e
 class _LoopThread:
@@ -230,3 +235,30 @@ def engine_records(kind: str, url: str, *, app: str = "cellmono", **options: Any
     if kind == "redis":
         return RedisRecords(url, name=f"{app}:store", **options)
     raise StoreError(f"[store] transport must be nats or redis, got {kind!r}")
+
+# %% ../../nbs/19e_engine_records.ipynb #sc727297
+class StoreSection(Section):
+    """`[store]`: `backend = sqlite` (the default: `[security] store_path`) or `engine` (records on the broker)."""
+
+    backend: Literal["sqlite", "engine"] = "sqlite"
+    transport: Literal["nats", "redis"] | None = None  # which broker holds them: the only one configured when unset
+    replicas: PositiveInt = 1  # JetStream: replicas of the KV bucket (3 on a 3-node cluster)
+
+
+def open_engine_store(settings: Settings, keys: KeyProvider) -> EngineStore:
+    """The engine store `[store]` names: the app's records on its `[nats]` / `[redis]` broker; `ConfigError` when
+    that broker has no `url`."""
+    section = settings.section("store", StoreSection)
+    brokers = [kind for kind in ("nats", "redis") if settings.extra_sections.get(kind, {}).get("url")]
+    kind = section.transport or (brokers[0] if len(brokers) == 1 else None)
+    if kind is None or kind not in brokers:
+        raise ConfigError(f"{settings.source}: [store] backend = engine needs a broker: set [store] transport = "
+                          f"nats or redis and that section's url (configured: {', '.join(brokers) or 'none'})")
+    url = settings.extra_sections[kind]["url"]
+    options: dict[str, Any] = {"replicas": section.replicas} if kind == "nats" else {}
+    return EngineStore(engine_records(kind, url, app=safe_app(settings.app.name), **options), keys)
+
+
+def safe_app(name: str) -> str:
+    """The app's name as a bucket / hash name part (letters, digits, `_`, `-`)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "cellmono"
