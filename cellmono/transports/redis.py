@@ -18,7 +18,7 @@ from ..core.envelope import DEFAULT_MAX_BYTES, Envelope, decode, encode
 from ..core.errors import BusClosed, MessageError, NoResponders, RequestTimeout
 from ..core.subjects import SubjectIndex, matches, validate_pattern
 from ..core.transport import Handler
-from ..security.inbox import Inbox, check_idempotency_key, exactly_once, with_idempotency_key
+from ..security.inbox import DeliveryInbox, check_idempotency_key, exactly_once, with_idempotency_key
 from .brokers import (
     BrokerUnavailable, Counters, ResponderRunner, covers, dead_letter, event_subject, failure_of, missing_extra,
     redact, request_subject, safe_name)
@@ -52,7 +52,7 @@ class RedisTransport:
                  max_in_flight: int = 1000, connect_timeout: float = 2.0, reconnect_wait: float = 0.5,
                  stream_max_length: int = 1_000_000, claim_ttl: float = 300.0, dedupe_window: float = 120.0,
                  fetch_batch: int = 1, capacity: int = 100_000, client_name: str | None = None,
-                 drain_timeout: float = 5.0, inbox: Inbox | None = None) -> None:
+                 drain_timeout: float = 5.0, inbox: DeliveryInbox | None = None) -> None:
         try:
             import redis.exceptions  # the `redis` extra, imported by the transport that uses it: this module imports without it
         except ImportError:

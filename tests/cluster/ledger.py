@@ -29,6 +29,8 @@ from typing import Any
 
 from cellmono.core.bus import Bus
 from cellmono.security.audit import AuditLog
+from cellmono.security.engine_records import engine_records
+from cellmono.security.engine_store import EngineStore
 from cellmono.security.keys import StaticKeyProvider
 from cellmono.security.records import audit_record
 from cellmono.security.store import EncryptedStore
@@ -95,8 +97,10 @@ def apply(ledger: Any, audit: AuditLog, worker: str, transfer: dict[str, Any]) -
 class Worker:
     """A ledger worker process in its own folder, started and stopped by PID."""
 
-    def __init__(self, name: str, root: Path, url: str, kind: str, exactly_once: bool = True) -> None:
+    def __init__(self, name: str, root: Path, url: str, kind: str, exactly_once: bool = True, *,
+                 store: str = "sqlite", replicas: int = 1) -> None:
         self.name, self.url, self.kind, self.exactly_once = name, url, kind, exactly_once
+        self.store, self.replicas = store, replicas  # "engine": effects and inbox on the broker, not in the folder
         self.folder = root / name
         self.folder.mkdir(parents=True, exist_ok=True)
         self.folder.chmod(0o700)  # its own private state folder, as a worker machine would have
@@ -110,7 +114,8 @@ class Worker:
         log = open(self.folder / "worker.log", "ab")
         self.process = subprocess.Popen(
             [sys.executable, str(HERE / "ledger_worker.py"), "--name", self.name, "--url", self.url,
-             "--kind", self.kind] + ([] if self.exactly_once else ["--at-least-once"]), cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+             "--kind", self.kind, "--store", self.store, "--replicas", str(self.replicas)]
+            + ([] if self.exactly_once else ["--at-least-once"]), cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=environment)
         log.close()
         give_up = time.monotonic() + seconds
@@ -175,8 +180,30 @@ def read_effects(folder: Path) -> list[dict[str, Any]]:
         return [ledger.get_json(key) for key in ledger.keys("effect/")]
 
 
-def verify_audit(folder: Path) -> list[str]:
-    """The problems of one worker's audit chain (empty when it verifies) and its count against the effects."""
+@dataclass(frozen=True)
+class Engine:
+    """Where the workers' engine store is (`--store engine`): the broker kind and a URL."""
+
+    kind: str
+    url: str
+
+
+def read_engine_effects(engine: Engine) -> list[dict[str, Any]]:
+    """Every worker's effects, from the one engine store they share."""
+    store = EngineStore(engine_records(engine.kind, engine.url, app="ledger"), StaticKeyProvider(STORE_KEY))
+    try:
+        ledger = store.namespace("ledger")
+        return [ledger.get_json(key) for key in ledger.keys("effect/")]
+    finally:
+        store.close()
+
+
+def verify_audit(folder: Path, effects: list[dict[str, Any]] | None = None) -> list[str]:
+    """The problems of one worker's audit chain (empty when it verifies) and its count against the effects.
+
+    With `effects` (the engine store's, this worker's share), the audit may hold more transfers than effects:
+    a handler that lost the commit race to another worker audited a run whose effects were never applied
+    (the audit log is outside the store: at least once). An effect without its audit record is a problem."""
     path = folder / "audit.db"
     if not path.exists():
         return []
@@ -184,15 +211,20 @@ def verify_audit(folder: Path) -> list[str]:
         report = log.verify()
         problems = [] if report.ok else [f"{folder.name}: {report.summary()}"]
         transfers = sum(1 for entry in log.entries() if entry.fields.get("action") == "ledger.transfer")
-    effects = len(read_effects(folder))
-    if transfers != effects:
-        problems.append(f"{folder.name}: {transfers} audited transfers for {effects} effects")
+    if effects is not None:
+        mine = sum(1 for effect in effects if effect["worker"] == folder.name)
+        return problems + ([f"{folder.name}: {transfers} audited transfers for {mine} effects"] if transfers < mine else [])
+    effects_count = len(read_effects(folder))
+    if transfers != effects_count:
+        problems.append(f"{folder.name}: {transfers} audited transfers for {effects_count} effects")
     return problems
 
 
-def check(history: History, folders: list[Path]) -> Verdict:
-    """Read every worker's effects and audit log and judge them against the client's history."""
-    effects = [effect for folder in folders for effect in read_effects(folder)]
+def check(history: History, folders: list[Path], engine: Engine | None = None) -> Verdict:
+    """Read every worker's effects (from their folders, or the `engine` store) and audit log and judge them
+    against the client's history."""
+    effects = read_engine_effects(engine) if engine is not None else [
+        effect for folder in folders for effect in read_effects(folder)]
     counts = Counter(effect["key"] for effect in effects)
     balances = {f"acct-{number}": INITIAL for number in range(ACCOUNTS)}
     mismatched = []
@@ -210,14 +242,21 @@ def check(history: History, folders: list[Path]) -> Verdict:
                                       and len({other["worker"] for other in effects if other["key"] == effect["key"]}) > 1}),
         unknown_effects=sorted(key for key in counts if key not in history.sent),
         mismatched=mismatched, balance_total=sum(balances.values()),
-        audit_problems=[problem for folder in folders for problem in verify_audit(folder)])
+        audit_problems=[problem for folder in folders for problem in verify_audit(
+            folder, effects if engine is not None else None)])
 
 
-async def settle(history: History, folders: list[Path], seconds: float = 60.0) -> None:
+async def settle(history: History, folders: list[Path], seconds: float = 60.0, engine: Engine | None = None) -> None:
     """Wait (bounded) until every acknowledged command has an effect somewhere."""
     give_up = time.monotonic() + seconds
     while time.monotonic() < give_up:
-        seen = {effect["key"] for folder in folders for effect in await asyncio.to_thread(read_effects, folder)}
+        if engine is not None:
+            try:
+                seen = {effect["key"] for effect in await asyncio.to_thread(read_engine_effects, engine)}
+            except Exception:  # the engine is settling too (a node restarting): look again
+                seen = set()
+        else:
+            seen = {effect["key"] for folder in folders for effect in await asyncio.to_thread(read_effects, folder)}
         if history.acknowledged <= seen:
             return
         await asyncio.sleep(0.5)
@@ -269,10 +308,14 @@ def dump(history: History, verdict: Verdict, path: Path) -> None:
                                 "verdict": verdict.summary()}, indent=1))
 
 
-def assert_applied_once(verdict: Any) -> None:
-    """No command applied twice by one worker (the inbox's promise); a double across workers is an expected
-    failure until the store moves to the engine (each worker's inbox is on its own disk)."""
+def assert_applied_once(verdict: Any, *, engine: bool = False) -> None:
+    """No command applied twice by one worker (the inbox's promise). With the `engine` store, strict: the inbox
+    is shared, so any double fails. With per-worker SQLite stores a double across workers is an expected failure
+    (each worker's inbox is on its own disk)."""
     import pytest  # only the tests call this; the worker process imports this module too
+    if engine:
+        assert not verdict.double_effects, f"a command was applied twice with the engine inbox: {verdict.summary()}"
+        return
 
     within_one_worker = sorted(set(verdict.double_effects) - set(verdict.double_across_workers))
     assert not within_one_worker, f"the inbox let a redelivery apply twice on one worker: {verdict.summary()}"

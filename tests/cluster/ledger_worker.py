@@ -17,7 +17,10 @@ from pydantic import BaseModel
 from cellmono.core.app import App
 from cellmono.core.cell import Cell, handles
 from cellmono.security.audit import AuditLog
-from cellmono.security.inbox import Inbox
+from cellmono.security.engine_inbox import EngineInbox
+from cellmono.security.engine_records import engine_records
+from cellmono.security.engine_store import EngineStore
+from cellmono.security.inbox import DeliveryInbox, Inbox
 from cellmono.security.keys import StaticKeyProvider
 from cellmono.security.store import EncryptedStore
 from cellmono.topology.workers import PlacedTransport
@@ -50,7 +53,7 @@ class LedgerCell(Cell):
         apply(self.store, self.audit, self.worker, message.model_dump())
 
 
-def transport(kind: str, url: str, inbox: Inbox | None):
+def transport(kind: str, url: str, inbox: DeliveryInbox | None):
     if kind == "nats":
         inner = NatsTransport(url, prefix=PREFIX, durable=DURABLE, ack_wait=5, reconnect_wait=0.2,
                               client_name=f"ledger-{os.getpid()}", inbox=inbox,
@@ -66,13 +69,25 @@ async def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--kind", default="nats", choices=("nats", "redis"))
     parser.add_argument("--at-least-once", action="store_true", help="no exactly-once inbox: redeliveries apply again")
+    parser.add_argument("--store", default="sqlite", choices=("sqlite", "engine"),
+                        help="engine: the cell's store and the inbox on the broker (shared by every worker)")
+    parser.add_argument("--replicas", type=int, default=1, help="replicas of the engine store's KV bucket")
     options = parser.parse_args()
     folder = Path.cwd()
-    store = EncryptedStore(folder / "ledger.db", StaticKeyProvider(bytes.fromhex(os.environ["LEDGER_STORE_KEY"])))
+    keys = StaticKeyProvider(bytes.fromhex(os.environ["LEDGER_STORE_KEY"]))
+    store: EncryptedStore | EngineStore
+    inbox: DeliveryInbox
+    if options.store == "engine":
+        options_nats = {"replicas": options.replicas} if options.kind == "nats" else {}
+        store = EngineStore(engine_records(options.kind, options.url, app="ledger", **options_nats), keys)
+        inbox = EngineInbox(store)
+    else:
+        store = EncryptedStore(folder / "ledger.db", keys)
+        inbox = Inbox(store)
     cell = LedgerCell()
     cell.worker = options.name
     cell.audit = AuditLog(folder / "audit.db", durability="full")
-    app = App([cell], transport=transport(options.kind, options.url, None if options.at_least_once else Inbox(store)), store=store)
+    app = App([cell], transport=transport(options.kind, options.url, None if options.at_least_once else inbox), store=store)
     await app.bus.start()
     await app.start()
     stop = asyncio.Event()
