@@ -372,7 +372,7 @@ def credential_settings(path: str | Path) -> tuple[dict[str, Any], Settings]:
     temporary = file.with_name(f".{file.name}.{secrets.token_hex(4)}.ini")
     _write_private(temporary, document["settings"])
     try:
-        settings = load_settings(temporary, environ={})
+        settings = load_settings(temporary)  # CELLMONO__SECTION__KEY overrides apply, as to any settings
     finally:
         temporary.unlink()
     return document, settings.model_copy(update={"source": str(file)})
