@@ -367,7 +367,8 @@ def load_credential(path: str | Path) -> dict[str, Any]:
 
 
 def credential_settings(path: str | Path) -> tuple[dict[str, Any], Settings]:
-    """The credential at `path` and the settings its worker runs with (its state goes to `var/` beside it)."""
+    """The credential at `path` and the settings its worker runs with (its own state goes to `var/` in the working
+    folder: the credential may sit on a read-only path)."""
     document, file = load_credential(path), Path(path).resolve()
     temporary = file.with_name(f".{file.name}.{secrets.token_hex(4)}.ini")
     _write_private(temporary, document["settings"])
@@ -375,7 +376,7 @@ def credential_settings(path: str | Path) -> tuple[dict[str, Any], Settings]:
         settings = load_settings(temporary)  # CELLMONO__SECTION__KEY overrides apply, as to any settings
     finally:
         temporary.unlink()
-    return document, settings.model_copy(update={"source": str(file)})
+    return document, settings.model_copy(update={"source": str(Path.cwd() / file.name)})
 
 
 T = TypeVar("T")
