@@ -65,7 +65,7 @@ class WorkersSection(Section):
     token_ttl: PositiveFloat = 365 * 24 * 3600.0
     retry_initial: PositiveFloat = 0.5
     retry_max: PositiveFloat = 10.0
-    retry_give_up: PositiveFloat = 300.0
+    retry_give_up: PositiveFloat = 60.0
 
 
 def workers_section(settings: Settings) -> WorkersSection:
