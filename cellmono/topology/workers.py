@@ -150,7 +150,8 @@ async def run_worker(settings_path: Settings | str | Path, cell: str, replica: i
                      setup: Callable[[App, str, int], object] | None = None,
                      identity: tuple[str, str] | None = None) -> int:
     """Run one cell out of process until `stop` (or SIGTERM); 0 on a clean drain. `setup(app, cell, replica)` runs
-    before the app starts (the worker command publishes the cell's telemetry with it: `ops.worker_metrics`)."""
+    before the app starts (the worker command publishes the cell's telemetry with it: `ops.worker_metrics`);
+    `identity` (name, token): a provisioned worker announces itself to the app (`topology.provision`)."""
     settings, full = _load(settings_path)
     if cell not in full.cells:
         raise ConfigError(f"{settings.source}: no cell {cell!r} in [app] cells ({', '.join(full.cells)})")
