@@ -44,6 +44,7 @@ PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
     "demote": ("cellmono.cli.demote:register", "bring a promoted cell back into the running app's process"),
     "status": ("cellmono.cli.status:register", "the running app's broker link and worker replicas, from its status file"),
     "store": ("cellmono.cli.store:register", "check the encrypted store against its generation anchor; accept a restore"),
+    "workers": ("cellmono.cli.workers:register", "provision, revoke or list workers' own broker users and tokens"),
 }
 
 # The optional extra that brings each third-party package a command group may need.

@@ -16,25 +16,64 @@ from collections.abc import Sequence
 from ..core.config import load_settings
 from ..core.errors import CellmonoError
 from ..ops.worker_metrics import publish_metrics
+from ..topology.placement import BrokerSection
+from ..topology.provision import WorkerRefused, credential_settings, with_retry, workers_section
+from ..transports.brokers import BrokerUnavailable, redact
 from ..topology.workers import run_worker
 
 # %% auto #0
-__all__ = ['command_worker', 'register', 'main']
+__all__ = ['check_broker_user', 'command_worker', 'register', 'main']
 
 # %% ../../nbs/76_cli_worker.ipynb #5b97d4cc
+async def check_broker_user(url: str, name: str) -> None:
+    """Connect once as the worker's own user: `WorkerRefused` when the broker refuses it (revoked or wrong), not a
+    retry loop; `BrokerUnavailable` when nobody answers (`with_retry` backs off)."""
+    import nats  # optional extra: cellmono[nats]
+    errors: list[str] = []
+
+    async def collect(error: Exception) -> None:
+        errors.append(str(error))
+    try:
+        connection = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2,
+                                        error_cb=collect)
+    except Exception as error:  # nats raises several unrelated types for "refused" and "not there"
+        if "authorization" in f"{error} {' '.join(errors)}".lower():
+            raise WorkerRefused(f"the broker refused worker {name!r}'s user (revoked or wrong credential): "
+                                "Authorization Violation") from None
+        raise BrokerUnavailable(f"cannot connect to NATS at {redact(url)}: {type(error).__name__}") from None
+    await connection.close()
+
+
 def command_worker(args: argparse.Namespace) -> int:
-    """`cellmono worker --cell NAME`: run one cell over the broker until SIGTERM; 0 on a clean drain."""
-    settings = load_settings(args.settings)
+    """`cellmono worker --cell NAME` (the app's settings) or `--credential FILE` (a provisioned worker, in any
+    folder): run one cell over the broker until SIGTERM; 0 on a clean drain."""
+    identity = None
+    if args.credential is not None:
+        credential, settings = credential_settings(args.credential)
+        identity = (credential["name"], credential["token"])
+        if args.cell is None and len(credential["cells"]) != 1:
+            raise CellmonoError(f"{args.credential} serves {', '.join(credential['cells'])}: choose one with --cell")
+        args.cell = args.cell or credential["cells"][0]
+    elif args.cell is None:
+        raise CellmonoError("cellmono worker: give --cell NAME (with the app's --settings) or --credential FILE")
+    else:
+        settings = load_settings(args.settings)
     logging.basicConfig(level=settings.log.level, stream=sys.stdout, force=True,
                         format=f"%(asctime)s %(levelname)-7s [{args.cell}#{args.replica}] %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    return asyncio.run(run_worker(args.settings, args.cell, args.replica, setup=publish_metrics))
+    if identity is not None and settings.section("nats", BrokerSection).url:  # refused: one line, not a retry loop
+        url = settings.section("nats", BrokerSection).url
+        asyncio.run(with_retry(lambda: check_broker_user(url, identity[0]), workers_section(settings),
+                               f"worker {identity[0]}"))
+    return asyncio.run(run_worker(settings, args.cell, args.replica, setup=publish_metrics, identity=identity))
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add `cellmono worker`'s arguments to its subparser and set its `handler`."""
     parser.add_argument("--settings", default="settings.ini", metavar="FILE", help="the app's settings file")
-    parser.add_argument("--cell", required=True, help="the cell to run")
+    parser.add_argument("--cell", help="the cell to run (with --credential: one of its cells, default its only one)")
+    parser.add_argument("--credential", metavar="FILE", help="a credential from `cellmono workers provision`: "
+                        "no settings, keys or database needed beside it")
     parser.add_argument("--replica", type=int, default=1, help="this replica's number (for pings and logs)")
     parser.set_defaults(handler=command_worker)
 

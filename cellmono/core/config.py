@@ -114,7 +114,7 @@ _SECTIONS: dict[str, type[Section]] = {
 # Every section a settings file may hold; the layers above validate their own (`Settings.section`), but the
 # names are known here, so a misspelled `[gatway]` is an error with a suggestion instead of a silent default.
 KNOWN_SECTIONS = ("app", "bus", "supervision", "log", "security", "roles", "gateway", "telemetry", "triggers",
-                  "runbooks", "tasks", "nats", "redis", "gateway_state", "store")
+                  "runbooks", "tasks", "nats", "redis", "gateway_state", "store", "workers")
 SECTION_FAMILIES = {"cell": "NAME", "triggers": "CELL"}  # [cell.NAME], [triggers.CELL]
 
 _EXPECTED = {"string_pattern_mismatch": "an import path like package.module:Class",  # before "string"

@@ -68,7 +68,9 @@ class CellmonoError(Exception):
     │   └── StoreRolledBack                   the store file is older than its generation anchor (restored)
     ├── EngineError                           keys, revocations or credentials on the engine (security)
     │   ├── EngineUnavailable (ConnectionError)  the engine cannot be reached; names its URL, never a password
-    │   └── EngineRecordInvalid (ValueError)  a record on the engine is malformed, or a key under another's id
+    │   ├── EngineRecordInvalid (ValueError)  a record on the engine is malformed, or a key under another's id
+    │   ├── CredentialInvalid (ValueError)    a worker credential file: missing, too open, malformed, already there (topology)
+    │   └── WorkerRefused (PermissionError)   the app refused a worker's credential: unknown, wrong or revoked (topology)
     ├── RunbookError                          a runbook cannot run, or its run failed (ops)
     │   ├── RunbookNotFound (LookupError)     no runbook of that name
     │   ├── ParameterError (ValueError)       unknown, missing or ill-typed parameter; never echoes the value

@@ -36,6 +36,7 @@ from ..security.engine_inbox import EngineInbox
 from ..security.engine_store import EngineStore
 from ..security.inbox import DeliveryInbox, Inbox
 from .engine_link import link_app
+from .provision import Registry, answer_registrations, register_worker, with_retry, workers_section
 from ..security.records import audit_record
 from ..security.store import EncryptedStore
 from ..transports.brokers import ContractMismatch, covers
@@ -149,11 +150,13 @@ async def check_contract(bus: Bus, cell_class: type[Cell], wait: float = 10.0) -
                                f"deploy the same version of {cell_class.__module__}")
 
 
-async def run_worker(settings_path: str | Path, cell: str, replica: int = 1,
+async def run_worker(settings_path: Settings | str | Path, cell: str, replica: int = 1,
                      stop: asyncio.Event | None = None,
-                     setup: Callable[[App, str, int], object] | None = None) -> int:
+                     setup: Callable[[App, str, int], object] | None = None,
+                     identity: tuple[str, str] | None = None) -> int:
     """Run one cell out of process until `stop` (or SIGTERM); 0 on a clean drain. `setup(app, cell, replica)` runs
-    before the app starts (the worker command publishes the cell's telemetry with it: `ops.worker_metrics`)."""
+    before the app starts (the worker command publishes the cell's telemetry with it: `ops.worker_metrics`);
+    `identity` (name, token): a provisioned worker announces itself to the app (`topology.provision`)."""
     settings, full = _load(settings_path)
     if cell not in full.cells:
         raise ConfigError(f"{settings.source}: no cell {cell!r} in [app] cells ({', '.join(full.cells)})")
@@ -163,8 +166,10 @@ async def run_worker(settings_path: str | Path, cell: str, replica: int = 1,
     section = settings.section(kind, BrokerSection)
     app = WorkerApp([full.cells[cell]], settings=settings, services=full.services,  # the same security layer
                     transport=PlacedTransport(inner, cell, section.durable))
-    await app.bus.start()  # BrokerUnavailable (naming the URL) when the broker is not there
+    await with_retry(app.bus.start, workers_section(settings), f"worker {cell} #{replica}")  # broker not up: back off
     engine = await link_app(app, signer=False)  # the app's public keys and revocations, from the engine
+    if identity is not None:  # a provisioned worker (`--credential`) announces itself; the app may refuse it
+        await register_worker(app.bus, *identity)
     await check_contract(app.bus, type(full.cells[cell]))
     if setup is not None:
         setup(app, cell, replica)
@@ -220,8 +225,9 @@ class PromotedApp(App):
     async def start(self) -> None:
         """Connect, answer contract queries, spawn and await the workers, then start in-process cells."""
         self.verify()
-        await self.bus.start()
+        await with_retry(self.bus.start, workers_section(self.settings), f"app {self.settings.app.name}")
         self.engine = await link_app(self, signer=True)
+        await answer_registrations(self.bus, self.services, Registry(workers_section(self.settings).registry))
         for placement in self.promoted():
             fingerprint = contract_fingerprint(type(self.everything.cells[placement.cell]))
             await answer_control(self.bus, CONTRACT_SUBJECT.format(cell=placement.cell), fingerprint)

@@ -42,6 +42,7 @@ def test_unreachable_broker_is_exit_2_naming_the_url(kind: str, tmp_path: Path) 
     url = f"{'nats' if kind == 'nats' else 'redis'}://127.0.0.1:{free_port()}"
     env = {**os.environ, "CELLMONO__CELL_SEARCH__PLACEMENT": "process", "CELLMONO__CELL_SEARCH__TRANSPORT": kind,
            f"CELLMONO__{kind.upper()}__URL": url, f"CELLMONO__{kind.upper()}__CONNECT_TIMEOUT": "0.5",
+           "CELLMONO__WORKERS__RETRY_GIVE_UP": "1",  # a broker not up yet is retried (topology.provision); not for long here
            **private_state(tmp_path)}
     for command in ([CELLMONO, "run", "--seconds", "1"], [CELLMONO, "worker", "--cell", "search"],
                     [*WORKER, "--cell", "search"]):

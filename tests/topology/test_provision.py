@@ -1,0 +1,231 @@
+"""A provisioned worker in an empty folder serves the app's callers over a real nats-server with its own user; it
+cannot publish to another cell's subjects or write the key tables; a tampered credential is refused and audited
+at the app; `cellmono workers revoke` cuts it off within 1 s. Real nats-server, real `cellmono` subprocesses."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from brokers import Server, free_port, nats_binary, require
+from cellmono.core.bus import Bus
+from cellmono.core.config import load_settings
+from cellmono.core.errors import AccessDenied, NoResponders, RequestTimeout
+from cellmono.security.audit import AuditLog
+from cellmono.security.guard import Principal
+from cellmono.topology.engine_link import broker_tables, link_engine
+from cellmono.topology.placement import build_transport
+from cellmono.topology.provision import Registry, answer_registrations, workers_section
+from cellmono.topology.services import Runtime
+from cellmono.topology.workers import CONTRACT_SUBJECT, PING_SUBJECT, answer_control, contract_fingerprint
+
+CELLS = '''
+from pydantic import BaseModel
+from cellmono.core.cell import Cell, handles
+
+class Say(BaseModel):
+    text: str
+
+class EchoCell(Cell):
+    name = "echo"
+
+    @handles("echo.say", requires="echo:use")
+    async def say(self, request: Say) -> str:
+        return request.text
+
+class OtherCell(Cell):
+    name = "other"
+
+    @handles("other.do", requires="other:use")
+    async def do(self, request: Say) -> str:
+        return "other:" + request.text
+'''
+APP_PASSWORD = "app-password-for-tests"
+CELLMONO = str(Path(sys.executable).parent / "cellmono")
+
+
+def start_nats_with_auth(folder: Path, auth: Path, port: int) -> Server:
+    """A nats-server whose config includes the authorization file the app writes, with a pid file for reloads."""
+    config = folder / "nats.conf"
+    config.write_text(f'listen: "127.0.0.1:{port}"\npid_file: "{folder / "nats.pid"}"\n'
+                      f'jetstream {{ store_dir: "{folder / "js"}" }}\ninclude "{os.path.relpath(auth, folder)}"\n')
+    return Server("nats", [nats_binary(), "-c", str(config)], port, str(folder)).start()
+
+
+def write_app(folder: Path, port: int) -> Path:
+    folder.mkdir()
+    settings = folder / "settings.ini"
+    settings.write_text(f"""
+[app]
+name = provtest
+cells = echo, other
+[log]
+level = WARNING
+[roles]
+caller = echo:use, other:use
+[cell.echo]
+class = prov_cells:EchoCell
+placement = process
+[cell.other]
+class = prov_cells:OtherCell
+placement = process
+[nats]
+url = nats://app:{APP_PASSWORD}@127.0.0.1:{port}
+prefix = pv
+[workers]
+nats_pid_file = {folder.parent / "broker" / "nats.pid"}
+""")
+    return settings
+
+
+def cellmono(*arguments: str, cwd: Path, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CELLMONO, *arguments], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    code = tmp_path / "code"  # the deployed code (pip-installed on a real machine): on PYTHONPATH, not copied
+    code.mkdir()
+    (code / "prov_cells.py").write_text(CELLS)
+    sys.path.insert(0, str(code))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")])}
+    broker = tmp_path / "broker"
+    broker.mkdir()
+    port = free_port()
+    settings = write_app(tmp_path / "app", port)
+    provisioned = cellmono("workers", "provision", "w1", "--cells", "echo", "--settings", str(settings),
+                           "--credential", str(tmp_path / "w1.credential"), cwd=tmp_path / "app", env=env)
+    assert provisioned.returncode == 0, provisioned.stderr
+    server = require(lambda: start_nats_with_auth(broker, tmp_path / "app" / "var" / "nats-auth.conf", port))
+    yield tmp_path, settings, server, env, provisioned
+    server.stop()
+    sys.path.remove(str(code))
+
+
+def test_provision_prints_no_secret_and_refuses_overwrite(deployment) -> None:
+    tmp_path, settings, server, env, provisioned = deployment
+    credential = json.loads((tmp_path / "w1.credential").read_text())
+    assert oct((tmp_path / "w1.credential").stat().st_mode & 0o777) == "0o600"
+    output = provisioned.stdout + provisioned.stderr
+    assert "w1.credential" in output and credential["token"] not in output
+    assert credential["url"].split("@")[0].split(":")[-1] not in output  # the worker's password
+    again = cellmono("workers", "provision", "w1", "--settings", str(settings), "--credential",
+                     str(tmp_path / "w1.credential"), cwd=tmp_path / "app", env=env)
+    assert again.returncode == 2 and len(again.stderr.splitlines()) == 1 and "--force" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_a_provisioned_worker_in_an_empty_folder_serves_and_is_cut_off_by_revoke(deployment) -> None:
+    tmp_path, settings_path, server, env, _ = deployment
+    empty = tmp_path / "machine2"
+    empty.mkdir()
+    (tmp_path / "w1.credential").rename(empty / "w1.credential")  # the only file the new machine gets
+
+    async def scenario() -> None:
+        settings = load_settings(settings_path)
+        runtime = Runtime.from_settings(settings)
+        app_url = f"nats://app:{APP_PASSWORD}@127.0.0.1:{server.port}"
+        engine = await link_engine(runtime, broker_tables("nats", app_url, "provtest"), signer=True)
+        bus = Bus(build_transport(settings, "nats"), timeout=5)
+        await bus.start()
+        import prov_cells
+        await answer_control(bus, CONTRACT_SUBJECT.format(cell="echo"), contract_fingerprint(prov_cells.EchoCell))
+        await answer_registrations(bus, runtime, Registry(workers_section(settings).registry))
+        served = await bus.transport.subscribe("other.do", _record_other, responder=True)  # the other cell, at the app
+        log = open(tmp_path / "worker.log", "wb")
+        worker = subprocess.Popen([CELLMONO, "worker", "--credential", "w1.credential"],
+                                  cwd=empty, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            give_up = time.monotonic() + 30
+            while True:
+                try:
+                    await bus.request(PING_SUBJECT.format(cell="echo", replica=1), timeout=1)
+                    break
+                except (NoResponders, RequestTimeout):
+                    assert worker.poll() is None and time.monotonic() < give_up, (tmp_path / "worker.log").read_text()
+                    await asyncio.sleep(0.1)
+            assert not (empty / "settings.ini").exists()
+            token = runtime.token_for(Principal(id="alice", roles=("caller",)))
+            assert await bus.request("echo.say", {"text": "hi"}, principal="alice", capability=token) == "hi"
+
+            forged = tmp_path / "forged"  # the same broker user, someone else's token: refused and audited at the app
+            forged.mkdir()
+            document = json.loads((empty / "w1.credential").read_text())
+            document["token"] = runtime.token_for(Principal(id="mallory", roles=("caller",)))
+            (forged / "w1.credential").write_text(json.dumps(document))
+            (forged / "w1.credential").chmod(0o600)
+            refused = await asyncio.to_thread(cellmono, "worker", "--credential", "w1.credential", cwd=forged, env=env,
+                                              timeout=30)
+            assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
+            assert "refused worker 'w1'" in refused.stderr and "Traceback" not in refused.stderr
+            runtime.audit.flush()
+            denials = [entry.fields for entry in runtime.audit.entries() if entry.fields.get("action") == "worker.register"
+                       and entry.fields.get("decision") == "deny"]
+            assert denials and denials[-1]["actor"] == "worker:w1", denials
+
+            await _attack_with_worker_user(json.loads((empty / "w1.credential").read_text())["url"])
+            assert OTHER_CALLS == [], "the worker's user reached another cell's subject"
+
+            revoked = cellmono("workers", "revoke", "w1", "--settings", str(settings_path), cwd=settings_path.parent,
+                               env=env)
+            assert revoked.returncode == 0, revoked.stderr
+            cut = time.monotonic()
+            while True:
+                try:
+                    await bus.request("echo.say", {"text": "hi"}, principal="alice", capability=token, timeout=0.3)
+                except (NoResponders, RequestTimeout, AccessDenied):
+                    break
+                assert time.monotonic() - cut < 1.0, "the revoked worker still serves after 1 s"
+                await asyncio.sleep(0.05)
+            listed = cellmono("workers", "list", "--settings", str(settings_path), cwd=settings_path.parent, env=env)
+            assert "revoked" in listed.stdout and "password" not in listed.stdout
+        finally:
+            worker.terminate()
+            worker.wait(10)
+            log.close()
+            await served.unsubscribe()
+            await bus.stop()
+            await engine.close()
+            await runtime.close()
+        again = cellmono("worker", "--credential", "w1.credential", cwd=empty, env={
+            **env, "CELLMONO__WORKERS__RETRY_GIVE_UP": "1"}, timeout=60)
+        assert again.returncode == 2 and len(again.stderr.splitlines()) == 1, again.stderr
+        assert "Authorization Violation" in again.stderr and "Traceback" not in again.stderr
+
+    asyncio.run(scenario())
+
+
+OTHER_CALLS: list[str] = []
+
+
+async def _record_other(envelope):
+    OTHER_CALLS.append(envelope.subject)
+    return envelope.reply("other")
+
+
+async def _attack_with_worker_user(url: str) -> None:
+    """With the worker's own user: publish a request to another cell and write the engine's key table."""
+    import nats
+    errors: list[str] = []
+
+    async def collect(error: Exception) -> None:
+        errors.append(str(error))
+    connection = await nats.connect(url, error_cb=collect, max_reconnect_attempts=0)
+    try:
+        await connection.publish("pv.r.other.do", b"{}")
+        await connection.publish("$KV.cellmono_provtest_keys.forged", b"{}")
+        await connection.flush()
+        await asyncio.sleep(0.3)
+    finally:
+        await connection.close()
+    joined = " ".join(errors).lower()
+    assert 'permissions violation for publish to "pv.r.other.do"' in joined, errors
+    assert 'permissions violation for publish to "$kv.cellmono_provtest_keys.forged"' in joined, errors
