@@ -13,7 +13,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -78,6 +78,7 @@ class AuditLog:
         self._closed = False
         self._writer_error: BaseException | None = None
         self._head: tuple[int, str] | None = None  # the head this process last wrote; `seq`'s key catches a stale one
+        self.witness: Callable[[], Mapping[str, tuple[int, str]]] | None = None  # other nodes' heads, for anchors
         try:
             self._connection = open_shared_database(self.path, durability=durability, busy_timeout=busy_timeout)
             if not create and self._connection.execute(
@@ -238,7 +239,8 @@ class AuditLog:
         if self.anchor_keys is None:
             raise ConfigError("audit anchoring needs anchor_keys (a SigningKeys ring)")
         seq, digest = self.head()
-        anchor = sign_anchor(self.anchor_keys, self.log_id, seq, digest)
+        anchor = sign_anchor(self.anchor_keys, self.log_id, seq, digest,
+                             heads=self.witness() if self.witness is not None else None)
         self._last_anchor = time.monotonic()
         with self._lock:
             self._connection.execute("INSERT OR REPLACE INTO anchors(seq, anchor) VALUES (?, ?)",
