@@ -227,3 +227,54 @@ async def _truncated(kind, server, stream, ring, edit) -> None:
     assert "truncated" in error.problems[0]
     await copy.close()
     await stream.close()
+
+
+def test_cli_verify_engine_reports_each_node_and_exits_2_naming_node_and_seq(engine, tmp_path, capsys) -> None:
+    from cellmono.cli.main import main
+    from cellmono.core.config import load_settings
+    from cellmono.security.engine_kv import EngineKeys
+    from cellmono.topology.engine_link import broker_tables, engine_namespace
+
+    kind, server = engine
+    ring = SigningKeys()
+    app_name = load_settings(None).app.name
+    namespace = engine_namespace(app_name)
+
+    async def ship() -> None:
+        keys = EngineKeys(broker_tables(kind, server.url, app_name))  # the public keys, as the app publishes them
+        await keys.start()
+        await keys.publish(ring)
+        await keys.close()
+        stream = audit_stream(kind, server.url, **({"namespace": namespace} if kind == "redis" else {}))
+        await stream.start()
+        for name in ("app", "w1"):
+            log = AuditLog(tmp_path / f"{name}.sqlite", anchor_keys=ring, anchor_every=4)
+            _append(log, 5, actor=name)
+            log.close()  # the shutdown anchor
+            await AuditShipper(AuditLog(tmp_path / f"{name}.sqlite", anchor_keys=ring), stream, name).ship_once()
+        await stream.close()
+
+    async def delete_w1_record_2() -> None:
+        if kind == "nats":
+            import nats
+            connection = await nats.connect(server.url)
+            js = connection.jetstream()
+            first = await js.get_msg("AUDIT", 1, subject="audit.w1", next=True)
+            await js.delete_msg("AUDIT", (await js.get_msg("AUDIT", first.seq + 1, subject="audit.w1", next=True)).seq)
+            await connection.close()
+        else:
+            import redis.asyncio
+            client = redis.asyncio.Redis.from_url(server.url)
+            await client.xdel(f"{namespace}:audit:w1", "2-0")
+            await client.aclose()
+
+    asyncio.run(ship())
+    argv = ["audit", "verify", "--engine", "--broker", server.url, "--settings", str(tmp_path / "none.ini")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "app: 5 records, head 5" in out and "w1: 5 records, head 5" in out and out.count(", ok") == 2, out
+    asyncio.run(delete_w1_record_2())
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "w1: 4 records" in captured.out and "FAILED" in captured.out
+    assert "audit chain of node w1 is broken at record 2" in captured.err and "Traceback" not in captured.err
