@@ -103,7 +103,27 @@ class AuditLog:
     # -- writing -------------------------------------------------------------------------------
     def append(self, record: AuditRecord) -> AuditEntry:
         """Append one record and commit; the entry is acknowledged (durable) when this returns."""
-        return self.append_many([record])[0]
+        with self._lock:  # the hot path: one record on the head this process wrote, one INSERT, no lists
+            head, (kid, mac_key) = self._head, self._mac_key()
+            if head is not None:
+                seq, prev = head[0] + 1, head[1]
+                fields = record_fields(record, seq, prev)
+                body = canonical_json(fields)
+                digest = link_hash(prev, body)
+                mac = f"{kid}:{record_mac(mac_key, self.log_id, seq, digest)}" if mac_key else None
+                try:
+                    self._connection.execute(_INSERT, (seq, body.decode(), digest, mac))
+                    self._head = (seq, digest)
+                except sqlite3.IntegrityError:  # that seq is taken: another process appended since
+                    head = None
+                except sqlite3.OperationalError as error:
+                    raise AuditError(f"audit append to {str(self.path)!r} failed: {error}") from None
+                except sqlite3.DatabaseError as error:
+                    raise AuditCorrupted(f"audit database {str(self.path)!r} is unusable: {error}") from None
+        if head is None:
+            return self.append_many([record])[0]
+        self._maybe_anchor(seq, seq)
+        return AuditEntry(seq, prev, digest, fields)
 
     def append_many(self, records: Iterable[AuditRecord]) -> list[AuditEntry]:
         """Append records in one transaction (all or none); acknowledged when this returns."""
@@ -134,13 +154,16 @@ class AuditLog:
                 raise AuditError(f"audit append to {str(self.path)!r} failed: {error}") from None
             except sqlite3.DatabaseError as error:
                 raise AuditCorrupted(f"audit database {str(self.path)!r} is unusable: {error}") from None
-        if self.anchor_keys is not None:
-            first, last = entries[0].seq, entries[-1].seq
-            if ((self.anchor_every and last // self.anchor_every > (first - 1) // self.anchor_every) or
-                    (self.anchor_interval is not None and time.monotonic() - self._last_anchor > self.anchor_interval)) \
-                    and self._anchor_state() is not None:
-                self.anchor()
+        self._maybe_anchor(entries[0].seq, entries[-1].seq)
         return entries
+
+    def _maybe_anchor(self, first: int, last: int) -> None:
+        """Sign the head when records `first..last` crossed an `anchor_every` boundary or `anchor_interval` passed."""
+        if self.anchor_keys is not None and (
+                (self.anchor_every and last // self.anchor_every > (first - 1) // self.anchor_every) or
+                (self.anchor_interval is not None and time.monotonic() - self._last_anchor > self.anchor_interval)) \
+                and self._anchor_state() is not None:
+            self.anchor()
 
     def _link(self, records: list[AuditRecord], seq: int, prev: str) -> tuple[list[AuditEntry], list[tuple[Any, ...]]]:
         """The entries and rows of `records` chained after record `seq` with hash `prev`."""
