@@ -295,6 +295,13 @@ class AuditLog:
         except sqlite3.DatabaseError as error:
             raise AuditCorrupted(f"audit database {str(self.path)!r} is unusable: {error}") from None
 
+    def claim_node(self, node: str) -> str:
+        """The node this log's chain ships as: `node` when the log has none yet, else the one it was claimed by
+        (processes sharing one file ship one chain, under one name)."""
+        with self._lock:
+            self._query("INSERT OR IGNORE INTO meta(key, value) VALUES ('node', ?)", (node,))
+            return str(self._query("SELECT value FROM meta WHERE key='node'").fetchone()[0])
+
     def head(self) -> tuple[int, str]:
         """The last sequence number and hash (0 and the genesis hash when empty)."""
         with self._lock:

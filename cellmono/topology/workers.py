@@ -33,7 +33,8 @@ from .services import app_from_settings
 from .supervisor import ReplicaStatus, RestartPolicy, status_path, write_status
 from .switch import LiveApp
 from ..security.inbox import Inbox
-from .engine_link import link_app
+from ..security.audit_ship import ship_app_audit
+from .engine_link import engine_namespace, link_app
 from ..security.records import audit_record
 from ..security.store import EncryptedStore
 from ..transports.brokers import ContractMismatch, covers
@@ -160,6 +161,7 @@ async def run_worker(settings_path: str | Path, cell: str, replica: int = 1,
                     transport=PlacedTransport(inner, cell, section.durable))
     await app.bus.start()  # BrokerUnavailable (naming the URL) when the broker is not there
     engine = await link_app(app, signer=False)  # the app's public keys and revocations, from the engine
+    shipper = await ship_app_audit(app, f"{cell}-{replica}", engine_namespace(settings.app.name))  # audit17
     await check_contract(app.bus, type(full.cells[cell]))
     if setup is not None:
         setup(app, cell, replica)
@@ -176,6 +178,8 @@ async def run_worker(settings_path: str | Path, cell: str, replica: int = 1,
     _log.info("worker %s #%d (pid %d) serving on %s", cell, replica, os.getpid(), kind)
     await stop.wait()
     await app.stop()
+    if shipper is not None:  # audit17: what is left goes to the engine (or stays local for the next start)
+        await shipper.stop(close_stream=True)
     if engine is not None:
         await engine.close()
     return 0
@@ -197,6 +201,7 @@ class PromotedApp(App):
         self._status_written = 0.0
         self.ready_timeout = self.settings.supervision.ready_timeout
         self.engine: Any = None  # EngineKeys once linked: the app publishes its public keys and revocations
+        self.audit_shipper: Any = None  # audit17: ships the app's audit chain to the engine, once started
 
 
     def violations(self) -> list[str]:
@@ -217,6 +222,7 @@ class PromotedApp(App):
         self.verify()
         await self.bus.start()
         self.engine = await link_app(self, signer=True)
+        self.audit_shipper = await ship_app_audit(self, "app", engine_namespace(self.settings.app.name))  # audit17
         for placement in self.promoted():
             fingerprint = contract_fingerprint(type(self.everything.cells[placement.cell]))
             await answer_control(self.bus, CONTRACT_SUBJECT.format(cell=placement.cell), fingerprint)
@@ -353,6 +359,9 @@ class PromotedApp(App):
             if process.poll() is None:
                 process.kill()
                 process.wait(5)
+        if self.audit_shipper is not None:  # audit17
+            shipper, self.audit_shipper = self.audit_shipper, None
+            await shipper.stop(close_stream=True)
         if self.engine is not None:
             engine, self.engine = self.engine, None
             await engine.close()
