@@ -15,10 +15,10 @@ from pathlib import Path
 from ..core.config import load_settings
 from ..core.errors import ConfigError
 from ..security.audit import AuditLog
-from ..security.audit_ship import AuditChainBroken, verify_engine
+from ..security.audit_ship import AUDIT_KEYS_TABLE, AuditChainBroken, verify_engine
 from ..security.audit_streams import audit_stream
 from ..security.chain import VerifyReport
-from ..security.engine_keys import KeyDirectory, PublishedKey
+from ..security.engine_keys import EngineRecordInvalid, KeyDirectory, PublishedKey
 from ..security.engine_kv import KEYS_TABLE, NatsTables, RedisTables, redact
 from ..topology.engine_link import engine_namespace
 from ..security.guard import security_section
@@ -92,13 +92,14 @@ async def _engine_reports(args: argparse.Namespace) -> dict[str, VerifyReport]:
     ring = SigningKeys.load(args.keys) if args.keys else None
     try:
         await tables.start()
-        try:
-            await tables.watch(KEYS_TABLE, lambda kid, data: directory.apply(
-                kid, None if data is None else PublishedKey.from_json(data, kid)))
-        except ConfigError:
-            raise
-        except Exception:  # no key table yet: only the --keys ring can check the anchors
-            pass
+        for table in (KEYS_TABLE, AUDIT_KEYS_TABLE):  # the app's keys, and each node's anchor keys
+            try:
+                await tables.watch(table, lambda kid, data: directory.apply(
+                    kid, None if data is None else PublishedKey.from_json(data, kid)))
+            except EngineRecordInvalid:
+                raise
+            except Exception:  # no such table yet: only the --keys ring can check those anchors
+                pass
         await stream.start()
         public = {kid: record.public_key() for kid, record in directory.records.items()}  # retired keys too
         public.update(ring.public_keys() if ring is not None else {})
