@@ -278,3 +278,37 @@ def test_cli_verify_engine_reports_each_node_and_exits_2_naming_node_and_seq(eng
     captured = capsys.readouterr()
     assert "w1: 4 records" in captured.out and "FAILED" in captured.out
     assert "audit chain of node w1 is broken at record 2" in captured.err and "Traceback" not in captured.err
+
+
+def test_an_engine_down_at_start_is_retried_and_nothing_is_lost(engine, tmp_path) -> None:
+    from cellmono.security.audit_ship import ship_app_audit
+    from types import SimpleNamespace
+
+    kind, server = engine
+    ring = SigningKeys()
+    server.kill()  # the engine is not there when the node starts
+
+    async def scenario() -> None:
+        log = AuditLog(tmp_path / "app.sqlite", anchor_keys=ring)
+        transport = SimpleNamespace(name=kind, url=server.url)
+        shipper = await ship_app_audit(SimpleNamespace(bus=SimpleNamespace(transport=transport),
+                                                       services=SimpleNamespace(audit=log)), "app")
+        assert shipper is not None
+        shipper.interval = 0.05
+        _append(log, 4)
+        await asyncio.sleep(0.5)  # connect attempts fail, quietly; the records wait in SQLite
+        assert shipper.shipped is None
+        server.start()
+        for _ in range(600):  # bounded: up to 30 s (a loaded CI machine) for a connect attempt to succeed and ship
+            if shipper.shipped == 4:
+                break
+            await asyncio.sleep(0.05)
+        assert shipper.shipped == 4, f"shipped {shipper.shipped} of 4 after the engine came back"
+        await shipper.stop(close_stream=True)
+        reader = _stream(kind, server)
+        await reader.start()
+        reports = await verify_engine(reader, ring.public_keys(), ring.mac_key, raise_on_failure=True)
+        assert reports["app"].records == 4
+        await reader.close()
+        log.close()
+    asyncio.run(scenario())
