@@ -8,10 +8,19 @@ Docs: https://cellmono.github.io/cellmono/cli_audit.html.md"""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
+from ..core.config import load_settings
+from ..core.errors import ConfigError
 from ..security.audit import AuditLog
+from ..security.audit_ship import AUDIT_KEYS_TABLE, AuditChainBroken, verify_engine
+from ..security.audit_streams import audit_stream
+from ..security.chain import VerifyReport
+from ..security.engine_keys import EngineRecordInvalid, KeyDirectory, PublishedKey
+from ..security.engine_kv import KEYS_TABLE, NatsTables, RedisTables, redact
+from ..topology.engine_link import engine_namespace
 from ..security.guard import security_section
 from ..security.signing import SigningKeys
 
@@ -30,6 +39,8 @@ def _open_log(args: argparse.Namespace) -> AuditLog:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    if args.engine or args.broker:
+        return _verify_engine(args)
     with _open_log(args) as log:
         report = log.verify()
     print(report.summary())
@@ -55,6 +66,64 @@ def _export(args: argparse.Namespace) -> int:
             print(f"exported {written} records to {args.output}", file=sys.stderr)
     return 0
 
+# %% ../../nbs/73_cli_audit.ipynb #2b7fc3b6
+def _broker(args: argparse.Namespace) -> tuple[str, str, str]:
+    """The broker kind, its URL and the app's name, from `--broker` or the settings."""
+    path = getattr(args, "settings", None)
+    settings = load_settings(path if path and Path(path).is_file() else None)
+    url = args.broker or next((settings.extra_sections.get(kind, {}).get("url") for kind in ("nats", "redis")
+                               if settings.extra_sections.get(kind, {}).get("url")), None)
+    if not url:
+        raise ConfigError("audit verify --engine needs a broker: --broker nats://HOST:PORT (or redis://HOST:PORT), "
+                          "or [nats] url / [redis] url in the settings")
+    scheme = url.split("://", 1)[0]
+    kind = "nats" if scheme in ("nats", "tls") else "redis" if scheme in ("redis", "rediss") else None
+    if kind is None:
+        raise ConfigError(f"broker URL {redact(url)!r} is neither nats:// nor redis://")
+    return kind, url, settings.app.name
+
+
+async def _engine_reports(args: argparse.Namespace) -> dict[str, VerifyReport]:
+    kind, url, app = _broker(args)
+    namespace = engine_namespace(app)
+    tables = NatsTables(url, namespace=namespace, create=False) if kind == "nats" else RedisTables(url, namespace=namespace)
+    stream = audit_stream(kind, url, **({"namespace": namespace} if kind == "redis" else {}))
+    directory = KeyDirectory()
+    ring = SigningKeys.load(args.keys) if args.keys else None
+    try:
+        await tables.start()
+        for table in (KEYS_TABLE, AUDIT_KEYS_TABLE):  # the app's keys, and each node's anchor keys
+            try:
+                await tables.watch(table, lambda kid, data: directory.apply(
+                    kid, None if data is None else PublishedKey.from_json(data, kid)))
+            except EngineRecordInvalid:
+                raise
+            except Exception:  # no such table yet: only the --keys ring can check those anchors
+                pass
+        await stream.start()
+        public = {kid: record.public_key() for kid, record in directory.records.items()}  # retired keys too
+        public.update(ring.public_keys() if ring is not None else {})
+        reports = await verify_engine(stream, public, ring.mac_key if ring is not None else None)
+    finally:
+        await stream.close()
+        await tables.close()
+    if not reports:
+        raise ConfigError(f"no audit chain on the engine at {redact(url)}: no node has shipped records yet")
+    return reports
+
+
+def _verify_engine(args: argparse.Namespace) -> int:
+    reports = asyncio.run(_engine_reports(args))
+    for node, report in reports.items():
+        print(f"{node}: {report.records} records, head {report.head_seq} {report.head_hash[:16]}, "
+              f"{report.anchors_checked} anchors, {'ok' if report.ok else 'FAILED'}")
+        for problem in report.problems:
+            print(f"  - {problem}")
+    for node, report in reports.items():
+        if not report.ok:
+            raise AuditChainBroken(node, AuditChainBroken.first_seq(report.problems[0]), report.problems)
+    return 0
+
 # %% ../../nbs/73_cli_audit.ipynb #a1b20008
 def register(parser: argparse.ArgumentParser) -> None:
     """Add `verify`, `tail` and `export` to the `cellmono audit` parser; each sets `handler`."""
@@ -71,6 +140,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         if name == "verify":
             command.add_argument("--anchor-file", help="JSONL anchor file (default: [security] anchor_file)")
             command.add_argument("--keys", help="signing key file whose public keys check the anchors")
+            command.add_argument("--engine", action="store_true",
+                                 help="verify every node's chain shipped to the broker, and their cross-anchors")
+            command.add_argument("--broker", metavar="URL", help="the broker for --engine (default: the settings')")
         if name == "tail":
             command.add_argument("-n", "--count", type=int, default=20, help="how many records (default 20)")
         if name == "export":

@@ -58,7 +58,9 @@ class CellmonoError(Exception):
     │   └── AttenuationError                  a child token asked for more than its parent
     ├── AuditError                            the audit log (security)
     │   ├── AuditCorrupted                    the database is not a usable audit log
-    │   └── AuditTampered                     verification found modified, missing or reordered records
+    │   ├── AuditTampered                     verification found modified, missing or reordered records
+    │   │   └── AuditChainBroken              a node's chain on the engine failed; names node and seq
+    │   └── AuditStreamConflict               the engine refused a shipped record (duplicate or out of order)
     ├── StoreError                            the encrypted store (security)
     │   ├── KeyUnavailable (LookupError)      no key-encryption key for the data
     │   ├── WrongKey (ValueError)             the key-encryption key does not open the data

@@ -13,7 +13,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -78,6 +78,7 @@ class AuditLog:
         self._closed = False
         self._writer_error: BaseException | None = None
         self._head: tuple[int, str] | None = None  # the head this process last wrote; `seq`'s key catches a stale one
+        self.witness: Callable[[], Mapping[str, tuple[int, str]]] | None = None  # other nodes' heads, for anchors
         try:
             self._connection = open_shared_database(self.path, durability=durability, busy_timeout=busy_timeout)
             if not create and self._connection.execute(
@@ -102,7 +103,27 @@ class AuditLog:
     # -- writing -------------------------------------------------------------------------------
     def append(self, record: AuditRecord) -> AuditEntry:
         """Append one record and commit; the entry is acknowledged (durable) when this returns."""
-        return self.append_many([record])[0]
+        with self._lock:  # the hot path: one record on the head this process wrote, one INSERT, no lists
+            head, (kid, mac_key) = self._head, self._mac_key()
+            if head is not None:
+                seq, prev = head[0] + 1, head[1]
+                fields = record_fields(record, seq, prev)
+                body = canonical_json(fields)
+                digest = link_hash(prev, body)
+                mac = f"{kid}:{record_mac(mac_key, self.log_id, seq, digest)}" if mac_key else None
+                try:
+                    self._connection.execute(_INSERT, (seq, body.decode(), digest, mac))
+                    self._head = (seq, digest)
+                except sqlite3.IntegrityError:  # that seq is taken: another process appended since
+                    head = None
+                except sqlite3.OperationalError as error:
+                    raise AuditError(f"audit append to {str(self.path)!r} failed: {error}") from None
+                except sqlite3.DatabaseError as error:
+                    raise AuditCorrupted(f"audit database {str(self.path)!r} is unusable: {error}") from None
+        if head is None:
+            return self.append_many([record])[0]
+        self._maybe_anchor(seq, seq)
+        return AuditEntry(seq, prev, digest, fields)
 
     def append_many(self, records: Iterable[AuditRecord]) -> list[AuditEntry]:
         """Append records in one transaction (all or none); acknowledged when this returns."""
@@ -133,13 +154,16 @@ class AuditLog:
                 raise AuditError(f"audit append to {str(self.path)!r} failed: {error}") from None
             except sqlite3.DatabaseError as error:
                 raise AuditCorrupted(f"audit database {str(self.path)!r} is unusable: {error}") from None
-        if self.anchor_keys is not None:
-            first, last = entries[0].seq, entries[-1].seq
-            if ((self.anchor_every and last // self.anchor_every > (first - 1) // self.anchor_every) or
-                    (self.anchor_interval is not None and time.monotonic() - self._last_anchor > self.anchor_interval)) \
-                    and self._anchor_state() is not None:
-                self.anchor()
+        self._maybe_anchor(entries[0].seq, entries[-1].seq)
         return entries
+
+    def _maybe_anchor(self, first: int, last: int) -> None:
+        """Sign the head when records `first..last` crossed an `anchor_every` boundary or `anchor_interval` passed."""
+        if self.anchor_keys is not None and (
+                (self.anchor_every and last // self.anchor_every > (first - 1) // self.anchor_every) or
+                (self.anchor_interval is not None and time.monotonic() - self._last_anchor > self.anchor_interval)) \
+                and self._anchor_state() is not None:
+            self.anchor()
 
     def _link(self, records: list[AuditRecord], seq: int, prev: str) -> tuple[list[AuditEntry], list[tuple[Any, ...]]]:
         """The entries and rows of `records` chained after record `seq` with hash `prev`."""
@@ -238,7 +262,8 @@ class AuditLog:
         if self.anchor_keys is None:
             raise ConfigError("audit anchoring needs anchor_keys (a SigningKeys ring)")
         seq, digest = self.head()
-        anchor = sign_anchor(self.anchor_keys, self.log_id, seq, digest)
+        anchor = sign_anchor(self.anchor_keys, self.log_id, seq, digest,
+                             heads=self.witness() if self.witness is not None else None)
         self._last_anchor = time.monotonic()
         with self._lock:
             self._connection.execute("INSERT OR REPLACE INTO anchors(seq, anchor) VALUES (?, ?)",
@@ -269,6 +294,13 @@ class AuditLog:
             return self._connection.execute(sql, parameters)
         except sqlite3.DatabaseError as error:
             raise AuditCorrupted(f"audit database {str(self.path)!r} is unusable: {error}") from None
+
+    def claim_node(self, node: str) -> str:
+        """The node this log's chain ships as: `node` when the log has none yet, else the one it was claimed by
+        (processes sharing one file ship one chain, under one name)."""
+        with self._lock:
+            self._query("INSERT OR IGNORE INTO meta(key, value) VALUES ('node', ?)", (node,))
+            return str(self._query("SELECT value FROM meta WHERE key='node'").fetchone()[0])
 
     def head(self) -> tuple[int, str]:
         """The last sequence number and hash (0 and the genesis hash when empty)."""

@@ -79,9 +79,12 @@ def record_body(record: AuditRecord, seq: int, prev: str) -> bytes:
     return canonical_json(record_fields(record, seq, prev))
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode  # one, reused
+
+
 def canonical_json(fields: Mapping[str, Any]) -> bytes:
     """`fields` as canonical JSON: sorted keys, no spaces, UTF-8 kept as is (the bytes that are hashed)."""
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL(fields).encode()
 
 
 def link_hash(prev: str, body: bytes) -> str:
@@ -123,17 +126,22 @@ class Anchor(BaseModel):
     time: float
     key_id: str
     signature: str
+    heads: dict[str, tuple[int, str]] = {}  # cross-anchors: the other nodes' chain heads (seq, hash) seen at signing
 
     def message(self) -> bytes:
-        """The bytes the signature covers."""
-        return json.dumps({"log_id": self.log_id, "seq": self.seq, "hash": self.hash, "time": self.time},
-                          sort_keys=True, separators=(",", ":")).encode()
+        """The bytes the signature covers (the cross-anchored heads too, when there are any)."""
+        signed: dict[str, Any] = {"log_id": self.log_id, "seq": self.seq, "hash": self.hash, "time": self.time}
+        if self.heads:
+            signed["heads"] = {node: list(head) for node, head in self.heads.items()}
+        return json.dumps(signed, sort_keys=True, separators=(",", ":")).encode()
 
 
-def sign_anchor(keys: SigningKeys, log_id: str, seq: int, head: str, at: float | None = None) -> Anchor:
-    """The anchor of head `(seq, head)` of log `log_id`, signed by the ring's active key."""
+def sign_anchor(keys: SigningKeys, log_id: str, seq: int, head: str, at: float | None = None,
+                heads: Mapping[str, tuple[int, str]] | None = None) -> Anchor:
+    """The anchor of head `(seq, head)` of log `log_id` (and of the other nodes' `heads` it has seen), signed by the
+    ring's active key."""
     unsigned = Anchor(log_id=log_id, seq=seq, hash=head, time=time.time() if at is None else at, key_id="",
-                      signature="")
+                      signature="", heads=dict(heads or {}))
     key_id, signature = keys.sign(unsigned.message())
     return unsigned.model_copy(update={"key_id": key_id, "signature": signature.hex()})
 

@@ -37,6 +37,9 @@ from ..security.engine_store import EngineStore
 from ..security.inbox import DeliveryInbox, Inbox
 from .engine_link import link_app
 from .provision import Registry, answer_registrations, register_worker, with_retry, workers_section
+from ..security.inbox import Inbox
+from ..security.audit_ship import ship_app_audit
+from .engine_link import engine_namespace, link_app
 from ..security.records import audit_record
 from ..security.store import EncryptedStore
 from ..transports.brokers import ContractMismatch, covers
@@ -170,6 +173,7 @@ async def run_worker(settings_path: Settings | str | Path, cell: str, replica: i
     engine = await link_app(app, signer=False)  # the app's public keys and revocations, from the engine
     if identity is not None:  # a provisioned worker (`--credential`) announces itself; the app may refuse it
         await register_worker(app.bus, *identity)
+    shipper = await ship_app_audit(app, f"{cell}-{replica}", engine_namespace(settings.app.name))  # audit17
     await check_contract(app.bus, type(full.cells[cell]))
     if setup is not None:
         setup(app, cell, replica)
@@ -186,6 +190,8 @@ async def run_worker(settings_path: Settings | str | Path, cell: str, replica: i
     _log.info("worker %s #%d (pid %d) serving on %s", cell, replica, os.getpid(), kind)
     await stop.wait()
     await app.stop()
+    if shipper is not None:  # audit17: what is left goes to the engine (or stays local for the next start)
+        await shipper.stop(close_stream=True)
     if engine is not None:
         await engine.close()
     return 0
@@ -207,6 +213,7 @@ class PromotedApp(App):
         self._status_written = 0.0
         self.ready_timeout = self.settings.supervision.ready_timeout
         self.engine: Any = None  # EngineKeys once linked: the app publishes its public keys and revocations
+        self.audit_shipper: Any = None  # audit17: ships the app's audit chain to the engine, once started
 
 
     def violations(self) -> list[str]:
@@ -228,6 +235,7 @@ class PromotedApp(App):
         await with_retry(self.bus.start, workers_section(self.settings), f"app {self.settings.app.name}")
         self.engine = await link_app(self, signer=True)
         await answer_registrations(self.bus, self.services, Registry(workers_section(self.settings).registry))
+        self.audit_shipper = await ship_app_audit(self, "app", engine_namespace(self.settings.app.name))  # audit17
         for placement in self.promoted():
             fingerprint = contract_fingerprint(type(self.everything.cells[placement.cell]))
             await answer_control(self.bus, CONTRACT_SUBJECT.format(cell=placement.cell), fingerprint)
@@ -364,6 +372,9 @@ class PromotedApp(App):
             if process.poll() is None:
                 process.kill()
                 process.wait(5)
+        if self.audit_shipper is not None:  # audit17
+            shipper, self.audit_shipper = self.audit_shipper, None
+            await shipper.stop(close_stream=True)
         if self.engine is not None:
             engine, self.engine = self.engine, None
             await engine.close()
