@@ -41,8 +41,8 @@ from ..transports.brokers import ContractMismatch, covers
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['CONTRACT_SUBJECT', 'PING_SUBJECT', 'contract_fingerprint', 'PlacedTransport', 'WorkerApp', 'answer_control',
-           'check_contract', 'run_worker', 'PromotedApp', 'build_app']
+__all__ = ['DIRECT_SUBJECT', 'CONTRACT_SUBJECT', 'PING_SUBJECT', 'contract_fingerprint', 'PlacedTransport', 'WorkerApp',
+           'answer_control', 'check_contract', 'run_worker', 'PromotedApp', 'build_app']
 
 # %% ../../nbs/37_workers.ipynb #f653d2c5
 def contract_fingerprint(cell_class: type[Cell]) -> str:
@@ -54,11 +54,25 @@ def contract_fingerprint(cell_class: type[Cell]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 # %% ../../nbs/37_workers.ipynb #8be2e51a
+DIRECT_SUBJECT = "cellmono.direct.{cell}.{replica}"  # + "." + a request subject: that one replica's own address
+
+
+class _Pair:
+    """The queue-group subscription of a request handler and its replica's direct one, unsubscribed together."""
+
+    def __init__(self, shared: Subscription, direct: Subscription) -> None:
+        self.shared, self.direct, self.pattern, self.queue = shared, direct, shared.pattern, shared.queue
+
+    async def unsubscribe(self) -> None:
+        await self.shared.unsubscribe()
+        await self.direct.unsubscribe()
+
+
 class PlacedTransport:
     """A broker transport for one promoted cell: requests to one replica, durable subjects at least once."""
 
-    def __init__(self, inner: Transport, cell: str, durable: Sequence[str] = ()) -> None:
-        self.inner, self.cell, self.durable = inner, cell, tuple(durable)
+    def __init__(self, inner: Transport, cell: str, durable: Sequence[str] = (), replica: int | None = None) -> None:
+        self.inner, self.cell, self.durable, self.replica = inner, cell, tuple(durable), replica
         self.name = getattr(inner, "name", "broker")
 
     @property
@@ -87,7 +101,14 @@ class PlacedTransport:
             durable, queue = True, queue or self.cell
         if durable:
             return await self.inner.subscribe(pattern, handler, queue=queue, responder=responder, durable=True)
-        return await self.inner.subscribe(pattern, handler, queue=queue, responder=responder)
+        shared = await self.inner.subscribe(pattern, handler, queue=queue, responder=responder)
+        if not responder or self.replica is None:
+            return shared
+        prefix = DIRECT_SUBJECT.format(cell=self.cell, replica=self.replica) + "."
+
+        async def direct(envelope: Envelope) -> Envelope | None:  # the app chose this replica: the cell sees its subject
+            return await handler(envelope.model_copy(update={"subject": envelope.subject[len(prefix):]}))
+        return _Pair(shared, await self.inner.subscribe(prefix + pattern, direct, responder=True))
 
     async def close(self, timeout: float = 5.0) -> None:
         """Close the inner transport."""
@@ -157,7 +178,7 @@ async def run_worker(settings_path: str | Path, cell: str, replica: int = 1,
     inner = build_transport(settings, kind, client_name=f"{cell}-{replica}-{os.getpid()}", inbox=_inbox(full))
     section = settings.section(kind, BrokerSection)
     app = WorkerApp([full.cells[cell]], settings=settings, services=full.services,  # the same security layer
-                    transport=PlacedTransport(inner, cell, section.durable))
+                    transport=PlacedTransport(inner, cell, section.durable, replica))
     await app.bus.start()  # BrokerUnavailable (naming the URL) when the broker is not there
     engine = await link_app(app, signer=False)  # the app's public keys and revocations, from the engine
     await check_contract(app.bus, type(full.cells[cell]))
