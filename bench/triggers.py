@@ -5,7 +5,9 @@ serve` runs) samples it every interval with short windows, and its `PromoterMove
 that `cellmono promote` uses: worker processes (`cellmono.cli.worker`) over the embedded nats-server. The load is
 closed-loop through `app.bus.request`: `CALLERS` (8) callers back to back, so in process the cell
 is saturated and requests queue on the app's loop (each waits behind the others'), while two workers serve them two
-at a time. The trigger settings are short for the run (0.2 s ticks, 0.4 s up delay, a 4 s / 1 s burn
+at a time, four queued on each: the app sends each request to the replica with the fewest in flight (`ops.balancer`).
+A broker's queue group alone picks a replica at random, and then the p95 of 8 callers on 2 replicas is 8 service
+times, as in process (a request often waits behind three on one worker while the other idles): the gain was thin. The trigger settings are short for the run (0.2 s ticks, 0.4 s up delay, a 4 s / 1 s burn
 window, CPU enter 0.25 and the cell's `slo_p95_ms = 10`: on a shared machine a saturated event loop gets well under a
 core, so thread CPU alone reads low); two replicas.
 

@@ -25,6 +25,7 @@ from ..core.config import Settings
 from ..core.envelope import Envelope
 from ..core.errors import BusError, CellmonoError
 from ..core.transport import Transport
+from .balancer import Balancer
 from .embedded import EmbeddedNats
 from .telemetry import TelemetrySection
 from .worker_metrics import WorkerMetrics
@@ -251,6 +252,8 @@ class Promoter:
                 raise PromotionRolledBack(f"promotion of {cell!r} rolled back, it still runs in process: "
                                           f"{error}") from None
             self.record(actor, "promote.workers_ready", cell, pids=group.pids())
+            if isinstance(broker, Balancer):  # each request to its least busy replica (`ops.balancer`)
+                broker.spread(cell, self.app.request_subjects(cell), replicas)
             where = f"{replicas} worker{'s' if replicas > 1 else ''} over {transport}"
             await self.app.stop_cell(cell, detail=f"in {where}")
             self.app.where[cell] = where
@@ -279,6 +282,8 @@ class Promoter:
                 raise PromotionRolledBack(f"demotion of {cell!r} rolled back, it still runs in workers: "
                                           f"{type(error).__name__}: {error}") from None
             self.record(actor, "demote.switched", cell)
+            if isinstance(self.app.switch.broker, Balancer):
+                self.app.switch.broker.forget(cell)
             await group.stop()
             del self.groups[cell]
             self.metrics.forget(cell)
@@ -299,7 +304,8 @@ class Promoter:
                 raise PromotionRefused("no [nats] url and no state folder for an embedded nats-server")
             self.embedded = self.embedded or await EmbeddedNats(self.state / "nats").start()
             url = self.embedded.url
-        broker = build_transport(self.app.settings, kind, client_name=f"{self.app.settings.app.name}-app", url=url)
+        broker = Balancer(build_transport(self.app.settings, kind, client_name=f"{self.app.settings.app.name}-app",
+                                          url=url))
         await switch.attach(broker)
         self.broker_kind, self.broker_url = kind, url or getattr(broker, "url", None)
         return broker

@@ -35,9 +35,7 @@ from .switch import LiveApp
 from ..security.engine_inbox import EngineInbox
 from ..security.engine_store import EngineStore
 from ..security.inbox import DeliveryInbox, Inbox
-from .engine_link import link_app
 from .provision import Registry, answer_registrations, register_worker, with_retry, workers_section
-from ..security.inbox import Inbox
 from ..security.audit_ship import ship_app_audit
 from .engine_link import engine_namespace, link_app
 from ..security.records import audit_record
@@ -47,8 +45,8 @@ from ..transports.brokers import ContractMismatch, covers
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['CONTRACT_SUBJECT', 'PING_SUBJECT', 'contract_fingerprint', 'PlacedTransport', 'WorkerApp', 'answer_control',
-           'check_contract', 'run_worker', 'PromotedApp', 'build_app']
+__all__ = ['DIRECT_SUBJECT', 'CONTRACT_SUBJECT', 'PING_SUBJECT', 'contract_fingerprint', 'PlacedTransport', 'WorkerApp',
+           'answer_control', 'check_contract', 'run_worker', 'PromotedApp', 'build_app']
 
 # %% ../../nbs/37_workers.ipynb #f653d2c5
 def contract_fingerprint(cell_class: type[Cell]) -> str:
@@ -60,11 +58,25 @@ def contract_fingerprint(cell_class: type[Cell]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 # %% ../../nbs/37_workers.ipynb #8be2e51a
+DIRECT_SUBJECT = "cellmono.direct.{cell}.{replica}"  # + "." + a request subject: that one replica's own address
+
+
+class _Pair:
+    """The queue-group subscription of a request handler and its replica's direct one, unsubscribed together."""
+
+    def __init__(self, shared: Subscription, direct: Subscription) -> None:
+        self.shared, self.direct, self.pattern, self.queue = shared, direct, shared.pattern, shared.queue
+
+    async def unsubscribe(self) -> None:
+        await self.shared.unsubscribe()
+        await self.direct.unsubscribe()
+
+
 class PlacedTransport:
     """A broker transport for one promoted cell: requests to one replica, durable subjects at least once."""
 
-    def __init__(self, inner: Transport, cell: str, durable: Sequence[str] = ()) -> None:
-        self.inner, self.cell, self.durable = inner, cell, tuple(durable)
+    def __init__(self, inner: Transport, cell: str, durable: Sequence[str] = (), replica: int | None = None) -> None:
+        self.inner, self.cell, self.durable, self.replica = inner, cell, tuple(durable), replica
         self.name = getattr(inner, "name", "broker")
 
     @property
@@ -93,7 +105,14 @@ class PlacedTransport:
             durable, queue = True, queue or self.cell
         if durable:
             return await self.inner.subscribe(pattern, handler, queue=queue, responder=responder, durable=True)
-        return await self.inner.subscribe(pattern, handler, queue=queue, responder=responder)
+        shared = await self.inner.subscribe(pattern, handler, queue=queue, responder=responder)
+        if not responder or self.replica is None:
+            return shared
+        prefix = DIRECT_SUBJECT.format(cell=self.cell, replica=self.replica) + "."
+
+        async def direct(envelope: Envelope) -> Envelope | None:  # the app chose this replica: the cell sees its subject
+            return await handler(envelope.model_copy(update={"subject": envelope.subject[len(prefix):]}))
+        return _Pair(shared, await self.inner.subscribe(prefix + pattern, direct, responder=True))
 
     async def close(self, timeout: float = 5.0) -> None:
         """Close the inner transport."""
@@ -168,7 +187,7 @@ async def run_worker(settings_path: Settings | str | Path, cell: str, replica: i
     inner = build_transport(settings, kind, client_name=f"{cell}-{replica}-{os.getpid()}", inbox=_inbox(full))
     section = settings.section(kind, BrokerSection)
     app = WorkerApp([full.cells[cell]], settings=settings, services=full.services,  # the same security layer
-                    transport=PlacedTransport(inner, cell, section.durable))
+                    transport=PlacedTransport(inner, cell, section.durable, replica))
     await with_retry(app.bus.start, workers_section(settings), f"worker {cell} #{replica}")  # broker not up: back off
     engine = await link_app(app, signer=False)  # the app's public keys and revocations, from the engine
     if identity is not None:  # a provisioned worker (`--credential`) announces itself; the app may refuse it
