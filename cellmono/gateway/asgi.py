@@ -7,12 +7,10 @@ Docs: https://cellmono.github.io/cellmono/asgi.html.md"""
 # %% ../../nbs/44_asgi.ipynb #005b004b
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import gc
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import anyio
@@ -30,7 +28,7 @@ PROMETHEUS_CONTENT = (b"content-type", b"text/plain; version=0.0.4; charset=utf-
 # %% auto #0
 __all__ = ['JSON_CONTENT', 'PROMETHEUS_CONTENT', 'DISCONNECT', 'Rejection', 'json_bytes', 'rejection_body', 'request_headers',
            'header_matches', 'accepts_json', 'send_response', 'read_body', 'FrontSettings', 'Disconnect',
-           'edge_protocol', 'steady_gc', 'client_ip']
+           'edge_protocol', 'client_ip']
 
 # %% ../../nbs/44_asgi.ipynb #7bf465f7
 # The ASGI spec's types (as in Starlette and asgiref): a server may pass any mutable mapping.
@@ -279,25 +277,6 @@ def edge_protocol(limits: FrontSettings) -> type:
                     _log.exception("auditing a connection refusal failed")
 
     return EdgeProtocol
-
-# %% ../../nbs/44_asgi.ipynb #2ecc6903
-_steady = [0]  # how many `steady_gc` blocks are open in this process
-
-
-@contextlib.contextmanager
-def steady_gc() -> Iterator[None]:
-    """While the block runs, the heap that existed at its start is frozen (`gc.freeze`: never re-scanned by the
-    collector); the outermost block unfreezes it when it ends."""
-    if not _steady[0]:
-        gc.collect()
-        gc.freeze()
-    _steady[0] += 1
-    try:
-        yield
-    finally:
-        _steady[0] -= 1
-        if not _steady[0]:
-            gc.unfreeze()
 
 # %% ../../nbs/44_asgi.ipynb #0e9aed8a
 def client_ip(scope: Scope | None) -> str:

@@ -20,9 +20,8 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp_types.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
-from .asgi import (DISCONNECT, JSON_CONTENT, PROMETHEUS_CONTENT, Headers, Receive, Rejection, Scope, Send,
-                                   client_ip, header_matches, json_bytes, read_body, rejection_body, request_headers,
-                                   send_response, steady_gc)
+from .asgi import (DISCONNECT, JSON_CONTENT, PROMETHEUS_CONTENT, Headers, Receive, Rejection, Scope,
+                                   Send, client_ip, header_matches, json_bytes, read_body, rejection_body, request_headers, send_response)
 from .auth import (Authenticator, Identity, InsufficientScope, Unauthenticated, metadata_url,
                                    resource_metadata, www_authenticate)
 from .limits import (ConcurrencyCap, KeyedCap, Overloaded, RateLimited, RefusalThrottle,
@@ -45,12 +44,14 @@ class GatewayHTTP:
     def __init__(self, gateway: Gateway, authenticator: Authenticator, *, resource: str | None = None) -> None:
         self.gateway, self.authenticator = gateway, authenticator
         self.settings = settings = gateway.settings
-        self.path, self.resource = settings.path, resource or settings.resource()
+        self.path = settings.path
+        self.resource = resource or settings.resource()
         self.metadata_url = metadata_url(self.resource)
         self.metadata_paths = {"/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource" + self.path}
         self.allowed_hosts = settings.served_hosts()
         self.server = gateway.server()
-        self.cap, self.ip_cap = ConcurrencyCap(settings.max_in_flight), KeyedCap(settings.max_in_flight_per_ip)
+        self.cap = ConcurrencyCap(settings.max_in_flight)
+        self.ip_cap = KeyedCap(settings.max_in_flight_per_ip)
         self.refusals = RefusalThrottle(settings.audit_refusals, settings.audit_window, max_records=settings.audit_refusals_total)
         self.manager = StreamableHTTPSessionManager(
             self.server, json_response=False, security_settings=None, max_request_body_size=settings.max_body_bytes,
@@ -61,16 +62,15 @@ class GatewayHTTP:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[GatewayHTTP]:
-        """Run the session manager (the ASGI lifespan; needed for 2025-11-25 sessions), the heap frozen (`asgi.steady_gc`)."""
-        with steady_gc():
-            async with self.manager.run():
-                self._manager_running = True
-                try:
-                    yield self
-                finally:
-                    self._manager_running = False
-                    self._aggregate_refusals(everything=True)
-                    await self.gateway.settle()  # records queued for group commit are committed before the log closes
+        """Run the session manager (what the ASGI lifespan does); needed before serving 2025-11-25 sessions."""
+        async with self.manager.run():
+            self._manager_running = True
+            try:
+                yield self
+            finally:
+                self._manager_running = False
+                self._aggregate_refusals(everything=True)
+                await self.gateway.settle()  # records queued for group commit are committed before the log closes
 
     async def close_sessions(self) -> None:
         """End every 2025-11-25 session and its open streams (on Ctrl-C: the server then stops at once)."""
