@@ -16,7 +16,7 @@ from typing import Any
 from ..core.envelope import Envelope
 from ..core.errors import NoResponders
 from ..core.transport import Handler, Subscription, Transport
-from ..topology.workers import DIRECT_SUBJECT
+from ..topology.placed import DIRECT_SUBJECT
 
 _log = logging.getLogger(__name__)
 

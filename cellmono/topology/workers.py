@@ -26,12 +26,12 @@ from ..core.cell import Cell
 from ..core.config import Settings, load_settings
 from ..core.envelope import Envelope
 from ..core.errors import BusError, ConfigError, NoResponders, RequestTimeout
-from ..core.transport import Handler, Subscription, Transport
 from .placement import (
     BrokerSection, Placement, broker_kind, build_transport, placements, topology_mermaid)
 from .services import app_from_settings
 from .supervisor import ReplicaStatus, RestartPolicy, status_path, write_status
 from .switch import LiveApp
+from .placed import PlacedTransport
 from ..security.engine_inbox import EngineInbox
 from ..security.engine_store import EngineStore
 from ..security.inbox import DeliveryInbox, Inbox
@@ -40,13 +40,13 @@ from ..security.audit_ship import ship_app_audit
 from .engine_link import engine_namespace, link_app
 from ..security.records import audit_record
 from ..security.store import EncryptedStore
-from ..transports.brokers import ContractMismatch, covers
+from ..transports.brokers import ContractMismatch
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['DIRECT_SUBJECT', 'CONTRACT_SUBJECT', 'PING_SUBJECT', 'contract_fingerprint', 'PlacedTransport', 'WorkerApp',
-           'answer_control', 'check_contract', 'run_worker', 'PromotedApp', 'build_app']
+__all__ = ['CONTRACT_SUBJECT', 'PING_SUBJECT', 'contract_fingerprint', 'WorkerApp', 'answer_control', 'check_contract',
+           'run_worker', 'PromotedApp', 'build_app']
 
 # %% ../../nbs/37_workers.ipynb #f653d2c5
 def contract_fingerprint(cell_class: type[Cell]) -> str:
@@ -56,67 +56,6 @@ def contract_fingerprint(cell_class: type[Cell]) -> str:
         schemas = [model.model_json_schema() if model is not None else None for model in (spec.input, spec.output)]
         parts.append([spec.kind, spec.subject, spec.queue, schemas])
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-# %% ../../nbs/37_workers.ipynb #8be2e51a
-DIRECT_SUBJECT = "cellmono.direct.{cell}.{replica}"  # + "." + a request subject: that one replica's own address
-
-
-class _Pair:
-    """The queue-group subscription of a request handler and its replica's direct one, unsubscribed together."""
-
-    def __init__(self, shared: Subscription, direct: Subscription) -> None:
-        self.shared, self.direct, self.pattern, self.queue = shared, direct, shared.pattern, shared.queue
-
-    async def unsubscribe(self) -> None:
-        await self.shared.unsubscribe()
-        await self.direct.unsubscribe()
-
-
-class PlacedTransport:
-    """A broker transport for one promoted cell: requests to one replica, durable subjects at least once."""
-
-    def __init__(self, inner: Transport, cell: str, durable: Sequence[str] = (), replica: int | None = None) -> None:
-        self.inner, self.cell, self.durable, self.replica = inner, cell, tuple(durable), replica
-        self.name = getattr(inner, "name", "broker")
-
-    @property
-    def max_bytes(self) -> int:
-        """The inner transport's limit."""
-        return self.inner.max_bytes
-
-    async def start(self) -> None:
-        """Start the inner transport."""
-        await self.inner.start()
-
-    async def publish(self, envelope: Envelope) -> None:
-        """Publish on the inner transport."""
-        await self.inner.publish(envelope)
-
-    async def request(self, envelope: Envelope, timeout: float) -> Envelope:
-        """Request on the inner transport."""
-        return await self.inner.request(envelope, timeout)
-
-    async def subscribe(self, pattern: str, handler: Handler, *, queue: str | None = None,
-                        responder: bool = False, durable: bool = False) -> Subscription:
-        """Subscribe on the broker with the replica rules (queue for requests, durable by settings)."""
-        if responder and queue is None:
-            queue = self.cell
-        if not responder and any(covers(declared, pattern) for declared in self.durable):
-            durable, queue = True, queue or self.cell
-        if durable:
-            return await self.inner.subscribe(pattern, handler, queue=queue, responder=responder, durable=True)
-        shared = await self.inner.subscribe(pattern, handler, queue=queue, responder=responder)
-        if not responder or self.replica is None:
-            return shared
-        prefix = DIRECT_SUBJECT.format(cell=self.cell, replica=self.replica) + "."
-
-        async def direct(envelope: Envelope) -> Envelope | None:  # the app chose this replica: the cell sees its subject
-            return await handler(envelope.model_copy(update={"subject": envelope.subject[len(prefix):]}))
-        return _Pair(shared, await self.inner.subscribe(prefix + pattern, direct, responder=True))
-
-    async def close(self, timeout: float = 5.0) -> None:
-        """Close the inner transport."""
-        await self.inner.close(timeout)
 
 # %% ../../nbs/37_workers.ipynb #1867d2cd
 CONTRACT_SUBJECT = "cellmono.contract.{cell}"

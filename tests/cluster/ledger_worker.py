@@ -23,7 +23,7 @@ from cellmono.security.engine_store import EngineStore
 from cellmono.security.inbox import DeliveryInbox, Inbox
 from cellmono.security.keys import StaticKeyProvider
 from cellmono.security.store import EncryptedStore
-from cellmono.topology.workers import PlacedTransport
+from cellmono.topology.placed import PlacedTransport
 from cellmono.transports.nats import NatsTransport
 from cellmono.transports.redis import RedisTransport
 from ledger import apply
