@@ -13,7 +13,8 @@ from cellmono.core.bus import Bus
 from cellmono.core.config import load_settings
 from cellmono.topology.placement import build_transport
 from cellmono.topology.workers import CONTRACT_SUBJECT, PING_SUBJECT, answer_control, contract_fingerprint
-from test_ha_replicas import counts, spawn_worker, worker_logs, write_app
+from test_ha_replicas import counts, write_app
+from worker_support import spawn_worker, worker_logs
 
 
 def test_a_worker_started_before_its_broker_waits_and_applies_the_queued_command_once(tmp_path) -> None:
@@ -21,7 +22,7 @@ def test_a_worker_started_before_its_broker_waits_and_applies_the_queued_command
     settings_path = write_app(tmp_path, "nats", f"nats://127.0.0.1:{port}", replicas=1)
     with settings_path.open("a") as settings:
         settings.write("[workers]\nretry_initial = 0.2\nretry_max = 1\nretry_give_up = 60\n")
-    worker = spawn_worker(settings_path, 1)  # no broker yet
+    worker = spawn_worker(settings_path, "jobs", 1)  # no broker yet
     server: Server | None = None
     try:
         give_up = time.monotonic() + 30  # a worker process starts slowly on a loaded machine
