@@ -252,14 +252,16 @@ class NatsAuditStream:
 class RedisAuditStream:
     """`AuditStream` on Redis streams `<ns>:audit:<node>` (id `<seq>-0`) and `<ns>:audit:<node>:anchors`."""
 
-    def __init__(self, url: str, *, namespace: str = "cellmono", connect_timeout: float = 2.0) -> None:
-        self.url, self.namespace, self.connect_timeout = url, namespace, connect_timeout
+    def __init__(self, url: str, *, namespace: str = "cellmono", connect_timeout: float = 2.0,
+                 timeout: float = 10.0) -> None:
+        self.url, self.namespace, self.connect_timeout, self.timeout = url, namespace, connect_timeout, timeout
         self._client: Any = None
 
     async def start(self) -> None:
         """Connect and check Redis answers."""
         import redis.asyncio  # optional extra: cellmono[redis]
-        self._client = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=self.connect_timeout)
+        self._client = redis.asyncio.Redis.from_url(  # a paused or wedged server: an error after `timeout`, not a hang
+            self.url, socket_connect_timeout=self.connect_timeout, socket_timeout=self.timeout)
         try:
             await self._client.ping()
         except Exception as error:  # refused, auth failure, timeout: all "cannot use the engine"
