@@ -22,11 +22,25 @@ class BrokerMissing(RuntimeError):
     """The broker binary is not installed or the server did not come up."""
 
 
+# Ports handed out in this test run, one empty file each: test processes running side by side (`pytest -n 2`)
+# share the folder (named after the pytest process that started them), so two never get the same port,
+# and a server that lost the race to bind it is never mistaken for its neighbour that won.
+_RESERVED = Path(tempfile.gettempdir()) / f"cellmono-test-ports-{os.getppid() if os.environ.get('PYTEST_XDIST_WORKER') else os.getpid()}"
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nobody listens on right now and no other test of this run was given."""
+    _RESERVED.mkdir(exist_ok=True)
+    for _ in range(100):  # bounded: the kernel hands out another port on the next try
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        try:
+            os.close(os.open(_RESERVED / str(port), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        return port
+    raise RuntimeError("no free port after 100 tries")
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, seconds: float, what: str) -> None:

@@ -4,11 +4,12 @@ asyncio cancellation, and the call's audit record says `cancelled`."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import httpx
 import httpx2
 import pytest
+
+from brokers import free_port
 import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -56,9 +57,7 @@ async def served():
     keys, audit = ApiKeys(), MemoryAudit()
     key = keys.create("ada", ["admin"])
     http_app = GatewayHTTP(Gateway(app, audit=audit), Authenticator(api_keys=keys))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(http_app, host="127.0.0.1", port=port, lifespan="on", log_level="warning"))
     await app.start()
     task = asyncio.create_task(server.serve())
