@@ -38,6 +38,7 @@ class AuditShipper:
                  batch: int = 500, connect: Callable[[], Awaitable[None]] | None = None) -> None:
         self.log, self.stream, self.node = log, stream, node_id(node)
         self.interval, self.batch = interval, batch
+        self.stop_timeout = 5.0  # seconds `stop` may spend shipping the rest and closing the stream
         self.connect = connect  # how to reach the engine, retried until it succeeds (None: the stream is started)
         self.shipped: int | None = None  # the last seq the engine holds (None: ask it)
         self._anchor_time: float | None = None  # the time of the last anchor shipped
@@ -114,14 +115,17 @@ class AuditShipper:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        try:
-            await self.ship_once()
+        try:  # bounded: a shutdown never waits on an engine that is away or reconnecting
+            await asyncio.wait_for(self.ship_once(), self.stop_timeout)
         except Exception as error:  # the engine is away: the records stay local, the next start ships them
-            _log.warning("audit shipping of node %s left records local: %s", self.node, error)
+            _log.warning("audit shipping of node %s left records local: %s", self.node, type(error).__name__)
         if self._reader is not None:
             self._reader.close()
         if close_stream:
-            await self.stream.close()
+            try:
+                await asyncio.wait_for(self.stream.close(), self.stop_timeout)
+            except Exception as error:  # a client wedged in its reconnect loop: drop it rather than hang
+                _log.debug("audit stream of node %s did not close: %r", self.node, error)
 
 # %% ../../nbs/17b_audit_ship.ipynb #50372f15
 async def ship_app_audit(app: Any, node: str, namespace: str = "cellmono") -> AuditShipper | None:

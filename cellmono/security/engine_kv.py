@@ -218,10 +218,12 @@ class RedisTables:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for pubsub in self._pubsubs:
-            await pubsub.aclose()
-        if self._client is not None:
-            await self._client.aclose()
+        for closing in [pubsub.aclose() for pubsub in self._pubsubs] + (
+                [self._client.aclose()] if self._client is not None else []):
+            try:  # a pubsub whose read was cancelled can wedge its close: never let it hang the caller
+                await asyncio.wait_for(closing, 2)
+            except (asyncio.TimeoutError, OSError) as error:
+                _log.debug("engine tables: close did not finish: %r", error)
 
 
 def engine_tables(kind: str, url: str, **options: Any) -> NatsTables | RedisTables:
