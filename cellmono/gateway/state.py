@@ -7,11 +7,9 @@ Docs: https://cellmono.github.io/cellmono/gateway_state.html.md"""
 # %% ../../nbs/49e_gateway_state.ipynb #ba86b6f0
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import math
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Hashable
@@ -21,6 +19,7 @@ from pydantic import Field, PositiveFloat
 
 from ..core.config import Section, section_model
 from ..core.errors import ConfigError
+from ..security.engine_kv import LoopThread
 from ..transports.brokers import BrokerUnavailable, missing_extra, redact
 from .limits import RateLimited, RateLimiter
 
@@ -121,32 +120,7 @@ class MemoryState:
         self._values.clear()
 
 # %% ../../nbs/49e_gateway_state.ipynb #fc6e209a
-class _Threaded:
-    """A loop of its own in a thread for a synchronous client of an async engine library."""
-
-    url: str
-    timeout: float
-    _loop: asyncio.AbstractEventLoop | None = None
-    _lock = threading.Lock()
-
-    def _run(self, make: Callable[[], Coroutine[Any, Any, _Result]]) -> _Result:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="cellmono-gateway-state", daemon=True).start()
-                self._loop = loop
-            loop = self._loop
-        future: Any = asyncio.run_coroutine_threadsafe(make(), loop)
-        try:
-            result: _Result = future.result(self.timeout)
-            return result
-        except TimeoutError:
-            future.cancel()
-            raise BrokerUnavailable(f"the gateway state at {redact(self.url)} did not answer within "
-                                    f"{self.timeout:g} s") from None
-
-
-class NatsState(_Threaded):
+class NatsState:
     """`EngineState` on JetStream KV: one bucket per time to live (`BUCKET_ttlS`), counters by compare-and-set on the
     revision last seen (one round trip while one replica counts a key; a get and a retry when another just did)."""
 
@@ -156,9 +130,17 @@ class NatsState(_Threaded):
         except ImportError:
             raise missing_extra("nats-py", "nats") from None
         self.url, self.bucket, self.timeout = url, bucket, timeout
+        self._thread = LoopThread("cellmono-gateway-state")
         self._connection: Any = None
         self._buckets: dict[int, Any] = {}
         self._seen: OrderedDict[str, tuple[int, int]] = OrderedDict()  # counter key -> (value, revision)
+
+    def _run(self, make: Callable[[], Coroutine[Any, Any, _Result]]) -> _Result:
+        try:
+            return self._thread.run(make(), self.timeout)
+        except TimeoutError:
+            raise BrokerUnavailable(f"the gateway state at {redact(self.url)} did not answer within "
+                                    f"{self.timeout:g} s") from None
 
     async def _kv(self, ttl: float) -> Any:
         import nats
@@ -242,13 +224,8 @@ class NatsState(_Threaded):
         self._run(purge)
 
     def close(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        if self._connection is not None:
-            asyncio.run_coroutine_threadsafe(self._connection.close(), loop).result(self.timeout)
-        loop.call_soon_threadsafe(loop.stop)
-        self._loop = None
+        connection, self._connection, self._buckets = self._connection, None, {}
+        self._thread.stop(None if connection is None else connection.close(), self.timeout)
 
 
 async def _quiet(error: Exception) -> None:  # nats-py prints connection errors unless given a callback

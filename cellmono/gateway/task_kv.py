@@ -7,11 +7,9 @@ Docs: https://cellmono.github.io/cellmono/task_kv.html.md"""
 # %% ../../nbs/49d_task_kv.ipynb #846e07fc
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import struct
-import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ..core.errors import ConfigError
 from .task_store import (TaskRecord, TaskSettings, TaskStore, MemoryTaskStore, owner_key,
                                          task_store_of)
+from ..security.engine_kv import LoopThread
 from ..security.keys import KEY_BYTES, KeyProvider, StoreCorrupted, StoreError
 from ..transports.brokers import BrokerUnavailable, missing_extra, redact
 
@@ -108,25 +107,17 @@ class KvTasks:
             raise missing_extra("nats-py", "nats") from None
         self.url, self.settings, self.timeout = url, settings, timeout
         self.sealer = Sealer(keys, f"gateway.tasks.{settings.bucket}")
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = LoopThread("cellmono-task-kv")
         self._connection: Any = None
         self._kv: Any = None
-        self._lock = threading.Lock()
 
     def _run(self, make: Callable[[Any], Awaitable[_Result]]) -> _Result:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="cellmono-task-kv", daemon=True).start()
-                self._loop = loop
-            loop = self._loop
-
         async def call() -> _Result:
             if self._kv is None:
                 await self._connect()
             return await make(self._kv)
         try:
-            return asyncio.run_coroutine_threadsafe(call(), loop).result(self.timeout)
+            return self._thread.run(call(), self.timeout)
         except TimeoutError:
             raise BrokerUnavailable(f"the task store at {redact(self.url)} did not answer within {self.timeout:g} s") from None
 
@@ -217,14 +208,9 @@ class KvTasks:
         self._run(lambda kv: kv.purge(key))
 
     def close(self) -> None:
-        """Close the NATS connection and stop the store's loop."""
-        loop = self._loop
-        if loop is None:
-            return
-        if self._connection is not None:
-            asyncio.run_coroutine_threadsafe(self._connection.close(), loop).result(self.timeout)
-        loop.call_soon_threadsafe(loop.stop)
-        self._loop = None
+        """Close the NATS connection and stop the store's loop (a later call connects anew)."""
+        connection, self._connection, self._kv = self._connection, None, None
+        self._thread.stop(None if connection is None else connection.close(), self.timeout)
 
 # %% ../../nbs/49d_task_kv.ipynb #a2ab4e45
 def choose_task_store(app: Any, settings: TaskSettings, keys: KeyProvider | None = None) -> TaskStore:

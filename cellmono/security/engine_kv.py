@@ -8,22 +8,25 @@ Docs: https://cellmono.github.io/cellmono/engine_kv.html.md"""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import re
+import threading
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from .engine_keys import (
     EngineRecordInvalid, EngineUnavailable, KeyDirectory, PublishedKey, SharedRevocations, published)
 from .signing import SigningKeys
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # %% auto #0
-__all__ = ['Apply', 'KEYS_TABLE', 'REVOCATIONS_TABLE', 'EngineTables', 'redact', 'MemoryTables', 'NatsTables', 'RedisTables',
-           'engine_tables', 'EngineKeys']
+__all__ = ['Apply', 'KEYS_TABLE', 'REVOCATIONS_TABLE', 'EngineTables', 'redact', 'MemoryTables', 'LoopThread', 'NatsTables',
+           'RedisTables', 'engine_tables', 'EngineKeys']
 
 # %% ../../nbs/18c_engine_kv.ipynb #48c78eb4
 Apply = Callable[[str, bytes | None], None]
@@ -79,6 +82,50 @@ class MemoryTables:
     async def close(self) -> None:
         """Forget the watchers."""
         self.watchers.clear()
+
+# %% ../../nbs/18c_engine_kv.ipynb #eec3910f
+class LoopThread:
+    """An event loop of its own on a daemon thread, started at first use: a synchronous API drives an async engine
+    client (nats-py) through it, each call bounded."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def run(self, coroutine: Coroutine[Any, Any, _T], timeout: float) -> _T:
+        """`coroutine`'s result, run on the loop; past `timeout` seconds it is cancelled and `TimeoutError` raised."""
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever, name=self.name, daemon=True)
+                self._thread.start()
+            loop = self._loop
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"{self.name}: no answer within {timeout:g} s") from None
+
+    def stop(self, last: Coroutine[Any, Any, Any] | None = None, timeout: float = 5.0) -> None:
+        """Run `last` (a connection's close) within `timeout`, then stop the loop and join its thread; a failed or
+        slow `last` is logged, never raised, so a shutdown never hangs on a dead engine. A later `run` starts anew."""
+        with self._lock:
+            loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is None or thread is None:
+            if last is not None:
+                last.close()  # never started: nothing to await
+            return
+        try:
+            if last is not None:
+                asyncio.run_coroutine_threadsafe(last, loop).result(timeout)
+        except Exception as error:  # the engine is gone or slow: closing is best effort
+            _log.debug("%s: closing: %s: %s", self.name, type(error).__name__, error)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout)
 
 # %% ../../nbs/18c_engine_kv.ipynb #73e69a1d
 async def _quiet(error: Exception) -> None:

@@ -7,52 +7,26 @@ Docs: https://cellmono.github.io/cellmono/engine_records.html.md"""
 # %% ../../nbs/19e_engine_records.ipynb #ef6b5d54
 from __future__ import annotations
 
-import asyncio
 import base64
-import concurrent.futures
 import json
 import re
-import threading
 import uuid
-from collections.abc import Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import PositiveInt
 
 from .engine_keys import EngineUnavailable
-from .engine_kv import redact
+from .engine_kv import LoopThread, redact
 from ..core.config import Section, Settings
 from ..core.errors import ConfigError
 from .engine_store import EngineStore, Read, Writes
 from .keys import KeyProvider, StoreError
 
-_T = TypeVar("_T")
 
 # %% auto #0
 __all__ = ['NatsRecords', 'RedisRecords', 'engine_records', 'StoreSection', 'open_engine_store', 'safe_app']
 
 # %% ../../nbs/19e_engine_records.ipynb #dbc10d9e
-class _LoopThread:
-    """An event loop on a daemon thread: the store's API is synchronous, nats-py is not."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self.thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, _T], timeout: float) -> _T:
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 _DELETE = {"KV-Operation": "DEL"}
 _WRONG_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF: another writer got there first
 
@@ -65,7 +39,7 @@ class NatsRecords:
                  name: str | None = None) -> None:
         self.url, self.bucket, self.timeout = url, bucket, timeout
         self.stream, self.prefix = f"KV_{bucket}", f"$KV.{bucket}."
-        self._thread = _LoopThread(f"engine store {bucket}")
+        self._thread = LoopThread(f"engine store {bucket}")
         try:
             self._thread.run(self._start(replicas, name), timeout + 2)
         except EngineUnavailable:
@@ -162,10 +136,7 @@ class NatsRecords:
 
     def close(self) -> None:
         """Drain the connection and stop its thread."""
-        try:
-            self._thread.run(self._nc.close(), self.timeout)
-        finally:
-            self._thread.stop()
+        self._thread.stop(self._nc.close(), self.timeout)
 
 # %% ../../nbs/19e_engine_records.ipynb #5bed2220
 _COMMIT = """
