@@ -24,10 +24,12 @@ from .engine_link import engine_namespace
 from .placement import DEFAULT_URLS, BrokerSection
 
 # %% auto #0
-__all__ = ['REGISTER_SUBJECT', 'cell_class', 'nats_permissions', 'write_private', 'app_user', 'nats_authorization', 'with_user']
+__all__ = ['REGISTER_SUBJECT', 'AUDIT_REPLICAS', 'cell_class', 'nats_permissions', 'write_private', 'app_user',
+           'nats_authorization', 'with_user']
 
 # %% ../../nbs/38e_broker_users.ipynb #29df4326
 REGISTER_SUBJECT = "cellmono.register.{name}"
+AUDIT_REPLICAS = 16  # a worker may ship the audit chains of replicas 1..16 of its cells (more if configured)
 
 
 def cell_class(settings: Settings, cell: str) -> Any:
@@ -40,7 +42,7 @@ def cell_class(settings: Settings, cell: str) -> Any:
 def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dict[str, Any]:
     """The NATS permissions of worker `name`: subscribe to its cells' subjects, publish their events and replies,
     read (never write) the engine's key tables, consume only its cells' durable streams, write its cells' store
-    records (with the data keys and the exactly-once inbox) and its own audit chain (`audit.CELL-*`)."""
+    records (with the data keys and the exactly-once inbox) and its replicas' audit chains (`audit.CELL-N`)."""
     prefix = settings.section("nats", BrokerSection).prefix
     namespace = engine_namespace(settings.app.name)
     store = f"{safe_app(settings.app.name)}_store"  # `security.engine_records`: the store's KV bucket
@@ -60,7 +62,9 @@ def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dic
         subscribe.append(request_subject(prefix, f"cellmono.worker.{cell}.*"))
         publish += [event_subject(prefix, f"{cell}.>"), event_subject(prefix, f"cellmono.metrics.{cell}"),
                     request_subject(prefix, f"cellmono.contract.{cell}"),
-                    f"$KV.{store}.{cell}.>", f"$KV.{store}._active.{cell}", f"audit.{cell}-*", f"audit.anchors.{cell}-*"]
+                    f"$KV.{store}.{cell}.>", f"$KV.{store}._active.{cell}"]
+        replicas = max(AUDIT_REPLICAS, settings.cells[cell].replicas)  # a node id is one subject token: no prefix match
+        publish += [f"audit.{part}{cell}-{replica}" for replica in range(1, replicas + 1) for part in ("", "anchors.")]
     for stream in streams:
         publish += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.CONSUMER.*.{stream}",
                     f"$JS.API.CONSUMER.*.{stream}.>", f"$JS.API.CONSUMER.*.*.{stream}.>", f"$JS.ACK.{stream}.>",
