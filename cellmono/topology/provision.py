@@ -195,7 +195,9 @@ def _promoted(settings: Settings) -> list[str]:
 async def provision(settings: Settings, name: str, cells: Sequence[str], credential: str | Path, *,
                     force: bool = False) -> str:
     """Provision worker `name` for `cells` (default: every cell placed in a process): its NATS user, a token
-    granting `worker:serve:CELL`, one credential file (0600, never overwritten without `force`); audited."""
+    granting `worker:serve:CELL`, one credential file (0600, never overwritten without `force`); audited. With
+    `force`, what it replaces is revoked first: the old token on the engine, and the old password (the reload
+    drops its connections)."""
     check_name(name)
     kind = broker_kind(settings)
     if kind != "nats":
@@ -216,6 +218,9 @@ async def provision(settings: Settings, name: str, cells: Sequence[str], credent
     password, user = secrets.token_urlsafe(24), f"worker-{name}"
     app_url = settings.section("nats", BrokerSection).url or DEFAULT_URLS["nats"]
     app_user(settings)  # before anything is written: the server needs the app's user too
+    replaced = workers.get(name, {})
+    if replaced.get("revoked", 0) is None:  # --force: the old token goes first (nothing replaced if it cannot)
+        await _revoke_token(settings, replaced["token_id"], f"worker {name} provisioned again")
     runtime = _signer(settings)
     try:
         token = runtime.authority.issuer.issue(f"worker:{name}", [f"worker:serve:{cell}" for cell in cells],
@@ -230,7 +235,7 @@ async def provision(settings: Settings, name: str, cells: Sequence[str], credent
         registry.save(workers)
         note = apply_nats_authorization(settings, workers)
         runtime.audit.submit(audit_record("operator", "worker.provision", resource=f"worker:{name}", decision="allow",
-                                          details={"cells": cells, "user": user}))
+                                          details={"cells": cells, "user": user, "replaced": bool(replaced)}))
     finally:
         await runtime.close()
     return note
@@ -246,17 +251,24 @@ async def revoke(settings: Settings, name: str) -> str:
     workers[name]["revoked"] = workers[name].get("revoked") or time.time()
     registry.save(workers)
     note = apply_nats_authorization(settings, workers)
-    runtime = Runtime.from_settings(settings)
+    await _revoke_token(settings, workers[name]["token_id"], f"worker {name} revoked")
+    runtime = _signer(settings)
+    try:
+        runtime.audit.submit(audit_record("operator", "worker.revoke", resource=f"worker:{name}", decision="allow"))
+    finally:
+        await runtime.close()
+    return note
+
+
+async def _revoke_token(settings: Settings, token_id: str, reason: str) -> None:
+    """Revoke `token_id` on the engine's shared revocations (every verifier refuses it within a second)."""
     tables = broker_tables("nats", settings.section("nats", BrokerSection).url or DEFAULT_URLS["nats"],
                            settings.app.name)
     try:
         await tables.start()
-        await EngineKeys(tables).revoke(workers[name]["token_id"], f"worker {name} revoked")
-        runtime.audit.submit(audit_record("operator", "worker.revoke", resource=f"worker:{name}", decision="allow"))
+        await EngineKeys(tables).revoke(token_id, reason)
     finally:
         await tables.close()
-        await runtime.close()
-    return note
 
 # %% ../../nbs/38d_provision.ipynb #9046a28f
 async def answer_registrations(bus: Bus, services: Any, registry: Registry) -> None:
