@@ -103,3 +103,52 @@ async def wait_pinged(bus: Bus, cell: str, worker: subprocess.Popen, log: Path, 
 def folder_files(folder: Path) -> list[str]:
     """Every file under `folder`, relative, sorted."""
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+
+
+ECHO_CELL = '''
+from pydantic import BaseModel
+from cellmono.core.cell import Cell, handles
+
+class Say(BaseModel):
+    text: str
+
+class EchoCell(Cell):
+    name = "echo"
+
+    @handles("echo.say", requires="echo:use")
+    async def say(self, request: Say) -> str:
+        return request.text
+'''
+
+
+def write_echo_folder(folder: Path, kind: str, url: str, app: str, prefix: str) -> Path:
+    """An app (or worker) folder: settings placing the echo cell in a process on broker `kind`, and the cell's
+    module; nothing else (each folder makes its own var/). Returns the settings file."""
+    folder.mkdir()
+    (folder / "echo_cell.py").write_text(ECHO_CELL)
+    settings = folder / "settings.ini"
+    settings.write_text(f"""
+[app]
+name = {app}
+cells = echo
+[log]
+level = WARNING
+[roles]
+caller = echo:use
+[cell.echo]
+class = echo_cell:EchoCell
+placement = process
+transport = {kind}
+[{kind}]
+url = {url}
+prefix = {prefix}
+""")
+    return settings
+
+
+def spawn_cell_worker(settings: Path, cell: str, log: Path) -> subprocess.Popen:
+    """`python -m cellmono.cli.worker --settings SETTINGS --cell CELL` in the settings' folder, output to `log`."""
+    with open(log, "wb") as output:
+        return subprocess.Popen([sys.executable, "-m", "cellmono.cli.worker", "--settings", str(settings),
+                                 "--cell", cell], cwd=settings.parent, stdin=subprocess.DEVNULL,
+                                stdout=output, stderr=subprocess.STDOUT)

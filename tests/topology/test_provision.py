@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from brokers import free_port, require
 from cellmono.core.bus import Bus
 from cellmono.core.config import load_settings
 from cellmono.core.errors import AccessDenied, NoResponders, RequestTimeout
-from cellmono.security.audit import AuditLog
 from cellmono.security.guard import Principal
 from cellmono.security.tokens import TokenInvalid
 from cellmono.topology.engine_link import broker_tables, link_engine
