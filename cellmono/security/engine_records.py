@@ -25,6 +25,7 @@ from ..core.config import Section, Settings
 from ..core.errors import ConfigError
 from .engine_store import EngineStore, Read, Writes
 from .keys import KeyProvider, StoreError
+from .nats_identity import nats_identity
 
 _T = TypeVar("_T")
 
@@ -81,7 +82,7 @@ class NatsRecords:
         from nats.js.errors import BucketNotFoundError  # optional extra: cellmono[nats]
         servers = [part.strip() for part in self.url.split(",") if part.strip()]  # every node of a cluster
         self._nc = await nats.connect(servers, name=name, connect_timeout=self.timeout, max_reconnect_attempts=-1,
-                                      reconnect_time_wait=0.5, allow_reconnect=True)
+                                      reconnect_time_wait=0.5, allow_reconnect=True, **nats_identity())
         js = self._nc.jetstream()
         try:
             await js.key_value(self.bucket)

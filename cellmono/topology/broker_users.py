@@ -25,7 +25,7 @@ from .placement import DEFAULT_URLS, BrokerSection
 
 # %% auto #0
 __all__ = ['REGISTER_SUBJECT', 'AUDIT_REPLICAS', 'cell_class', 'nats_permissions', 'write_private', 'app_user',
-           'nats_authorization', 'with_user']
+           'nats_authorization', 'without_user', 'with_user']
 
 # %% ../../nbs/38e_broker_users.ipynb #29df4326
 REGISTER_SUBJECT = "cellmono.register.{name}"
@@ -101,16 +101,22 @@ def app_user(settings: Settings) -> tuple[str, str]:
 
 def nats_authorization(settings: Settings, workers: dict[str, dict[str, Any]]) -> str:
     """The `authorization {...}` block for nats-server: the app's user with every right, each live worker's user
-    with its permissions (`nats_permissions`). It holds passwords: written with mode 0600."""
+    with its permissions (`nats_permissions`): its public nkey (a record made before nkeys: its password). It
+    holds the app's password: written with mode 0600."""
     user, password = app_user(settings)
     users: list[dict[str, Any]] = [{"user": user, "password": password}]
     for name, record in sorted(workers.items()):
         if record.get("revoked") is None:
-            users.append({"user": record["user"], "password": record["password"],
-                          "permissions": nats_permissions(settings, name, record["cells"])})
+            who = {"nkey": record["nkey"]} if "nkey" in record else {"user": record["user"], "password": record["password"]}
+            users.append({**who, "permissions": nats_permissions(settings, name, record["cells"])})
     return "# written by `cellmono workers`: do not edit; include it in the server's config\nauthorization " + \
         json.dumps({"users": users}, indent=1) + "\n"
 
+
+
+def without_user(url: str) -> str:
+    """`url` (one server or a comma-separated cluster) without credentials: an nkey user signs instead."""
+    return ",".join(re.sub(r"^(\w+://)[^@/]*@", r"\1", part.strip()) for part in url.split(","))
 
 
 def with_user(url: str, user: str, password: str) -> str:

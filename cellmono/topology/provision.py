@@ -38,8 +38,9 @@ from ..security.engine_kv import EngineKeys
 from ..security.records import audit_record
 from ..security.tokens import TokenInvalid
 from ..transports.brokers import BrokerUnavailable
+from ..security.nats_identity import new_nkey_user
 from .broker_users import (REGISTER_SUBJECT, app_user, cell_class, nats_authorization,
-                                            with_user, write_private)
+                                            without_user, write_private)
 from .engine_link import broker_tables
 from .placement import DEFAULT_URLS, BrokerSection, broker_kind
 from .services import Runtime
@@ -196,7 +197,7 @@ async def provision(settings: Settings, name: str, cells: Sequence[str], credent
                     force: bool = False) -> str:
     """Provision worker `name` for `cells` (default: every cell placed in a process): its NATS user, a token
     granting `worker:serve:CELL`, one credential file (0600, never overwritten without `force`); audited. With
-    `force`, what it replaces is revoked first: the old token on the engine, and the old password (the reload
+    `force`, what it replaces is revoked first: the old token on the engine, and the old nkey (the reload
     drops its connections)."""
     check_name(name)
     kind = broker_kind(settings)
@@ -215,7 +216,7 @@ async def provision(settings: Settings, name: str, cells: Sequence[str], credent
     workers = registry.load()
     if workers.get(name, {}).get("revoked", 0) is None and not force:
         raise ConfigError(f"worker {name!r} is already provisioned: `cellmono workers revoke {name}` first, or --force")
-    password, user = secrets.token_urlsafe(24), f"worker-{name}"
+    (seed, nkey), user = new_nkey_user(), f"worker-{name}"
     app_url = settings.section("nats", BrokerSection).url or DEFAULT_URLS["nats"]
     app_user(settings)  # before anything is written: the server needs the app's user too
     replaced = workers.get(name, {})
@@ -225,12 +226,13 @@ async def provision(settings: Settings, name: str, cells: Sequence[str], credent
     try:
         token = runtime.authority.issuer.issue(f"worker:{name}", [f"worker:serve:{cell}" for cell in cells],
                                                runtime.authority.audience, ttl=section.token_ttl)
-        url = with_user(app_url, user, password)
+        url = without_user(app_url)  # the worker signs with its nkey seed: no password in the URL
         document = {"cellmono_worker_credential": 1, "name": name, "app": settings.app.name, "broker": kind,
-                    "url": url, "token": token, "cells": cells, "settings": worker_settings_text(settings, cells, url),
+                    "url": url, "nkey_seed": seed, "token": token, "cells": cells,
+                    "settings": worker_settings_text(settings, cells, url),
                     **({"kek": kek} if (kek := _worker_kek(settings, runtime)) is not None else {})}
         write_private(path, json.dumps(document, indent=1) + "\n", replace=force)
-        workers[name] = {"cells": cells, "user": user, "password": password, "created": time.time(),
+        workers[name] = {"cells": cells, "user": user, "nkey": nkey, "created": time.time(),
                          "revoked": None, "token_id": runtime.verifier.verify(token).token_id}
         registry.save(workers)
         note = apply_nats_authorization(settings, workers)
@@ -327,7 +329,8 @@ def load_credential(path: str | Path) -> dict[str, Any]:
         raise CredentialInvalid(f"{file}: not a cellmono worker credential ({type(error).__name__})") from None
     fields = ("name", "app", "broker", "url", "token", "cells", "settings")
     if not isinstance(document, dict) or document.get("cellmono_worker_credential") != 1 or \
-            not all(isinstance(document.get(field), (str, list)) for field in fields):
+            not all(isinstance(document.get(field), (str, list)) for field in fields) or \
+            not isinstance(document.get("nkey_seed", ""), str):
         raise CredentialInvalid(f"{file}: not a cellmono worker credential (made by `cellmono workers provision`)")
     return document
 

@@ -102,7 +102,9 @@ def test_provision_prints_no_secret_and_refuses_overwrite(deployment) -> None:
     assert oct((tmp_path / "w1.credential").stat().st_mode & 0o777) == "0o600"
     output = provisioned.stdout + provisioned.stderr
     assert "w1.credential" in output and credential["token"] not in output
-    assert credential["url"].split("@")[0].split(":")[-1] not in output  # the worker's password
+    assert credential["nkey_seed"] not in output and "@" not in credential["url"]  # the worker's seed; no password
+    include = (tmp_path / "app" / "var" / "nats-auth.conf").read_text()
+    assert credential["nkey_seed"] not in include and '"nkey": "U' in include  # the server holds its public key only
     again = cellmono("workers", "provision", "w1", "--settings", str(settings), "--credential",
                      str(tmp_path / "w1.credential"), cwd=tmp_path / "app", env=env)
     assert again.returncode == 2 and len(again.stderr.splitlines()) == 1 and "--force" in again.stderr
@@ -157,7 +159,7 @@ def test_a_provisioned_worker_in_an_empty_folder_serves_and_is_cut_off_by_revoke
                        and entry.fields.get("decision") == "deny"]
             assert denials and denials[-1]["actor"] == "worker:w1", denials
 
-            await _attack_with_worker_user(json.loads((empty / "w1.credential").read_text())["url"])
+            await _attack_with_worker_user(json.loads((empty / "w1.credential").read_text()))
             assert OTHER_CALLS == [], "the worker's user reached another cell's subject"
 
             revoked = cellmono("workers", "revoke", "w1", "--settings", str(settings_path), cwd=settings_path.parent,
@@ -197,14 +199,15 @@ async def _record_other(envelope):
     return envelope.reply("other")
 
 
-async def _attack_with_worker_user(url: str) -> None:
+async def _attack_with_worker_user(credential: dict) -> None:
     """With the worker's own user: publish a request to another cell and write the engine's key table."""
     import nats
     errors: list[str] = []
 
     async def collect(error: Exception) -> None:
         errors.append(str(error))
-    connection = await nats.connect(url, error_cb=collect, max_reconnect_attempts=0)
+    connection = await nats.connect(credential["url"], nkeys_seed_str=credential["nkey_seed"], error_cb=collect,
+                                    max_reconnect_attempts=0)
     try:
         await connection.publish("pv.r.other.do", b"{}")
         await connection.publish("$KV.cellmono_provtest_keys.forged", b"{}")
