@@ -46,7 +46,7 @@ class EngineInbox:
         return EngineTransaction(self, consumer, key)
 
     def _maybe_purge(self) -> None:
-        """Nothing yet: inbox records on the engine are kept (see the limits above)."""
+        """Nothing to do: the engine expires inbox records after `[store] inbox_window` (see the window above)."""
 
 # %% ../../nbs/19f_engine_inbox.ipynb #fbc73157
 class EngineStagedNamespace(_Staged):
