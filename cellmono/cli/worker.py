@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from ..core.config import load_settings
 from ..core.errors import CellmonoError
 from ..ops.worker_metrics import publish_metrics
+from ..security.nats_identity import nats_identity, use_nkey
 from ..topology.placement import BrokerSection
 from ..topology.provision import WorkerRefused, credential_settings, with_retry, workers_section
 from ..transports.brokers import BrokerUnavailable, redact
@@ -35,7 +36,7 @@ async def check_broker_user(url: str, name: str) -> None:
         errors.append(str(error))
     try:
         connection = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2,
-                                        error_cb=collect)
+                                        error_cb=collect, **nats_identity())
     except Exception as error:  # nats raises several unrelated types for "refused" and "not there"
         if "authorization" in f"{error} {' '.join(errors)}".lower():
             raise WorkerRefused(f"the broker refused worker {name!r}'s user (revoked or wrong credential): "
@@ -51,6 +52,7 @@ def command_worker(args: argparse.Namespace) -> int:
     if args.credential is not None:
         credential, settings = credential_settings(args.credential)
         identity = (credential["name"], credential["token"])
+        use_nkey(credential.get("nkey_seed"))  # every NATS connection of this worker signs with its nkey
         if args.cell is None and len(credential["cells"]) != 1:
             raise CellmonoError(f"{args.credential} serves {', '.join(credential['cells'])}: choose one with --cell")
         args.cell = args.cell or credential["cells"][0]

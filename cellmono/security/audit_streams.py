@@ -17,6 +17,7 @@ from ..core.errors import ConfigError
 from .chain import AuditError
 from .engine_keys import EngineUnavailable
 from .engine_kv import redact
+from .nats_identity import nats_identity
 
 # %% auto #0
 __all__ = ['NODE_PATTERN', 'AuditStreamConflict', 'node_id', 'Shipped', 'AuditStream', 'MemoryAuditStream', 'NatsAuditStream',
@@ -171,7 +172,7 @@ class NatsAuditStream:
         try:
             self._connection = await asyncio.wait_for(nats.connect(
                 self.url, connect_timeout=self.connect_timeout, max_reconnect_attempts=-1, allow_reconnect=True,
-                reconnect_time_wait=0.5, error_cb=_quiet), self.connect_timeout + 1)
+                reconnect_time_wait=0.5, error_cb=_quiet, **nats_identity()), self.connect_timeout + 1)
             self._js = self._connection.jetstream(timeout=self.timeout)
             await self._js.add_stream(StreamConfig(name=self.stream, subjects=[
                 f"{self.prefix}.*", f"{self.prefix}.anchors.*"]))

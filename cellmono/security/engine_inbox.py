@@ -11,7 +11,7 @@ import base64
 
 from ..core.errors import ContractError
 from .engine_store import EngineStore, Read, record_name
-from .inbox import _Conflict
+from .inbox import _Conflict, _Staged
 from .keys import NamespaceError
 from .store import Namespace, _check_key
 
@@ -46,13 +46,14 @@ class EngineInbox:
         return EngineTransaction(self, consumer, key)
 
     def _maybe_purge(self) -> None:
-        """Nothing yet: inbox records on the engine are kept (see the limits above)."""
+        """Nothing to do: the engine expires inbox records after `[store] inbox_window` (see the window above)."""
 
 # %% ../../nbs/19f_engine_inbox.ipynb #fbc73157
-class EngineStagedNamespace(Namespace):
+class EngineStagedNamespace(_Staged):
     """A cell's namespace inside a delivery: writes wait in the transaction, reads record the revision they saw."""
 
-    __slots__ = ("_transaction",)
+    __slots__ = ()
+    _transaction: EngineTransaction
 
     def __init__(self, store: EngineStore, name: str, transaction: EngineTransaction) -> None:
         super().__init__(store, name)  # type: ignore[arg-type]  # duck-typed store
@@ -82,21 +83,6 @@ class EngineStagedNamespace(Namespace):
         sealed = self._read(key)[1]
         return None if sealed is None else self._transaction.inbox.store.open(self.name, key, sealed)
 
-    def delete(self, key: str) -> bool:
-        """Stage the removal; True when the key exists now."""
-        if self._transaction.closed:
-            return super().delete(key)
-        existed = self.get(key) is not None
-        self._transaction.writes[(self.name, _check_key(key))] = None
-        return existed
-
-    def keys(self, prefix: str = "") -> list[str]:
-        """The keys starting with `prefix`, staged writes included."""
-        found = set(super().keys(prefix))
-        for (namespace, key), value in self._transaction.writes.items():
-            if namespace == self.name and key.startswith(prefix):
-                (found.discard if value is None else found.add)(key)
-        return sorted(found)
 
 # %% ../../nbs/19f_engine_inbox.ipynb #fa1ac741
 class EngineTransaction:

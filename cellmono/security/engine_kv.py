@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 from .engine_keys import (
     EngineRecordInvalid, EngineUnavailable, KeyDirectory, PublishedKey, SharedRevocations, published)
+from .nats_identity import nats_identity
 from .signing import SigningKeys
 
 _log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class MemoryTables:
         """Forget the watchers."""
         self.watchers.clear()
 
-# %% ../../nbs/18c_engine_kv.ipynb #eec3910f
+# %% ../../nbs/18c_engine_kv.ipynb #e61b81d3
 class LoopThread:
     """An event loop of its own on a daemon thread, started at first use: a synchronous API drives an async engine
     client (nats-py) through it, each call bounded."""
@@ -150,7 +151,7 @@ class NatsTables:
         try:
             self._connection = await asyncio.wait_for(nats.connect(  # the client retries a first connect forever
                 self.url, name=self.name, connect_timeout=self.connect_timeout, max_reconnect_attempts=-1,
-                allow_reconnect=True, reconnect_time_wait=0.5, error_cb=_quiet), self.connect_timeout + 1)
+                allow_reconnect=True, reconnect_time_wait=0.5, error_cb=_quiet, **nats_identity()), self.connect_timeout + 1)
         except Exception as error:  # nats raises several unrelated types for "not there" and "refused"
             raise EngineUnavailable(f"cannot reach the engine at {redact(self.url)}: "
                                     f"{type(error).__name__} {error}".strip()) from None

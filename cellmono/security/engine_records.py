@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import uuid
 from typing import Any, Literal
 
-from pydantic import PositiveInt
+from pydantic import PositiveFloat, PositiveInt
 
 from .engine_keys import EngineUnavailable
 from .engine_kv import LoopThread, redact
 from ..core.config import Section, Settings
 from ..core.errors import ConfigError
+from .engine_inbox import INBOX_NAMESPACE
 from .engine_store import EngineStore, Read, Writes
 from .keys import KeyProvider, StoreError
+from .nats_identity import nats_identity
 
+_log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['NatsRecords', 'RedisRecords', 'engine_records', 'StoreSection', 'open_engine_store', 'safe_app']
@@ -39,6 +43,7 @@ class NatsRecords:
                  name: str | None = None) -> None:
         self.url, self.bucket, self.timeout = url, bucket, timeout
         self.stream, self.prefix = f"KV_{bucket}", f"$KV.{bucket}."
+        self._ttl: tuple[str, str] | None = None  # (record prefix, Nats-TTL) of records that expire
         self._thread = LoopThread(f"engine store {bucket}")
         try:
             self._thread.run(self._start(replicas, name), timeout + 2)
@@ -55,15 +60,16 @@ class NatsRecords:
         from nats.js.errors import BucketNotFoundError  # optional extra: cellmono[nats]
         servers = [part.strip() for part in self.url.split(",") if part.strip()]  # every node of a cluster
         self._nc = await nats.connect(servers, name=name, connect_timeout=self.timeout, max_reconnect_attempts=-1,
-                                      reconnect_time_wait=0.5, allow_reconnect=True)
+                                      reconnect_time_wait=0.5, allow_reconnect=True, **nats_identity())
         js = self._nc.jetstream()
         try:
             await js.key_value(self.bucket)
         except BucketNotFoundError:
             await js.create_key_value(bucket=self.bucket, history=1, replicas=replicas)
         info = await self._api(f"STREAM.INFO.{self.stream}", {})
-        if not info["config"].get("allow_atomic"):  # nats-py has no field for it yet: the raw API sets it
-            await self._api(f"STREAM.UPDATE.{self.stream}", {**info["config"], "allow_atomic": True})
+        if not info["config"].get("allow_atomic") or not info["config"].get("allow_msg_ttl"):  # the raw API sets them
+            await self._api(f"STREAM.UPDATE.{self.stream}", {**info["config"], "allow_atomic": True,
+                                                             "allow_msg_ttl": True})
 
     async def _api(self, call: str, request: dict[str, Any]) -> Any:
         reply = await self._nc.request(f"$JS.API.{call}", json.dumps(request).encode(), timeout=self.timeout)
@@ -98,6 +104,14 @@ class NatsRecords:
                 return []
         return sorted(self._thread.run(keys(), self.timeout * 4))
 
+    def expire_after(self, prefix: str, seconds: float) -> None:
+        """Records under `prefix` are written with a per-message TTL (`Nats-TTL`): the server removes them."""
+        self._ttl = (prefix, f"{max(1, round(seconds))}s")
+
+    def _expiry(self, name: str, value: bytes | None) -> dict[str, str]:
+        ttl = self._ttl
+        return {"Nats-TTL": ttl[1]} if ttl is not None and value is not None and name.startswith(ttl[0]) else {}
+
     def commit(self, checks: dict[str, Read], writes: Writes) -> bool:
         """One atomic batch: each written record, and each checked one rewritten as read, expects its revision."""
         return self._thread.run(self._commit(checks, writes), self.timeout + 1)
@@ -109,14 +123,14 @@ class NatsRecords:
             name = names[0]
             value = writes[name] if name in writes else checks[name][1]
             headers = {**({"Nats-Expected-Last-Subject-Sequence": str(checks[name][0])} if name in checks else {}),
-                       **(_DELETE if value is None else {})}
+                       **(_DELETE if value is None else {}), **self._expiry(name, value)}
             reply = await self._nc.request(self.prefix + name, value or b"", timeout=self.timeout, headers=headers)
             return self._acknowledged(json.loads(reply.data))
         for number, name in enumerate(names, 1):
             value = writes[name] if name in writes else checks[name][1]  # a check-only record is written as read
             headers = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(number),
                        **({"Nats-Expected-Last-Subject-Sequence": str(checks[name][0])} if name in checks else {}),
-                       **(_DELETE if value is None else {})}
+                       **(_DELETE if value is None else {}), **self._expiry(name, value)}
             if number < len(names):
                 await self._nc.publish(self.prefix + name, value or b"", headers=headers)
                 continue
@@ -149,7 +163,11 @@ for _ = 1, tonumber(ARGV[i]) do
   redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
   if ARGV[i + 2] == 'd' then redis.call('HDEL', KEYS[1], ARGV[i + 1])
   else redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 3]) end
-  i = i + 3
+  if tonumber(ARGV[i + 4]) > 0 then  -- an expiring record: its value and its revision go together
+    redis.call('HPEXPIRE', KEYS[1], ARGV[i + 4], 'FIELDS', 1, ARGV[i + 1])
+    redis.call('HPEXPIRE', KEYS[2], ARGV[i + 4], 'FIELDS', 1, ARGV[i + 1])
+  end
+  i = i + 4
 end
 return 1
 """
@@ -162,6 +180,7 @@ class RedisRecords:
     def __init__(self, url: str, *, name: str = "cellmono:store", timeout: float = 5.0) -> None:
         import redis  # optional extra: cellmono[redis]
         self.url, self.name, self.revisions = url, name, f"{name}:rev"
+        self._ttl: tuple[str, int] | None = None  # (record prefix, milliseconds) of records that expire
         self._client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         try:
             self._client.ping()
@@ -184,6 +203,17 @@ class RedisRecords:
         return sorted(field.decode() for field, _ in self._client.hscan_iter(self.name, match=prefix.replace(
             "[", "\\[").replace("*", "\\*").replace("?", "\\?") + "*"))
 
+    def expire_after(self, prefix: str, seconds: float) -> None:
+        """Records under `prefix` get a field TTL (`HPEXPIRE`, Redis >= 7.4 / Valkey >= 9); an older server keeps
+        them, with one warning."""
+        try:
+            self._client.execute_command("HPEXPIRE", f"{self.name}:probe", 1000, "FIELDS", 1, "probe")  # type: ignore[no-untyped-call]
+        except Exception as error:  # "unknown command" on an older server
+            _log.warning("engine store at %s cannot expire records (%s): inbox records are kept",
+                         redact(self.url), type(error).__name__)
+            return
+        self._ttl = (prefix, max(1, round(seconds * 1000)))
+
     def commit(self, checks: dict[str, Read], writes: Writes) -> bool:
         """The Lua script: every revision checked, then every write, atomically."""
         arguments: list[Any] = [len(checks)]
@@ -191,7 +221,8 @@ class RedisRecords:
             arguments += [name, revision]
         arguments.append(len(writes))
         for name, value in writes.items():
-            arguments += [name, "d", b""] if value is None else [name, "s", value]
+            ttl = self._ttl[1] if self._ttl is not None and value is not None and name.startswith(self._ttl[0]) else 0
+            arguments += [name, "d", b"", 0] if value is None else [name, "s", value, ttl]
         return bool(self._commit(keys=[self.name, self.revisions], args=arguments))
 
     def close(self) -> None:
@@ -214,6 +245,7 @@ class StoreSection(Section):
     backend: Literal["sqlite", "engine"] = "sqlite"
     transport: Literal["nats", "redis"] | None = None  # which broker holds them: the only one configured when unset
     replicas: PositiveInt = 1  # JetStream: replicas of the KV bucket (3 on a 3-node cluster)
+    inbox_window: PositiveFloat = 8 * 24 * 3600.0  # seconds an exactly-once inbox record lives (`security.engine_inbox`)
 
 
 def open_engine_store(settings: Settings, keys: KeyProvider) -> EngineStore:
@@ -227,7 +259,9 @@ def open_engine_store(settings: Settings, keys: KeyProvider) -> EngineStore:
                           f"nats or redis and that section's url (configured: {', '.join(brokers) or 'none'})")
     url = settings.extra_sections[kind]["url"]
     options: dict[str, Any] = {"replicas": section.replicas} if kind == "nats" else {}
-    return EngineStore(engine_records(kind, url, app=safe_app(settings.app.name), **options), keys)
+    table = engine_records(kind, url, app=safe_app(settings.app.name), **options)
+    table.expire_after(INBOX_NAMESPACE + ".", section.inbox_window)  # the dedupe window (`security.engine_inbox`)
+    return EngineStore(table, keys)
 
 
 def safe_app(name: str) -> str:

@@ -47,6 +47,10 @@ class RecordTable(Protocol):
         """Apply every write, if each checked record is still at its revision; False (nothing applied) if one is not."""
         ...
 
+    def expire_after(self, prefix: str, seconds: float) -> None:
+        """Records starting with `prefix` vanish (revision 0, no value) about `seconds` after they are written."""
+        ...
+
     def close(self) -> None:
         """Disconnect."""
         ...
@@ -73,26 +77,43 @@ class MemoryRecords:
         self.values: dict[str, tuple[int, bytes | None]] = {}
         self._sequence = 0
         self._lock = threading.Lock()
+        self._expiring: tuple[str, float] | None = None
+        self._written: dict[str, float] = {}  # expiring record -> when it was written (monotonic)
+
+    def expire_after(self, prefix: str, seconds: float) -> None:
+        """Records under `prefix` vanish `seconds` after they are written."""
+        self._expiring = (prefix, seconds)
+
+    def _expire(self) -> None:
+        if self._expiring is not None:
+            cutoff = time.monotonic() - self._expiring[1]
+            for name in [name for name, written in self._written.items() if written <= cutoff]:
+                del self.values[name], self._written[name]
 
     def read(self, record: str) -> Read:
         """The revision and value."""
         with self._lock:
+            self._expire()
             return self.values.get(record, (0, None))
 
     def records(self, prefix: str) -> list[str]:
         """Live records under `prefix`."""
         with self._lock:
+            self._expire()
             return sorted(name for name, (_, value) in self.values.items()
                           if value is not None and name.startswith(prefix))
 
     def commit(self, checks: dict[str, Read], writes: Writes) -> bool:
         """Check every revision, then write everything, under one lock."""
         with self._lock:
+            self._expire()
             if any(self.values.get(name, (0, None))[0] != revision for name, (revision, _) in checks.items()):
                 return False
             for name, value in writes.items():
                 self._sequence += 1
                 self.values[name] = (self._sequence, value)
+                if self._expiring is not None and name.startswith(self._expiring[0]) and value is not None:
+                    self._written[name] = time.monotonic()
         return True
 
     def close(self) -> None:

@@ -106,10 +106,34 @@ class Inbox:
             self.purge()
 
 # %% ../../nbs/19c_inbox.ipynb #b43640ba
-class StagedNamespace(Namespace):
-    """A cell's store namespace inside a delivery: writes wait in the transaction, reads see them."""
+class _Staged(Namespace):
+    """What the SQLite and engine staged namespaces share: a removal is staged, listed keys include staged writes."""
 
     __slots__ = ("_transaction",)
+    _transaction: Any  # `Transaction` here, `EngineTransaction` on the engine: each has `writes` and `closed`
+
+    def delete(self, key: str) -> bool:
+        """Stage the removal; True when the key exists now."""
+        if self._transaction.closed:
+            return super().delete(key)
+        existed = self.get(key) is not None
+        self._transaction.writes[(self.name, _check_key(key))] = None
+        return existed
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """The keys starting with `prefix`, staged writes included."""
+        found = set(super().keys(prefix))
+        for (namespace, key), value in self._transaction.writes.items():
+            if namespace == self.name and key.startswith(prefix):
+                (found.discard if value is None else found.add)(key)
+        return sorted(found)
+
+
+class StagedNamespace(_Staged):
+    """A cell's store namespace inside a delivery: writes wait in the transaction, reads see them."""
+
+    __slots__ = ()
+    _transaction: Transaction
 
     def __init__(self, store: EncryptedStore, name: str, transaction: Transaction) -> None:
         super().__init__(store, name)
@@ -139,21 +163,6 @@ class StagedNamespace(Namespace):
             transaction.reads[(self.name, key)] = int(row[0]) if row else None
         return super().get(key)
 
-    def delete(self, key: str) -> bool:
-        """Stage the removal; True when the key exists now."""
-        if self._transaction.closed:
-            return super().delete(key)
-        existed = self.get(key) is not None
-        self._transaction.writes[(self.name, _check_key(key))] = None
-        return existed
-
-    def keys(self, prefix: str = "") -> list[str]:
-        """The keys starting with `prefix`, staged writes included."""
-        found = set(super().keys(prefix))
-        for (namespace, key), value in self._transaction.writes.items():
-            if namespace == self.name and key.startswith(prefix):
-                (found.discard if value is None else found.add)(key)
-        return sorted(found)
 
 
 class _Conflict(Exception):
@@ -218,6 +227,7 @@ class Transaction:
             except sqlite3.Error as error:
                 raise store._translate(error) from None
         return True
+
 
 # %% ../../nbs/19c_inbox.ipynb #8ce1787d
 class DeliveryInbox(Protocol):

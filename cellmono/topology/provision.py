@@ -8,6 +8,7 @@ Docs: https://cellmono.github.io/cellmono/provision.html.md"""
 from __future__ import annotations
 
 import asyncio
+import base64
 import configparser
 import io
 import json
@@ -24,27 +25,32 @@ from typing import Any, TypeVar
 
 from pydantic import PositiveFloat
 
-from ..core.app import load_cell_class
 from ..core.bus import Bus
 from ..core.config import Section, Settings, load_settings
 from ..core.envelope import Envelope
 from ..core.errors import ConfigError, NoResponders, RequestTimeout
 from ..security.engine_keys import EngineError
+from ..security.engine_records import StoreSection
+from ..security.engine_store import EngineStore, MemoryRecords
+from ..security.guard import security_section
+from ..security.keys import StaticKeyProvider
 from ..security.engine_kv import EngineKeys
 from ..security.records import audit_record
 from ..security.tokens import TokenInvalid
-from ..transports.brokers import BrokerUnavailable, event_subject, redact, request_subject, safe_name
-from .engine_link import broker_tables, engine_namespace
+from ..transports.brokers import BrokerUnavailable
+from ..security.nats_identity import new_nkey_user
+from .broker_users import (REGISTER_SUBJECT, app_user, cell_class, nats_authorization,
+                                            without_user, write_private)
+from .engine_link import broker_tables
 from .placement import DEFAULT_URLS, BrokerSection, broker_kind
 from .services import Runtime
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['REGISTER_SUBJECT', 'T', 'CredentialInvalid', 'WorkerRefused', 'WorkersSection', 'workers_section', 'check_name',
-           'nats_permissions', 'worker_settings_text', 'Registry', 'nats_authorization', 'apply_nats_authorization',
-           'provision', 'revoke', 'answer_registrations', 'register_worker', 'load_credential', 'credential_settings',
-           'with_retry']
+__all__ = ['T', 'CredentialInvalid', 'WorkerRefused', 'WorkersSection', 'workers_section', 'check_name', 'worker_settings_text',
+           'Registry', 'apply_nats_authorization', 'provision', 'revoke', 'answer_registrations', 'register_worker',
+           'load_credential', 'credential_settings', 'with_retry']
 
 # %% ../../nbs/38d_provision.ipynb #5a82aa21
 class CredentialInvalid(EngineError, ValueError):
@@ -76,7 +82,6 @@ def workers_section(settings: Settings) -> WorkersSection:
                                       if (value := getattr(section, name)) is not None and not Path(value).is_absolute()})
 
 # %% ../../nbs/38d_provision.ipynb #3c5aee86
-REGISTER_SUBJECT = "cellmono.register.{name}"
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 
 
@@ -87,39 +92,11 @@ def check_name(name: str) -> str:
     return name
 
 
-def _cell_class(settings: Settings, cell: str) -> Any:
-    if cell not in settings.cells or cell not in settings.app.cells:
-        raise ConfigError(f"{settings.source}: no cell {cell!r} in [app] cells ({', '.join(settings.app.cells)})")
-    return load_cell_class(settings.cells[cell].class_path, settings.source, f"cell.{cell}")
-
-
-def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dict[str, Any]:
-    """The NATS permissions of worker `name`: subscribe to its cells' subjects, publish their events and replies,
-    read (never write) the engine's key tables, consume only its cells' durable streams."""
-    prefix = settings.section("nats", BrokerSection).prefix
-    namespace = engine_namespace(settings.app.name)
-    streams = [f"KV_{namespace}_keys", f"KV_{namespace}_revocations"]
-    streams += ["CELLMONO_" + safe_name(f"{prefix}.{pattern}") for pattern in settings.section("nats", BrokerSection).durable]
-    subscribe, publish = ["_INBOX.>"], ["_INBOX.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
-                                       "$JS.FC.>", f"{prefix}.r.{REGISTER_SUBJECT.format(name=name)}"]
-    for cell in cells:
-        for spec in _cell_class(settings, cell).specs:
-            if spec.kind == "listener":
-                subscribe.append(event_subject(prefix, spec.subject))
-            elif spec.kind in ("handler", "tool"):
-                subscribe.append(request_subject(prefix, spec.subject))
-        subscribe.append(request_subject(prefix, f"cellmono.worker.{cell}.*"))
-        publish += [event_subject(prefix, f"{cell}.>"), event_subject(prefix, f"cellmono.metrics.{cell}"),
-                    request_subject(prefix, f"cellmono.contract.{cell}")]
-    for stream in streams:
-        publish += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.CONSUMER.*.{stream}",
-                    f"$JS.API.CONSUMER.*.{stream}.>", f"$JS.API.CONSUMER.*.*.{stream}.>", f"$JS.ACK.{stream}.>"]
-    return {"publish": {"allow": publish}, "subscribe": {"allow": sorted(set(subscribe))}}
-
 # %% ../../nbs/38d_provision.ipynb #fd6c1e9b
 def worker_settings_text(settings: Settings, cells: Sequence[str], url: str) -> str:
     """The settings a provisioned worker runs with (INI text): the app's name, bus, roles and audience, its cells'
-    sections placed in a process on the broker, and the broker section with the worker's own `url`."""
+    sections placed in a process on the broker, the broker section with the worker's own `url`, and the app's
+    `[store]` (with `backend = engine`, the name of the variable holding the KEK: never the KEK)."""
     kind = broker_kind(settings) or "nats"
     raw = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#",))
     raw.optionxform = str.lower  # type: ignore[assignment,method-assign]
@@ -137,6 +114,10 @@ def worker_settings_text(settings: Settings, cells: Sequence[str], url: str) -> 
     for cell in cells:
         options = dict(raw.items(f"cell.{cell}")) if raw.has_section(f"cell.{cell}") else {}
         out[f"cell.{cell}"] = {**options, "placement": "process", "transport": kind, "replicas": "1"}
+    if raw.has_section("store"):
+        out["store"] = dict(raw.items("store"))
+    if settings.section("store", StoreSection).backend == "engine":
+        out["security"]["kek_env"] = security_section(settings).kek_env
     broker = dict(raw.items(kind)) if raw.has_section(kind) else {}
     out[kind] = {**broker, "url": url}
     text = io.StringIO()
@@ -144,22 +125,6 @@ def worker_settings_text(settings: Settings, cells: Sequence[str], url: str) -> 
     return text.getvalue()
 
 # %% ../../nbs/38d_provision.ipynb #ef7f5c63
-def _write_private(path: Path, text: str, *, replace: bool = True) -> None:
-    """Write `text` to `path` with mode 0600 from the first byte (atomic rename when `replace`)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-        file.write(text)
-    if replace:
-        os.replace(temporary, path)
-    else:
-        try:
-            os.link(temporary, path)  # fails when `path` exists: never overwrite by accident
-        finally:
-            os.unlink(temporary)
-
-
 class Registry:
     """The app's record of provisioned workers (`[workers] registry`, mode 0600): cells, broker user, token id."""
 
@@ -179,7 +144,7 @@ class Registry:
 
     def save(self, workers: dict[str, dict[str, Any]]) -> None:
         """Write every record (mode 0600)."""
-        _write_private(self.path, json.dumps({"workers": workers}, indent=1, sort_keys=True))
+        write_private(self.path, json.dumps({"workers": workers}, indent=1, sort_keys=True))
 
     def listing(self) -> list[dict[str, Any]]:
         """The records without their secrets: name, cells, user, created, revoked."""
@@ -187,35 +152,12 @@ class Registry:
                  "revoked": record.get("revoked")} for name, record in sorted(self.load().items())]
 
 # %% ../../nbs/38d_provision.ipynb #a64f5f70
-def _app_user(settings: Settings) -> tuple[str, str]:
-    """The app's own NATS user and password, from `[nats] url` (`nats://user:password@host:port`)."""
-    url = settings.section("nats", BrokerSection).url or DEFAULT_URLS["nats"]
-    found = re.match(r"^nats://([^:@/]+):([^@/]+)@", url.split(",")[0].strip())
-    if found is None:
-        raise ConfigError(f"{settings.source} [nats] url: per-worker NATS users need the app's own user too "
-                          f"(nats://USER:PASSWORD@host:port), got {redact(url)}")
-    return found.group(1), found.group(2)
-
-
-def nats_authorization(settings: Settings, workers: dict[str, dict[str, Any]]) -> str:
-    """The `authorization {...}` block for nats-server: the app's user with every right, each live worker's user
-    with its permissions (`nats_permissions`). It holds passwords: written with mode 0600."""
-    user, password = _app_user(settings)
-    users: list[dict[str, Any]] = [{"user": user, "password": password}]
-    for name, record in sorted(workers.items()):
-        if record.get("revoked") is None:
-            users.append({"user": record["user"], "password": record["password"],
-                          "permissions": nats_permissions(settings, name, record["cells"])})
-    return "# written by `cellmono workers`: do not edit; include it in the server's config\nauthorization " + \
-        json.dumps({"users": users}, indent=1) + "\n"
-
-
 def apply_nats_authorization(settings: Settings, workers: dict[str, dict[str, Any]]) -> str:
     """Write the authorization include and reload the server when `[workers] nats_pid_file` names it; returns what
     the operator must know (reloaded, or which file to include and reload)."""
     section = workers_section(settings)
     path = Path(section.nats_auth)
-    _write_private(path, nats_authorization(settings, workers))
+    write_private(path, nats_authorization(settings, workers))
     if section.nats_pid_file is None:
         return f"include {path} in the nats-server config and reload it (nats-server --signal reload)"
     if not Path(section.nats_pid_file).exists():
@@ -229,10 +171,22 @@ def apply_nats_authorization(settings: Settings, workers: dict[str, dict[str, An
     return f"nats-server (pid {pid}) reloaded with {path}"
 
 # %% ../../nbs/38d_provision.ipynb #565901b1
-def _with_user(url: str, user: str, password: str) -> str:
-    """`url` (one server or a comma-separated cluster) with `user:password` in place of its own credentials."""
-    return ",".join(re.sub(r"^(\w+://)([^@/]*@)?", lambda m: f"{m.group(1)}{user}:{password}@", part.strip())
-                    for part in url.split(","))
+def _worker_kek(settings: Settings, runtime: Runtime) -> str | None:
+    """The KEKs a worker needs beside its credential (`id:key,...`, current first) when the app's store is on the
+    engine and its KEKs are in a key file only the app has; None when not on the engine or from a variable."""
+    section = security_section(settings)
+    if settings.section("store", StoreSection).backend != "engine" or \
+            (section.kek_file is None and os.environ.get(section.kek_env)):
+        return None
+    keys = runtime.store.keys
+    assert isinstance(keys, StaticKeyProvider)  # a file provider: its KEKs are in memory
+    order = [keys.current, *(key_id for key_id in keys.keys if key_id != keys.current)]
+    return ",".join(f"{key_id}:{base64.urlsafe_b64encode(keys.keys[key_id]).decode()}" for key_id in order)
+
+
+def _signer(settings: Settings) -> Runtime:
+    """The app's keys, token issuer, audit log and KEKs, without its store: provisioning needs no broker yet."""
+    return Runtime(security_section(settings), engine=lambda keys: EngineStore(MemoryRecords(), keys))
 
 
 def _promoted(settings: Settings) -> list[str]:
@@ -242,7 +196,9 @@ def _promoted(settings: Settings) -> list[str]:
 async def provision(settings: Settings, name: str, cells: Sequence[str], credential: str | Path, *,
                     force: bool = False) -> str:
     """Provision worker `name` for `cells` (default: every cell placed in a process): its NATS user, a token
-    granting `worker:serve:CELL`, one credential file (0600, never overwritten without `force`); audited."""
+    granting `worker:serve:CELL`, one credential file (0600, never overwritten without `force`); audited. With
+    `force`, what it replaces is revoked first: the old token on the engine, and the old nkey (the reload
+    drops its connections)."""
     check_name(name)
     kind = broker_kind(settings)
     if kind != "nats":
@@ -252,7 +208,7 @@ async def provision(settings: Settings, name: str, cells: Sequence[str], credent
     if not cells:
         raise ConfigError(f"{settings.source}: no cell is placed in a process; name the cells with --cells")
     for cell in cells:
-        _cell_class(settings, cell)
+        cell_class(settings, cell)
     path, section = Path(credential), workers_section(settings)
     if path.exists() and not force:
         raise CredentialInvalid(f"{path} exists: refusing to overwrite a credential (--force to replace it)")
@@ -260,23 +216,28 @@ async def provision(settings: Settings, name: str, cells: Sequence[str], credent
     workers = registry.load()
     if workers.get(name, {}).get("revoked", 0) is None and not force:
         raise ConfigError(f"worker {name!r} is already provisioned: `cellmono workers revoke {name}` first, or --force")
-    password, user = secrets.token_urlsafe(24), f"worker-{name}"
+    (seed, nkey), user = new_nkey_user(), f"worker-{name}"
     app_url = settings.section("nats", BrokerSection).url or DEFAULT_URLS["nats"]
-    _app_user(settings)  # before anything is written: the server needs the app's user too
-    runtime = Runtime.from_settings(settings)
+    app_user(settings)  # before anything is written: the server needs the app's user too
+    replaced = workers.get(name, {})
+    if replaced.get("revoked", 0) is None:  # --force: the old token goes first (nothing replaced if it cannot)
+        await _revoke_token(settings, replaced["token_id"], f"worker {name} provisioned again")
+    runtime = _signer(settings)
     try:
         token = runtime.authority.issuer.issue(f"worker:{name}", [f"worker:serve:{cell}" for cell in cells],
                                                runtime.authority.audience, ttl=section.token_ttl)
-        url = _with_user(app_url, user, password)
+        url = without_user(app_url)  # the worker signs with its nkey seed: no password in the URL
         document = {"cellmono_worker_credential": 1, "name": name, "app": settings.app.name, "broker": kind,
-                    "url": url, "token": token, "cells": cells, "settings": worker_settings_text(settings, cells, url)}
-        _write_private(path, json.dumps(document, indent=1) + "\n", replace=force)
-        workers[name] = {"cells": cells, "user": user, "password": password, "created": time.time(),
+                    "url": url, "nkey_seed": seed, "token": token, "cells": cells,
+                    "settings": worker_settings_text(settings, cells, url),
+                    **({"kek": kek} if (kek := _worker_kek(settings, runtime)) is not None else {})}
+        write_private(path, json.dumps(document, indent=1) + "\n", replace=force)
+        workers[name] = {"cells": cells, "user": user, "nkey": nkey, "created": time.time(),
                          "revoked": None, "token_id": runtime.verifier.verify(token).token_id}
         registry.save(workers)
         note = apply_nats_authorization(settings, workers)
         runtime.audit.submit(audit_record("operator", "worker.provision", resource=f"worker:{name}", decision="allow",
-                                          details={"cells": cells, "user": user}))
+                                          details={"cells": cells, "user": user, "replaced": bool(replaced)}))
     finally:
         await runtime.close()
     return note
@@ -292,17 +253,24 @@ async def revoke(settings: Settings, name: str) -> str:
     workers[name]["revoked"] = workers[name].get("revoked") or time.time()
     registry.save(workers)
     note = apply_nats_authorization(settings, workers)
-    runtime = Runtime.from_settings(settings)
+    await _revoke_token(settings, workers[name]["token_id"], f"worker {name} revoked")
+    runtime = _signer(settings)
+    try:
+        runtime.audit.submit(audit_record("operator", "worker.revoke", resource=f"worker:{name}", decision="allow"))
+    finally:
+        await runtime.close()
+    return note
+
+
+async def _revoke_token(settings: Settings, token_id: str, reason: str) -> None:
+    """Revoke `token_id` on the engine's shared revocations (every verifier refuses it within a second)."""
     tables = broker_tables("nats", settings.section("nats", BrokerSection).url or DEFAULT_URLS["nats"],
                            settings.app.name)
     try:
         await tables.start()
-        await EngineKeys(tables).revoke(workers[name]["token_id"], f"worker {name} revoked")
-        runtime.audit.submit(audit_record("operator", "worker.revoke", resource=f"worker:{name}", decision="allow"))
+        await EngineKeys(tables).revoke(token_id, reason)
     finally:
         await tables.close()
-        await runtime.close()
-    return note
 
 # %% ../../nbs/38d_provision.ipynb #9046a28f
 async def answer_registrations(bus: Bus, services: Any, registry: Registry) -> None:
@@ -361,21 +329,31 @@ def load_credential(path: str | Path) -> dict[str, Any]:
         raise CredentialInvalid(f"{file}: not a cellmono worker credential ({type(error).__name__})") from None
     fields = ("name", "app", "broker", "url", "token", "cells", "settings")
     if not isinstance(document, dict) or document.get("cellmono_worker_credential") != 1 or \
-            not all(isinstance(document.get(field), (str, list)) for field in fields):
+            not all(isinstance(document.get(field), (str, list)) for field in fields) or \
+            not isinstance(document.get("nkey_seed", ""), str):
         raise CredentialInvalid(f"{file}: not a cellmono worker credential (made by `cellmono workers provision`)")
     return document
 
 
 def credential_settings(path: str | Path) -> tuple[dict[str, Any], Settings]:
     """The credential at `path` and the settings its worker runs with (its own state goes to `var/` in the working
-    folder: the credential may sit on a read-only path)."""
+    folder: the credential may sit on a read-only path). With the store on the engine, the KEKs the credential
+    carries go to this process's `kek_env` variable (never to disk); without them that variable must be set:
+    `CredentialInvalid`, never a KEK of its own (its records would not open at the app)."""
     document, file = load_credential(path), Path(path).resolve()
     temporary = file.with_name(f".{file.name}.{secrets.token_hex(4)}.ini")
-    _write_private(temporary, document["settings"])
+    write_private(temporary, document["settings"])
     try:
         settings = load_settings(temporary)  # CELLMONO__SECTION__KEY overrides apply, as to any settings
     finally:
         temporary.unlink()
+    if settings.section("store", StoreSection).backend == "engine":
+        variable = security_section(settings).kek_env
+        if isinstance(document.get("kek"), str) and not os.environ.get(variable):
+            os.environ[variable] = document["kek"]
+        if not os.environ.get(variable):
+            raise CredentialInvalid(f"{file}: this worker's store is on the engine: set {variable} to the app's "
+                                    "key-encryption key (a worker never makes its own)")
     return document, settings.model_copy(update={"source": str(Path.cwd() / file.name)})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from ..security.audit import AuditLog
@@ -24,6 +25,7 @@ from ..security.guard import Authority, CapabilityGuard, Principal, SecuritySect
 from ..security.engine_records import StoreSection, open_engine_store
 from ..security.engine_store import EngineStore
 from ..security.store import EncryptedStore, open_store
+from ..security.keys import EnvKeyProvider, FileKeyProvider, KeyProvider
 from ..security.records import Outcome, audit_record
 from ..security.signing import SigningKeys
 from ..security.tokens import TokenIssuer, TokenVerifier, VerifiedToken
@@ -45,8 +47,10 @@ def effective_grants(claims: VerifiedToken) -> tuple[str, ...]:
 class Runtime:
     """Keys, tokens, guard, audit log, store and sandboxes of one app, wired from its `[security]` section."""
 
-    def __init__(self, section: SecuritySection | None = None) -> None:
-        """`section` with its file paths already resolved (as `security_section` does)."""
+    def __init__(self, section: SecuritySection | None = None, *,
+                 engine: Callable[[KeyProvider], EngineStore] | None = None) -> None:
+        """`section` with its file paths already resolved (as `security_section` does); `engine(keys)`: the store is
+        on the engine (no SQLite store file is made)."""
         section = section or SecuritySection()
         if section.kek_file is None and not os.environ.get(section.kek_env):
             kek_file = Path(section.store_path).parent / "kek.json"
@@ -65,19 +69,17 @@ class Runtime:
         self.guard: CapabilityGuard = CapabilityGuard(self.verifier, self.audit, allow_public=section.allow_public)
         self.authority = Authority(section.role_map(), TokenIssuer(self.keys), audience=section.audience,
                                    ttl=section.token_ttl)
-        self.store: EncryptedStore | EngineStore = open_store(section, create_key_file=True)
+        self.store: EncryptedStore | EngineStore = open_store(section, create_key_file=True) if engine is None else \
+            engine(FileKeyProvider(section.kek_file, create=True) if section.kek_file else EnvKeyProvider(section.kek_env))
         self._backends: dict[str, Any] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
         """The runtime of `[security]` in `settings`, paths resolved beside the settings file; with `[store] backend =
         engine`, its store's records on the broker (`security.engine_records`), sealed with the same KEK."""
-        runtime = cls(security_section(settings))
         if settings.section("store", StoreSection).backend == "engine":
-            keys = runtime.store.keys
-            runtime.store.close()
-            runtime.store = open_engine_store(settings, keys)
-        return runtime
+            return cls(security_section(settings), engine=lambda keys: open_engine_store(settings, keys))
+        return cls(security_section(settings))
 
     # -- the App's services seam ---------------------------------------------------------------
     def attach(self, cell: Cell, roles: tuple[str, ...]) -> None:

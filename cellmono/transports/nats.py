@@ -18,6 +18,7 @@ from ..core.errors import BusClosed, MessageError, NoResponders, RequestTimeout
 from ..core.subjects import validate_pattern
 from ..core.transport import Handler
 from ..security.inbox import DeliveryInbox, with_idempotency_key
+from ..security.nats_identity import nats_identity
 from .brokers import (
     BrokerUnavailable, Counters, LinkState, ResponderRunner, event_subject, missing_extra, redact, request_subject)
 from .jetstream import DurableConsumer, JetStreamDurables
@@ -133,7 +134,7 @@ class NatsTransport:
                 name=self.client_name, connect_timeout=self.connect_timeout,
                 allow_reconnect=True, max_reconnect_attempts=1, reconnect_time_wait=self.reconnect_wait,
                 error_cb=self._on_error, disconnected_cb=self._on_disconnect,
-                reconnected_cb=self._on_reconnect)
+                reconnected_cb=self._on_reconnect, **nats_identity())  # a provisioned worker's nkey
         except (self._error, OSError, asyncio.TimeoutError) as error:
             raise BrokerUnavailable(f"cannot connect to NATS at {redact(self.url)}: "
                                     f"{type(error).__name__}: {error}") from None

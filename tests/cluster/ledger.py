@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cellmono.core.bus import Bus
@@ -220,10 +221,25 @@ def verify_audit(folder: Path, effects: list[dict[str, Any]] | None = None) -> l
     return problems
 
 
+def _read_engine_settled(engine: Engine, expected: int, tries: int = 20) -> list[dict[str, Any]]:
+    """The engine's effects, read again (bounded) while fewer than `expected` come back: right after a node's
+    restart a key listing can come back empty or short (an ordered consumer on a replica catching up)."""
+    effects: list[dict[str, Any]] = []
+    for _ in range(tries):
+        try:
+            effects = read_engine_effects(engine)
+        except Exception:  # the engine is settling too: look again
+            effects = []
+        if len(effects) >= expected:
+            break
+        time.sleep(0.5)
+    return effects
+
+
 def check(history: History, folders: list[Path], engine: Engine | None = None) -> Verdict:
     """Read every worker's effects (from their folders, or the `engine` store) and audit log and judge them
     against the client's history."""
-    effects = read_engine_effects(engine) if engine is not None else [
+    effects = _read_engine_settled(engine, len(history.acknowledged)) if engine is not None else [
         effect for folder in folders for effect in read_effects(folder)]
     counts = Counter(effect["key"] for effect in effects)
     balances = {f"acct-{number}": INITIAL for number in range(ACCOUNTS)}
@@ -323,3 +339,58 @@ def assert_applied_once(verdict: Any, *, engine: bool = False) -> None:
         pytest.xfail(f"a redelivery to another worker was applied again (the inbox is per worker disk until the store "
                      f"moves to the engine): {verdict.summary()}")
     assert not verdict.double_effects, verdict.summary()
+
+
+# -- the scenario the ledger tests share --------------------------------------------------------------------------
+async def run_workload(bus: Bus, workers: list[Worker], history: History, seed: int,
+                       faults: Callable[[], Awaitable[Any]], *, engine: Engine | None = None,
+                       started: Callable[[], Awaitable[None]] | None = None) -> tuple[Verdict, Any]:
+    """Start the workers and the client's bus, send transfers while `faults()` runs (its result is returned with
+    the verdict), settle, stop everything, then check the history against the workers' folders (or the engine)."""
+    folders = [worker.folder for worker in workers]
+    try:
+        for worker in workers:
+            await asyncio.to_thread(worker.start)
+        await bus.start()
+        if started is not None:
+            await started()
+        stop = asyncio.Event()
+        sender = asyncio.create_task(client(bus, history, seed, stop))
+        done = await faults()
+        stop.set()
+        await asyncio.wait_for(sender, 60)
+        await settle(history, [] if engine is not None else folders, seconds=60, engine=engine)
+    finally:
+        await asyncio.wait_for(bus.stop(timeout=1), 15)
+        for worker in workers:
+            await asyncio.to_thread(worker.stop)
+    return check(history, folders, engine), done
+
+
+async def primary_kills(server: Any, history: History, seed: int, seconds: float) -> int:
+    """kill -9 the Redis primary and restart it, at seeded moments for `seconds`; how many kills."""
+    rng = random.Random(seed)
+    end, kills = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        await asyncio.sleep(rng.uniform(1.0, 2.5))
+        down = rng.uniform(0.2, 1.5)
+        history.faults.append((time.monotonic(), f"kill -9 the primary for {down:.2f} s"))
+        await asyncio.to_thread(server.kill)
+        await asyncio.sleep(down)
+        await asyncio.to_thread(server.start)
+        kills += 1
+    await asyncio.sleep(1.0)
+    return kills
+
+
+def judge(history: History, verdict: Verdict, root: Path, *, engine: bool = False) -> None:
+    """The ledger's promises: enough acknowledged, nothing lost, no unknown effect, balances conserved, each command
+    applied once (strict with the engine inbox), every audit chain verifies."""
+    dump(history, verdict, root / "history.json")
+    print(verdict.summary())
+    assert len(history.acknowledged) >= 100, f"too few commands acknowledged: {verdict.summary()}"
+    assert not verdict.lost, verdict.summary()
+    assert not verdict.unknown_effects and not verdict.mismatched, verdict.summary()
+    assert verdict.balance_total == 8 * 1000, verdict.summary()
+    assert not verdict.audit_problems, verdict.audit_problems
+    assert_applied_once(verdict, engine=engine)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,30 +14,14 @@ import pytest
 from brokers import require, start_nats, start_redis
 from cellmono.core.bus import Bus
 from cellmono.core.config import load_settings
-from cellmono.core.errors import NoResponders, RequestTimeout
 from cellmono.security.audit_ship import ship_app_audit
 from cellmono.security.guard import Principal
 from cellmono.security.records import audit_record
 from cellmono.topology.engine_link import broker_tables, engine_namespace, link_engine
 from cellmono.topology.placement import build_transport
 from cellmono.topology.services import Runtime
-from cellmono.topology.workers import CONTRACT_SUBJECT, PING_SUBJECT, answer_control, contract_fingerprint
-
-CELL = '''
-from pydantic import BaseModel
-from cellmono.core.cell import Cell, handles
-
-class Say(BaseModel):
-    text: str
-
-class EchoCell(Cell):
-    name = "echo"
-
-    @handles("echo.say", requires="echo:use")
-    async def say(self, request: Say) -> str:
-        return request.text
-'''
-
+from cellmono.topology.workers import CONTRACT_SUBJECT, answer_control, contract_fingerprint
+from worker_support import load_cell_module, spawn_cell_worker, wait_pinged, write_echo_folder
 
 @pytest.fixture(params=["nats", "redis"])
 def broker(request):
@@ -47,33 +30,10 @@ def broker(request):
     server.cleanup()
 
 
-def write_folder(folder: Path, kind: str, url: str) -> Path:
-    folder.mkdir()
-    (folder / "echo_cell.py").write_text(CELL)
-    settings = folder / "settings.ini"
-    settings.write_text(f"""
-[app]
-name = audit-ship
-cells = echo
-[log]
-level = WARNING
-[roles]
-caller = echo:use
-[cell.echo]
-class = echo_cell:EchoCell
-placement = process
-transport = {kind}
-[{kind}]
-url = {url}
-prefix = as
-""")
-    return settings
-
-
 def test_app_and_worker_chains_verify_from_the_engine(broker, tmp_path) -> None:
     kind, server = broker
-    app_settings = write_folder(tmp_path / "app", kind, server.url)
-    worker_settings = write_folder(tmp_path / "worker", kind, server.url)
+    app_settings = write_echo_folder(tmp_path / "app", kind, server.url, "audit-ship", "as")
+    worker_settings = write_echo_folder(tmp_path / "worker", kind, server.url, "audit-ship", "as")
 
     async def scenario() -> None:
         settings = load_settings(app_settings)
@@ -83,24 +43,11 @@ def test_app_and_worker_chains_verify_from_the_engine(broker, tmp_path) -> None:
         await bus.start()
         shipper = await ship_app_audit(SimpleNamespace(bus=bus, services=runtime), "app", engine_namespace("audit-ship"))
         assert shipper is not None
-        module = __import__("importlib").util.spec_from_file_location("echo_cell", tmp_path / "app" / "echo_cell.py")
-        echo = __import__("importlib").util.module_from_spec(module)
-        module.loader.exec_module(echo)
+        echo = load_cell_module(tmp_path / "app" / "echo_cell.py", "echo_cell")
         await answer_control(bus, CONTRACT_SUBJECT.format(cell="echo"), contract_fingerprint(echo.EchoCell))
-        log = open(tmp_path / "worker.log", "wb")
-        worker = subprocess.Popen([sys.executable, "-m", "cellmono.cli.worker", "--settings", str(worker_settings),
-                                   "--cell", "echo"], cwd=worker_settings.parent, stdin=subprocess.DEVNULL,
-                                  stdout=log, stderr=subprocess.STDOUT)
+        worker = spawn_cell_worker(worker_settings, "echo", tmp_path / "worker.log")
         try:
-            give_up = time.monotonic() + 30
-            while True:
-                try:
-                    await bus.request(PING_SUBJECT.format(cell="echo", replica=1), timeout=1)
-                    break
-                except (NoResponders, RequestTimeout):
-                    assert worker.poll() is None and time.monotonic() < give_up, \
-                        (tmp_path / "worker.log").read_text()
-                    await asyncio.sleep(0.1)
+            await wait_pinged(bus, "echo", worker, tmp_path / "worker.log")
             token = runtime.token_for(Principal(id="alice", roles=("caller",)))
             for _ in range(3):
                 assert await bus.request("echo.say", {"text": "hi"}, principal="alice", capability=token) == "hi"
@@ -108,7 +55,6 @@ def test_app_and_worker_chains_verify_from_the_engine(broker, tmp_path) -> None:
         finally:
             worker.terminate()  # a clean stop: the worker ships what is left and signs its shutdown anchor
             worker.wait(15)
-            log.close()
             await shipper.stop(close_stream=True)
             await bus.stop()
             await engine.close()

@@ -8,23 +8,23 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from brokers import Server, free_port, nats_binary, require
+from brokers import free_port, require
 from cellmono.core.bus import Bus
 from cellmono.core.config import load_settings
 from cellmono.core.errors import AccessDenied, NoResponders, RequestTimeout
-from cellmono.security.audit import AuditLog
 from cellmono.security.guard import Principal
+from cellmono.security.tokens import TokenInvalid
 from cellmono.topology.engine_link import broker_tables, link_engine
 from cellmono.topology.placement import build_transport
 from cellmono.topology.provision import Registry, answer_registrations, workers_section
 from cellmono.topology.services import Runtime
 from cellmono.topology.workers import CONTRACT_SUBJECT, PING_SUBJECT, answer_control, contract_fingerprint
+from worker_support import CELLMONO, cellmono, start_nats_with_auth, wait_pinged
 
 CELLS = '''
 from pydantic import BaseModel
@@ -48,15 +48,6 @@ class OtherCell(Cell):
         return "other:" + request.text
 '''
 APP_PASSWORD = "app-password-for-tests"
-CELLMONO = str(Path(sys.executable).parent / "cellmono")
-
-
-def start_nats_with_auth(folder: Path, auth: Path, port: int) -> Server:
-    """A nats-server whose config includes the authorization file the app writes, with a pid file for reloads."""
-    config = folder / "nats.conf"
-    config.write_text(f'listen: "127.0.0.1:{port}"\npid_file: "{folder / "nats.pid"}"\n'
-                      f'jetstream {{ store_dir: "{folder / "js"}" }}\ninclude "{os.path.relpath(auth, folder)}"\n')
-    return Server("nats", [nats_binary(), "-c", str(config)], port, str(folder)).start()
 
 
 def write_app(folder: Path, port: int) -> Path:
@@ -85,11 +76,6 @@ nats_pid_file = {folder.parent / "broker" / "nats.pid"}
     return settings
 
 
-def cellmono(*arguments: str, cwd: Path, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CELLMONO, *arguments], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture
 def deployment(tmp_path):
     code = tmp_path / "code"  # the deployed code (pip-installed on a real machine): on PYTHONPATH, not copied
@@ -116,7 +102,9 @@ def test_provision_prints_no_secret_and_refuses_overwrite(deployment) -> None:
     assert oct((tmp_path / "w1.credential").stat().st_mode & 0o777) == "0o600"
     output = provisioned.stdout + provisioned.stderr
     assert "w1.credential" in output and credential["token"] not in output
-    assert credential["url"].split("@")[0].split(":")[-1] not in output  # the worker's password
+    assert credential["nkey_seed"] not in output and "@" not in credential["url"]  # the worker's seed; no password
+    include = (tmp_path / "app" / "var" / "nats-auth.conf").read_text()
+    assert credential["nkey_seed"] not in include and '"nkey": "U' in include  # the server holds its public key only
     again = cellmono("workers", "provision", "w1", "--settings", str(settings), "--credential",
                      str(tmp_path / "w1.credential"), cwd=tmp_path / "app", env=env)
     assert again.returncode == 2 and len(again.stderr.splitlines()) == 1 and "--force" in again.stderr
@@ -171,7 +159,7 @@ def test_a_provisioned_worker_in_an_empty_folder_serves_and_is_cut_off_by_revoke
                        and entry.fields.get("decision") == "deny"]
             assert denials and denials[-1]["actor"] == "worker:w1", denials
 
-            await _attack_with_worker_user(json.loads((empty / "w1.credential").read_text())["url"])
+            await _attack_with_worker_user(json.loads((empty / "w1.credential").read_text()))
             assert OTHER_CALLS == [], "the worker's user reached another cell's subject"
 
             revoked = cellmono("workers", "revoke", "w1", "--settings", str(settings_path), cwd=settings_path.parent,
@@ -211,14 +199,15 @@ async def _record_other(envelope):
     return envelope.reply("other")
 
 
-async def _attack_with_worker_user(url: str) -> None:
+async def _attack_with_worker_user(credential: dict) -> None:
     """With the worker's own user: publish a request to another cell and write the engine's key table."""
     import nats
     errors: list[str] = []
 
     async def collect(error: Exception) -> None:
         errors.append(str(error))
-    connection = await nats.connect(url, error_cb=collect, max_reconnect_attempts=0)
+    connection = await nats.connect(credential["url"], nkeys_seed_str=credential["nkey_seed"], error_cb=collect,
+                                    max_reconnect_attempts=0)
     try:
         await connection.publish("pv.r.other.do", b"{}")
         await connection.publish("$KV.cellmono_provtest_keys.forged", b"{}")
@@ -229,3 +218,61 @@ async def _attack_with_worker_user(url: str) -> None:
     joined = " ".join(errors).lower()
     assert 'permissions violation for publish to "pv.r.other.do"' in joined, errors
     assert 'permissions violation for publish to "$kv.cellmono_provtest_keys.forged"' in joined, errors
+
+
+def test_provision_force_revokes_the_token_and_the_password_it_replaces(deployment) -> None:
+    tmp_path, settings_path, server, env, _ = deployment
+    old = tmp_path / "old"
+    old.mkdir()
+    (tmp_path / "w1.credential").rename(old / "w1.credential")
+
+    async def scenario() -> None:
+        settings = load_settings(settings_path)
+        runtime = Runtime.from_settings(settings)
+        engine = await link_engine(runtime, broker_tables("nats", f"nats://app:{APP_PASSWORD}@127.0.0.1:{server.port}",
+                                                          "provtest"), signer=True)
+        bus = Bus(build_transport(settings, "nats"), timeout=5)
+        await bus.start()
+        import prov_cells
+        await answer_control(bus, CONTRACT_SUBJECT.format(cell="echo"), contract_fingerprint(prov_cells.EchoCell))
+        await answer_registrations(bus, runtime, Registry(workers_section(settings).registry))
+        log = tmp_path / "old-worker.log"
+        with open(log, "wb") as output:
+            worker = subprocess.Popen([CELLMONO, "worker", "--credential", "w1.credential"], cwd=old, env=env,
+                                      stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            await wait_pinged(bus, "echo", worker, log)
+            token = runtime.token_for(Principal(id="alice", roles=("caller",)))
+            assert await bus.request("echo.say", {"text": "hi"}, principal="alice", capability=token) == "hi"
+            old_token = json.loads((old / "w1.credential").read_text())["token"]
+            replaced = await asyncio.to_thread(cellmono, "workers", "provision", "w1", "--cells", "echo", "--force",
+                                               "--settings", str(settings_path), "--credential",
+                                               str(tmp_path / "new.credential"), cwd=settings_path.parent, env=env)
+            assert replaced.returncode == 0, replaced.stderr
+            cut = time.monotonic()
+            while True:  # the old password is gone: the reload dropped the old worker's connection
+                try:
+                    await bus.request("echo.say", {"text": "hi"}, principal="alice", capability=token, timeout=0.3)
+                except (NoResponders, RequestTimeout, AccessDenied):
+                    break
+                assert time.monotonic() - cut < 1.0, "the replaced credential still serves after 1 s"
+                await asyncio.sleep(0.05)
+            while True:  # the old token is revoked on the engine: every verifier refuses it within 1 s
+                try:
+                    runtime.verifier.verify(old_token)
+                except TokenInvalid as error:
+                    assert "revoked" in str(error)
+                    break
+                assert time.monotonic() - cut < 1.0, "the replaced token still verifies after 1 s"
+                await asyncio.sleep(0.05)
+        finally:
+            worker.terminate()
+            worker.wait(10)
+            await bus.stop()
+            await engine.close()
+            await runtime.close()
+        again = await asyncio.to_thread(cellmono, "worker", "--credential", "w1.credential", cwd=old, env={
+            **env, "CELLMONO__WORKERS__RETRY_GIVE_UP": "1"}, timeout=60)
+        assert again.returncode == 2 and "Authorization Violation" in again.stderr, again.stderr
+
+    asyncio.run(scenario())
