@@ -362,8 +362,9 @@ def test_a_cached_token_is_accepted_again_until_exp_plus_leeway() -> None:
 
 def test_the_default_leeway_is_thirty_seconds() -> None:
     check = JwtVerifier(JWKS, issuer="https://as", audience="mcp")
-    assert check.verify(token({"exp": time.time() - 29})).principal == "alice"
-    assert _refusal(lambda: check.verify(token({"exp": time.time() - 30.6}))) == "token expired"
+    now = int(time.time())  # PyJWT compares whole seconds: `exp <= int(now) - leeway` is expired
+    assert check.verify(token({"exp": now - 29})).principal == "alice"
+    assert _refusal(lambda: check.verify(token({"exp": now - 30}))) == "token expired"
 
 
 def test_a_jwks_key_without_kid_serves_tokens_without_kid() -> None:
@@ -507,3 +508,15 @@ def test_a_server_without_a_credential_kind_says_so(tmp_path: Path) -> None:
         "API keys are not enabled on this server"
     assert _refusal(lambda: Authenticator(api_keys=ApiKeys()).authenticate(f"Bearer {token()}")) == \
         "JWT access tokens are not enabled on this server (no JWKS configured)"
+
+
+def test_an_https_jwks_url_is_fetched_not_read_as_a_file() -> None:
+    """Nothing listens on the port: the error is the connection's, not a missing file named 'https:/…'."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free, and closed again before the fetch
+    for scheme in ("https", "http"):
+        with pytest.raises(ConfigError) as caught:
+            JwtVerifier(f"{scheme}://127.0.0.1:{port}/jwks", issuer="i", audience="a")
+        assert "urlopen error" in str(caught.value) and "No such file" not in str(caught.value)

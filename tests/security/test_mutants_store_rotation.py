@@ -157,3 +157,146 @@ def test_sqlite_failures_are_typed_store_errors(tmp_path: Path) -> None:
             with pytest.raises(StoreError, match=f"store '{path}': no such column") as caught:
                 operation()
             assert type(caught.value) is StoreError
+
+
+# -- what a cell, an operator and `open_store` see (survivors of `.ci/mutation store`) ----------------------------
+
+def test_refusals_say_exactly_what_happened(tmp_path: Path) -> None:
+    path = filled(tmp_path)
+    connection = sqlite3.connect(path)
+    with connection:
+        value = bytearray(connection.execute("SELECT value FROM items WHERE key = 'a1'").fetchone()[0])
+        value[-1] ^= 1
+        connection.execute("UPDATE items SET value = ? WHERE key = 'a1'", (bytes(value),))
+    connection.close()
+    with EncryptedStore(path, StaticKeyProvider({"old": OLD})) as db:
+        with pytest.raises(StoreCorrupted) as on_get:
+            db.get("alpha", "a1")
+        assert str(on_get.value) == ("value alpha/a1 (version 1) fails authentication: corrupted, or moved from "
+                                     "another key or namespace")
+        db.rotate_data_keys()
+        with pytest.raises(StoreCorrupted) as on_move:
+            db.reencrypt()
+        assert str(on_move.value) == ("a value failed authentication during re-encryption; nothing was changed in "
+                                      "that batch")
+
+
+def test_a_namespace_handle_deletes_and_stores_compact_json(tmp_path: Path) -> None:
+    with EncryptedStore(tmp_path / "store.sqlite", StaticKeyProvider({"old": OLD})) as db:
+        notes, other = db.namespace("notes"), db.namespace("other")
+        notes.put("k", b"v")
+        other.put("k", b"w")
+        assert notes.delete("k") is True and notes.delete("k") is False and notes.get("k") is None
+        assert other.get("k") == b"w"  # the same key in another namespace is untouched
+        notes.put_json("doc", {"a": 1, "b": [1, 2]})
+        assert notes.get("doc") == b'{"a":1,"b":[1,2]}' and notes.get_json("doc") == {"a": 1, "b": [1, 2]}
+
+
+def test_a_delete_as_the_first_write_of_a_fresh_handle_is_sealed(tmp_path: Path) -> None:
+    path = filled(tmp_path)
+    for key in ("a1", "a2"):
+        with EncryptedStore(path, StaticKeyProvider({"old": OLD})) as db:  # a new process: delete before any put
+            assert db.delete("alpha", key) is True
+    with EncryptedStore(path, StaticKeyProvider({"old": OLD})) as db:
+        assert db.get("alpha", "a1") is None and db.get("alpha", "a2") is None and db.verify_all() == 1
+
+
+def test_open_store_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No section: `[security]` defaults (var/store.sqlite, key from CELLMONO_KEK); no key file is created and a
+    restored older copy is refused unless `accept_restore`."""
+    import base64
+    import shutil
+
+    from cellmono.security.generation import StoreRolledBack
+    from cellmono.security.guard import SecuritySection
+    from cellmono.security.store import open_store
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CELLMONO_KEK", base64.b64encode(OLD).decode())
+    with open_store() as db:
+        db.put("ns", "k", b"v1")
+    assert (tmp_path / "var" / "store.sqlite").is_file()
+    section = SecuritySection(store_path=str(tmp_path / "s.sqlite"), kek_file=str(tmp_path / "kek.json"))
+    with pytest.raises(KeyUnavailable):
+        open_store(section)  # create_key_file defaults to False
+    assert not (tmp_path / "kek.json").exists()
+    shutil.copyfile(tmp_path / "var" / "store.sqlite", tmp_path / "old.sqlite")
+    with open_store() as db:
+        db.put("ns", "k", b"v2")
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / "var" / f"store.sqlite{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(tmp_path / "old.sqlite", tmp_path / "var" / "store.sqlite")
+    with pytest.raises(StoreRolledBack) as rolled_back:
+        open_store()
+    assert str(rolled_back.value).startswith(f"store {str(Path('var/store.sqlite'))!r} is at generation")
+    with open_store(accept_restore=True) as db:
+        assert db.get("ns", "k") == b"v1"
+
+
+def test_a_missing_key_file_message_and_an_empty_store_file(tmp_path: Path) -> None:
+    from cellmono.security.guard import SecuritySection
+    from cellmono.security.store import open_store
+    store_file, kek = tmp_path / "s.sqlite", tmp_path / "kek.json"
+    section = SecuritySection(store_path=str(store_file), kek_file=str(kek))
+    with open_store(section, create_key_file=True) as db:
+        db.put("ns", "k", b"v")
+    kek.unlink()
+    with pytest.raises(KeyUnavailable) as caught:
+        open_store(section, create_key_file=True)
+    assert str(caught.value) == (
+        f"store {str(store_file)!r} holds encrypted data but its key file {str(kek)!r} is missing: restore the key "
+        "file (or set [security] kek_file / CELLMONO_KEK to it); a new key would not read that data, so none is "
+        "created")
+    # a store opened once but never written (no data key yet) and no key file: a new key may be made for it
+    fresh = SecuritySection(store_path=str(tmp_path / "fresh.sqlite"), kek_file=str(tmp_path / "k2.json"))
+    EncryptedStore(fresh.store_path, StaticKeyProvider({"lost": OLD})).close()
+    with open_store(fresh, create_key_file=True) as db:
+        db.put("ns", "k", b"v")
+    assert (tmp_path / "k2.json").is_file()
+
+
+def test_a_file_that_is_not_a_store_is_named(tmp_path: Path) -> None:
+    junk, folder = tmp_path / "junk.sqlite", tmp_path / "folder.sqlite"
+    junk.write_bytes(b"x" * 5000)  # a config file or a log put where the store should be
+    folder.mkdir()
+    with pytest.raises(StoreCorrupted) as not_a_database:
+        EncryptedStore(junk, StaticKeyProvider({"old": OLD}))
+    assert str(not_a_database.value) == f"store '{junk}' is not a usable database: file is not a database"
+    with pytest.raises(StoreError) as cannot_open:
+        EncryptedStore(folder, StaticKeyProvider({"old": OLD}))
+    assert str(cannot_open.value) == f"store '{folder}': unable to open database file"
+    assert type(cannot_open.value) is StoreError
+
+
+def test_an_unreadable_store_file_never_gets_a_new_key(tmp_path: Path) -> None:
+    """`_holds_data` cannot read it: it may hold data, so no key is created that could never read it."""
+    from cellmono.security.guard import SecuritySection
+    from cellmono.security.store import open_store
+    junk = tmp_path / "store.sqlite"
+    junk.write_bytes(b"x" * 5000)
+    section = SecuritySection(store_path=str(junk), kek_file=str(tmp_path / "kek.json"))
+    with pytest.raises(KeyUnavailable, match="holds encrypted data but its key file"):
+        open_store(section, create_key_file=True)
+    assert not (tmp_path / "kek.json").exists()
+
+
+def test_a_value_whose_data_key_was_deleted_is_named(tmp_path: Path) -> None:
+    path = filled(tmp_path)
+    connection = sqlite3.connect(path)
+    with connection:  # a bad manual retire, or damage: the key sealing alpha's values is gone
+        dek_id = connection.execute("SELECT id FROM data_keys WHERE namespace = 'alpha'").fetchone()[0]
+        connection.execute("DELETE FROM data_keys WHERE id = ?", (dek_id,))
+    connection.close()
+    with EncryptedStore(path, StaticKeyProvider({"old": OLD})) as db:
+        with pytest.raises(StoreCorrupted) as caught:
+            db.get("alpha", "a1")
+        assert str(caught.value) == f"store '{path}' has no data key {dek_id!r}"
+        assert db.get("beta", "b1") == b"three"
+
+
+def test_a_bad_namespace_is_refused_with_the_rule(tmp_path: Path) -> None:
+    from cellmono.security.keys import NamespaceError
+    with EncryptedStore(tmp_path / "store.sqlite", StaticKeyProvider({"old": OLD})) as db:
+        for bad in ("Upper", "a/b"):
+            with pytest.raises(NamespaceError) as caught:
+                db.namespace(bad)
+            assert str(caught.value) == f"namespace {bad!r} must match [a-z][a-z0-9_.-]{{0,63}}"
