@@ -300,3 +300,26 @@ def test_a_bad_namespace_is_refused_with_the_rule(tmp_path: Path) -> None:
             with pytest.raises(NamespaceError) as caught:
                 db.namespace(bad)
             assert str(caught.value) == f"namespace {bad!r} must match [a-z][a-z0-9_.-]{{0,63}}"
+
+
+def test_a_wrong_key_never_wraps_a_new_data_key(tmp_path: Path) -> None:
+    """The store moved without its generation anchor (accepted as a restore) and opened with the wrong key file:
+    the first write fails before any data key is wrapped under a KEK the store does not use."""
+    path = filled(tmp_path)
+    Path(f"{path}.generation").unlink()
+    with EncryptedStore(path, StaticKeyProvider({"new": NEW}), accept_restore=True) as db:
+        with pytest.raises(KeyUnavailable, match="'old' is not configured"):
+            db.put("gamma", "k", b"v")
+        assert db.kek_ids() == {"old"}
+
+
+def test_a_cleanup_of_many_deletes_keeps_the_generation_sealed(tmp_path: Path) -> None:
+    """Over a thousand writes, some of them deletes: each move of the generation is sealed (and anchored)."""
+    path = tmp_path / "store.sqlite"
+    with EncryptedStore(path, StaticKeyProvider({"old": OLD})) as db:
+        for index in range(600):
+            db.put("jobs", f"j{index}", b"done")
+        for index in range(600):
+            assert db.delete("jobs", f"j{index}") is True
+    with EncryptedStore(path, StaticKeyProvider({"old": OLD})) as db:
+        assert db.keys_of("jobs") == [] and db.verify_all() == 0
