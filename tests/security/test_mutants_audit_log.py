@@ -361,7 +361,6 @@ def test_a_given_ring_signs_and_nothing_is_created_beside_the_log(tmp_path: Path
     from cellmono.security.audit import KEY_FILE
     from cellmono.security.signing import SigningKeys
     ring = SigningKeys()
-    ring.rotate() if not ring.keys else None
     with AuditLog(tmp_path / "audit.sqlite", anchor_keys=ring) as log:
         assert log.anchor_keys is ring and [a.key_id for a in log.stored_anchors()] == [ring.active]
     assert not (tmp_path / KEY_FILE).exists()
