@@ -295,7 +295,7 @@ class EncryptedStore:
                                 "AND version = ? AND dek_id = ?",
                                 (new_dek, seal_value(cipher, namespace, key, version, new_dek, value), namespace, key,
                                  version, dek_id)).rowcount
-                except InvalidTag:
+                except (InvalidTag, struct.error):  # a truncated value too: typed, never a traceback
                     raise StoreCorrupted("a value failed authentication during re-encryption; nothing was changed "
                                          "in that batch") from None
                 except sqlite3.Error as error:

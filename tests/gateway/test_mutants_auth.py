@@ -316,3 +316,207 @@ def test_challenges_escape_and_truncate() -> None:
     assert www_authenticate("a\\b", Unauthenticated("m" * 300)) == (
         'Bearer resource_metadata="a\\\\b", error="invalid_token", error_description="' + "m" * 200 + '"')
     assert metadata_url("https://h/p://q") == "https://h/.well-known/oauth-protected-resource/p://q"
+
+
+# -- what a client is told: the exact text of each refusal (it reaches the client as the challenge's
+#    error_description; a `match=` on a substring lets a garbled message pass) ------------------------------------
+
+def _refusal(call) -> str:
+    with pytest.raises(Unauthenticated) as refused:
+        call()
+    return str(refused.value)
+
+
+def _raw_token(header: dict) -> str:
+    import base64
+
+    def part(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+    return f"{part(header)}.{part({'sub': 'a'})}.c2ln"
+
+
+def test_each_jwt_refusal_says_exactly_why() -> None:
+    check = verifier()
+    assert _refusal(lambda: check.verify(token({"exp": time.time() - 120}))) == "token expired"
+    assert _refusal(lambda: check.verify(token({"iss": "https://evil"}))) == "token issuer is not trusted"
+    assert _refusal(lambda: check.verify("not.a.jwt")) == "malformed token"
+    assert _refusal(lambda: check.verify("a" * 16_385)) == "token too large"
+    assert _refusal(lambda: check.verify("a" * 16_384)) == "malformed token"  # the limit itself is allowed
+    assert _refusal(lambda: check.verify(token(key=ED, kid="ec"))) == "token algorithm does not match its key"
+    assert _refusal(lambda: check.verify(_raw_token({"alg": "A" * 30, "kid": "ed"}))) == \
+        f"token algorithm {'A' * 20!r} is not accepted"
+    assert _refusal(lambda: check.verify(token(kid="k" * 100))) == f"token signed with unknown key {'k' * 64!r}"
+
+
+def test_a_cached_token_is_accepted_again_until_exp_plus_leeway() -> None:
+    check = verifier(leeway=30)
+    fresh, stale = token(), token({"exp": time.time() - 10})  # stale: past exp, inside the leeway
+    for _ in range(3):  # the second and third answers come from the cache
+        assert check.verify(fresh).principal == "alice" and check.verify(stale).principal == "alice"
+    short = verifier(leeway=0)
+    soon = token({"exp": time.time() + 1})
+    short.verify(soon)
+    time.sleep(1.1)
+    assert _refusal(lambda: short.verify(soon)) == "token expired"
+
+
+def test_the_default_leeway_is_thirty_seconds() -> None:
+    check = JwtVerifier(JWKS, issuer="https://as", audience="mcp")
+    now = int(time.time())  # PyJWT compares whole seconds: `exp <= int(now) - leeway` is expired
+    assert check.verify(token({"exp": now - 29})).principal == "alice"
+    assert _refusal(lambda: check.verify(token({"exp": now - 30}))) == "token expired"
+
+
+def test_a_jwks_key_without_kid_serves_tokens_without_kid() -> None:
+    public = jwt.algorithms.get_default_algorithms()["EdDSA"].to_jwk(ED.public_key(), as_dict=True)
+    check = JwtVerifier({"keys": [public]}, issuer="https://as", audience="mcp")
+    now = time.time()
+    bare = jwt.encode({"iss": "https://as", "aud": "mcp", "sub": "alice", "exp": now + 60}, ED, algorithm="EdDSA")
+    assert "kid" not in jwt.get_unverified_header(bare)
+    assert check.verify(bare).principal == "alice"
+    assert _refusal(lambda: check.verify(token(kid="other"))) == "token signed with unknown key 'other'"
+
+
+def test_a_jwks_key_is_bound_to_its_declared_algorithm() -> None:
+    """A key declared for one algorithm is never used with another, even of the same key type."""
+    es384 = JwtVerifier({"keys": [jwk(EC, "ec", alg="ES384")]}, issuer="https://as", audience="mcp")
+    assert _refusal(lambda: es384.verify(token(key=EC, kid="ec", alg="ES256"))) == \
+        "token algorithm does not match its key"
+    no_alg = JwtVerifier({"keys": [jwk(ED, "ed")]}, issuer="https://as", audience="mcp")  # kty OKP, no alg
+    assert _refusal(lambda: no_alg.verify(token(key=EC, kid="ed", alg="ES256"))) == \
+        "token algorithm does not match its key"
+
+
+def test_a_bad_jwks_names_its_source(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as inline:
+        JwtVerifier({"nokeys": []}, issuer="i", audience="a")
+    assert str(inline.value) == "cannot load the JWKS from settings: 'keys'"
+    missing = tmp_path / "missing.json"
+    with pytest.raises(ConfigError) as from_file:
+        JwtVerifier(str(missing), issuer="i", audience="a")
+    assert str(from_file.value).startswith(f"cannot load the JWKS from {missing}: ")
+
+
+class _CountingJwks(BaseHTTPRequestHandler):
+    """A JWKS endpoint that counts its fetches; `body` may be replaced (e.g. by an oversized document)."""
+    fetches = 0
+    body = json.dumps(JWKS).encode()
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        type(self).fetches += 1
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(type(self).body)))
+        self.end_headers()
+        self.wfile.write(type(self).body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def jwks_url():
+    _CountingJwks.fetches, _CountingJwks.body = 0, json.dumps(JWKS).encode()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CountingJwks)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/jwks"
+    server.shutdown()
+    server.server_close()
+
+
+def test_unknown_kids_cannot_make_the_gateway_hammer_the_jwks_url(jwks_url: str) -> None:
+    """An attacker sending random `kid`s gets at most one refetch per refresh interval; known keys never refetch."""
+    check = JwtVerifier(jwks_url, issuer="https://as", audience="mcp", refresh_interval=0.2)
+    assert _CountingJwks.fetches == 1
+    for index in range(5):
+        with pytest.raises(Unauthenticated, match="unknown key"):
+            check.verify(token(kid=f"random-{index}"))
+    assert _CountingJwks.fetches == 1  # inside the interval: no refetch at all
+    time.sleep(0.3)
+    for index in range(3):
+        check.verify(token({"jti": str(index)}))  # a known key (new tokens: not from the cache)
+    assert _CountingJwks.fetches == 1
+    with pytest.raises(Unauthenticated, match="unknown key"):
+        check.verify(token(kid="random-x"))
+    assert _CountingJwks.fetches == 2
+
+
+def test_an_oversized_jwks_document_is_refused(jwks_url: str) -> None:
+    _CountingJwks.body = json.dumps({**JWKS, "padding": "x" * 1_100_000}).encode()
+    with pytest.raises(ConfigError, match=f"cannot load the JWKS from {jwks_url}"):
+        JwtVerifier(jwks_url, issuer="https://as", audience="mcp")
+
+
+def test_policy_takes_a_roles_object_and_names_a_bad_role() -> None:
+    from cellmono.security.capabilities import Roles
+    policy = Policy(Roles({"reader": ["a:b"]}))
+    policy.check(Identity(principal="r", roles=("reader",), method="api_key"), ("a:b",))
+    with pytest.raises(ConfigError) as bad:
+        Policy({"ops": ["no grant"]})
+    assert str(bad.value).startswith("role 'ops': ") and "no grant" in str(bad.value)
+    many = Policy({"reader": ["a:b"], "writer": ["a:c"]})
+    ghost = Identity(principal="g", roles=("ghost", "spook"), method="jwt")
+    assert _refusal_scope(lambda: many.check(ghost, ("a:b",))) == (
+        "'g' lacks 'a:b' (roles this app does not define, ignored: ghost, spook; known roles: reader, writer)")
+
+
+def _refusal_scope(call) -> str:
+    with pytest.raises(InsufficientScope) as refused:
+        call()
+    return str(refused.value)
+
+
+def test_in_memory_api_keys_work_without_a_file() -> None:
+    keys = ApiKeys()
+    key = keys.create("bot", ["admin"], tenant="t")
+    assert keys.identify(key).principal == "bot" and len(keys) == 1
+    assert keys.revoke("bot") == 1 and _refusal(lambda: keys.identify(key)) == "unknown API key"
+
+
+def test_an_api_key_has_256_bits_of_secret_and_a_listed_creation_time(tmp_path: Path) -> None:
+    import re
+    keys = ApiKeys(tmp_path / "keys.json")
+    before = time.time()
+    key = keys.create("bot")
+    assert re.fullmatch(r"cmk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", key), key
+    (entry,) = keys.entries().values()
+    assert before <= entry["created"] <= time.time()
+
+
+def test_a_key_that_is_not_valid_text_is_just_unknown(tmp_path: Path) -> None:
+    keys = ApiKeys(tmp_path / "keys.json")
+    key = keys.create("bot")
+    for odd in (key + "\udcff", "cmk_\ud800_x", key[:-1] + "\udcff"):
+        assert _refusal(lambda: keys.identify(odd)) == "unknown API key"
+        assert _refusal(lambda: Authenticator(api_keys=keys).authenticate(f"Bearer {odd}")) == "unknown API key"
+
+
+def test_a_revocation_lands_within_one_second_by_default(tmp_path: Path) -> None:
+    """Issue 13: a revoke takes effect in the running server within 1 s (the default `recheck`)."""
+    path = tmp_path / "keys.json"
+    server, operator = ApiKeys(path), ApiKeys(path)
+    key = operator.create("bob", ["admin"])
+    assert server.identify(key).principal == "bob"
+    operator.revoke("bob")
+    time.sleep(0.9)
+    assert _refusal(lambda: server.identify(key)) == "unknown API key"
+
+
+def test_a_server_without_a_credential_kind_says_so(tmp_path: Path) -> None:
+    key = ApiKeys().create("bob")
+    assert _refusal(lambda: Authenticator(jwt=verifier()).authenticate(f"Bearer {key}")) == \
+        "API keys are not enabled on this server"
+    assert _refusal(lambda: Authenticator(api_keys=ApiKeys()).authenticate(f"Bearer {token()}")) == \
+        "JWT access tokens are not enabled on this server (no JWKS configured)"
+
+
+def test_an_https_jwks_url_is_fetched_not_read_as_a_file() -> None:
+    """Nothing listens on the port: the error is the connection's, not a missing file named 'https:/…'."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free, and closed again before the fetch
+    for scheme in ("https", "http"):
+        with pytest.raises(ConfigError) as caught:
+            JwtVerifier(f"{scheme}://127.0.0.1:{port}/jwks", issuer="i", audience="a")
+        assert "urlopen error" in str(caught.value) and "No such file" not in str(caught.value)
