@@ -14,18 +14,20 @@ from typing import Any
 import httpx
 import pytest
 from mcp.shared.inbound import classify_inbound_request
-from mcp_types import JSONRPCRequest
+from mcp_types import JSONRPCRequest, ReadResourceRequestParams, ReadResourceResult, TextResourceContents
 from pydantic import BaseModel
 
 from cellmono.core.app import App
-from cellmono.core.cell import Cell, tool
+from cellmono.core.cell import Cell, prompt, resource, tool
 from cellmono.core.config import Settings
 from cellmono.core.context import Context, ToolContent
 from cellmono.gateway.asgi import Disconnect
+from cellmono.gateway.bridge import AuditLogSink
 from cellmono.gateway.auth import ApiKeys, Authenticator, Identity
 from cellmono.gateway.http import GatewayHTTP
 from cellmono.gateway.server import CallContext, Gateway, MemoryAudit
 from cellmono.gateway.stateless import StatelessRequest, answer_or_leave
+from cellmono.security.audit import AuditLog
 from gateway_support import META
 
 pytestmark = pytest.mark.anyio
@@ -37,6 +39,10 @@ class Text(BaseModel):
 
 class Nothing(BaseModel):
     pass
+
+
+class NoteId(BaseModel):
+    id: int
 
 
 class Fast(Cell):
@@ -74,6 +80,30 @@ class Fast(Cell):
         """Needs a right the reader lacks."""
         return request
 
+    @resource("fast://notes/{id}", requires="fast:read")
+    async def note(self, request: NoteId) -> str:
+        return f"note {request.id}"
+
+    @resource("fast://readme", requires="fast:read")
+    async def readme(self, request: Nothing) -> str:
+        return "read me"
+
+    @resource("fast://secret", requires="fast:admin")
+    async def secret(self, request: Nothing) -> str:
+        return "secret"
+
+    @prompt(requires="fast:read")
+    async def greet(self, request: Text) -> str:
+        return f"Hello, {request.text}!"
+
+    @prompt(requires="fast:read")
+    async def count(self, request: NoteId) -> str:
+        return f"{request.id} notes"
+
+    @prompt(requires="fast:read")
+    async def talk(self, request: Text, ctx: Context) -> str:
+        return request.text
+
     @tool(requires="fast:read")
     async def chat(self, request: Text, ctx: Context) -> Text:
         """Has a context: progress and logs are possible, so the SDK path serves it."""
@@ -88,14 +118,15 @@ class Door:
     audit: MemoryAudit
     key: str
 
-    async def post(self, params: dict[str, Any], *, meta: dict[str, Any] | None = None,
+    async def post(self, params: dict[str, Any], *, meta: dict[str, Any] | None = None, method: str = "tools/call",
                    headers: dict[str, str] | None = None, request_id: Any = 1) -> httpx.Response:
-        body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+        body = {"jsonrpc": "2.0", "id": request_id, "method": method,
                 "params": {**params, "_meta": {**META, **(meta or {})}}}
-        sent = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Authorization": f"Bearer {self.key}",
+        sent = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method, "Authorization": f"Bearer {self.key}",
                 "Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-        if isinstance(params.get("name"), str):
-            sent["Mcp-Name"] = params["name"]
+        named = params.get("uri" if method == "resources/read" else "name")
+        if isinstance(named, str):
+            sent["Mcp-Name"] = named
         return await self.client.post("/mcp", json=body, headers={**sent, **(headers or {})})
 
     async def both(self, params: dict[str, Any], **options: Any) -> tuple[Any, Any, int]:
@@ -120,7 +151,8 @@ def _same_ids(body: bytes) -> bytes:
 
 @pytest.fixture
 async def door() -> AsyncIterator[Door]:
-    settings = Settings(extra_sections={"security": {"role.reader": "tool:call:fast.*, fast:read"},
+    reader = "tool:call:fast.*, resource:read:fast.*, prompt:get:fast.*, fast:read"
+    settings = Settings(extra_sections={"security": {"role.reader": reader},
                                         "gateway": {"rate": "1000", "burst": "1000"}})
     app = App([Fast()], settings=settings)
     keys = ApiKeys()
@@ -149,6 +181,16 @@ CASES = {
     "JSON only": ({"name": "fast.say", "arguments": {"text": "hi"}}, {"headers": {"Accept": "application/json"}}),
     "malformed client capabilities": ({"name": "fast.say", "arguments": {"text": "hi"}},
                                       {"meta": {"io.modelcontextprotocol/clientCapabilities": {"sampling": 5}}}),
+    "a resource": ({"uri": "fast://readme"}, {"method": "resources/read"}),
+    "a resource template": ({"uri": "fast://notes/7"}, {"method": "resources/read"}),
+    "a template variable the cell refuses": ({"uri": "fast://notes/seven"}, {"method": "resources/read"}),
+    "an unknown resource": ({"uri": "fast://nothing"}, {"method": "resources/read"}),
+    "a resource the caller may not read": ({"uri": "fast://secret"}, {"method": "resources/read"}),
+    "a prompt": ({"name": "fast.greet", "arguments": {"text": "you"}}, {"method": "prompts/get"}),
+    "prompt arguments the cell refuses": ({"name": "fast.count", "arguments": {"id": "many"}},
+                                          {"method": "prompts/get"}),
+    "prompt arguments of the wrong type": ({"name": "fast.greet", "arguments": {"text": 5}}, {"method": "prompts/get"}),
+    "a prompt without its arguments": ({"name": "fast.greet"}, {"method": "prompts/get"}),
     "malformed client info": ({"name": "fast.say", "arguments": {"text": "hi"}},
                               {"meta": {"io.modelcontextprotocol/clientInfo": {"name": 5}}}),
 }
@@ -177,6 +219,10 @@ FALLBACKS = {
     "a task": ({"name": "fast.say", "arguments": {"text": "hi"}, "task": {"ttl": 1000}}, {}),
     "a requestState": ({"name": "fast.say", "arguments": {"text": "hi"}, "requestState": "forged"}, {}),
     "inputResponses": ({"name": "fast.say", "arguments": {"text": "hi"}, "inputResponses": {}}, {}),
+    "an unknown prompt": ({"name": "fast.nope"}, {"method": "prompts/get"}),
+    "a prompt with a context": ({"name": "fast.talk", "arguments": {"text": "hi"}}, {"method": "prompts/get"}),
+    "a resource with a cursor": ({"uri": "fast://readme", "cursor": "x"}, {"method": "resources/read"}),
+    "a list": ({}, {"method": "tools/list"}),
 }
 
 
@@ -188,12 +234,24 @@ async def test_unusual_requests_fall_back_to_the_sdk(door: Door, case: str) -> N
     assert fast[0] == sdk[0] and fast[3] == sdk[3]
 
 
+async def test_someone_elses_handler_is_never_bypassed(door: Door) -> None:
+    async def mine(ctx: Any, params: Any) -> Any:
+        return ReadResourceResult(contents=[TextResourceContents(uri=str(params.uri), text="theirs")])
+
+    door.http.server.add_request_handler("resources/read", ReadResourceRequestParams, mine)
+    door.http.fast._served = None  # decided again, as on a server built with it
+    response = await door.post({"uri": "fast://readme"}, method="resources/read")
+    assert response.json()["result"]["contents"][0]["text"] == "theirs" and door.http.fast.calls == 0
+    assert (await door.post({"name": "fast.say", "arguments": {"text": "hi"}})).status_code == 200
+    assert door.http.fast.calls == 1
+
+
 async def test_an_operators_middleware_turns_the_fast_path_off(door: Door) -> None:
     async def observe(ctx: Any, call_next: Any) -> Any:  # whatever it does, only the SDK path runs it
         return await call_next(ctx)
 
     door.http.server.middleware.append(observe)
-    door.http.fast._plain = None  # decided again, as on a server built with it
+    door.http.fast._served = None  # decided again, as on a server built with it
     assert (await door.post({"name": "fast.say", "arguments": {"text": "hi"}})).status_code == 200
     assert door.http.fast.calls == 0
 
@@ -234,3 +292,47 @@ async def test_a_client_that_leaves_cancels_its_fast_call(door: Door) -> None:
                                  fast=fast) is None
     assert time.perf_counter() - started < 5 and door.http.fast.calls == 1
     assert door.audit.records[-1].outcome == "cancelled"
+
+
+async def test_no_answer_before_its_audit_record_is_committed(tmp_path: Any) -> None:
+    """With the gateway's group-commit sink: an answer waits for its record; a lost record withholds it, on both
+    paths alike (the fast path settles the records of a read or a prompt itself, as the SDK's middleware does)."""
+    log = AuditLog(tmp_path / "audit.sqlite")
+    sink = AuditLogSink(log)
+    keys = ApiKeys()
+    settings = Settings(extra_sections={"security": {"role.reader": "resource:read:fast.*, prompt:get:fast.*, "
+                                                                     "tool:call:fast.*, fast:read"}})
+    app = App([Fast()], settings=settings)
+    http_app = GatewayHTTP(Gateway(app, audit=sink), Authenticator(api_keys=keys))
+    async with app, httpx.AsyncClient(transport=httpx.ASGITransport(app=http_app),
+                                                           base_url="http://127.0.0.1:8765") as client:
+        door = Door(client, http_app, MemoryAudit(), keys.create("rita", ["reader"]))
+        cases = [({"uri": "fast://readme"}, "resources/read"), ({"name": "fast.greet", "arguments": {"text": "x"}},
+                 "prompts/get"), ({"name": "fast.say", "arguments": {"text": "x"}}, "tools/call")]
+        for params, method in cases:
+            response = await door.post(params, method=method)
+            assert "result" in response.json() and sink.mark() == sink._committed  # committed before the answer
+        log.close()  # the next records cannot be committed
+        for params, method in cases:
+            sdk, fast, served = await door.both(params, method=method)
+            assert served == 1 and fast == sdk and b"audit record was not committed" in fast[2]
+    sink.close()
+
+
+class Talkative(Cell):
+    name = "talk"
+
+    @resource("talk://status", requires="fast:read")
+    async def status(self, request: Nothing, ctx: Context) -> str:
+        """A resource with a context: it may log, so every resource read takes the SDK path."""
+        return "ok"
+
+    @tool(requires="fast:read")
+    async def say(self, request: Text) -> Text:
+        return request
+
+
+def test_a_resource_with_a_context_sends_every_read_to_the_sdk() -> None:
+    http_app = GatewayHTTP(Gateway(App([Talkative(), Fast()])), Authenticator(api_keys=ApiKeys()))
+    served = http_app.fast.served()
+    assert served["resources/read"] == frozenset() and "talk.say" in served["tools/call"]
