@@ -26,6 +26,7 @@ from .auth import (Authenticator, Identity, InsufficientScope, Unauthenticated, 
                                    resource_metadata, www_authenticate)
 from .limits import (ConcurrencyCap, KeyedCap, Overloaded, RateLimited, RefusalThrottle,
                                      SessionCap, retry_after_header)
+from .fastpath import FastPath
 from .server import FORBIDDEN, CallContext, Gateway
 from ..security.records import GatewayRecord
 from .stateless import (Notification, StatelessRequest, answer_or_leave, read_stateless,
@@ -44,14 +45,13 @@ class GatewayHTTP:
     def __init__(self, gateway: Gateway, authenticator: Authenticator, *, resource: str | None = None) -> None:
         self.gateway, self.authenticator = gateway, authenticator
         self.settings = settings = gateway.settings
-        self.path = settings.path
-        self.resource = resource or settings.resource()
+        self.path, self.resource = settings.path, resource or settings.resource()
         self.metadata_url = metadata_url(self.resource)
         self.metadata_paths = {"/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource" + self.path}
         self.allowed_hosts = settings.served_hosts()
         self.server = gateway.server()
-        self.cap = ConcurrencyCap(settings.max_in_flight)
-        self.ip_cap = KeyedCap(settings.max_in_flight_per_ip)
+        self.fast = FastPath(gateway, self.server)  # plain 2026-07-28 tool calls without the SDK's per-request machinery
+        self.cap, self.ip_cap = ConcurrencyCap(settings.max_in_flight), KeyedCap(settings.max_in_flight_per_ip)
         self.refusals = RefusalThrottle(settings.audit_refusals, settings.audit_window, max_records=settings.audit_refusals_total)
         self.manager = StreamableHTTPSessionManager(
             self.server, json_response=False, security_settings=None, max_request_body_size=settings.max_body_bytes,
@@ -291,7 +291,7 @@ class GatewayHTTP:
         events: list[dict[str, Any]] | None = [] if "text/event-stream" in headers.get("accept", "") else None
         try:
             answered = await answer_or_leave(self.server, read.request, route, context, receive, events,
-                                             scope.get(DISCONNECT))
+                                             scope.get(DISCONNECT), self.fast.route(read, route, context))
         finally:
             self._leave(ip)
         if answered is None:  # the client went away: its call was cancelled, nobody reads an answer
