@@ -128,7 +128,7 @@ class AuditShipper:
                 _log.debug("audit stream of node %s did not close: %r", self.node, error)
 
 # %% ../../nbs/17b_audit_ship.ipynb #50372f15
-async def ship_app_audit(app: Any, node: str, namespace: str = "cellmono") -> AuditShipper | None:
+async def ship_app_audit(app: Any, node: str, namespace: str = "cellmono", *, per_log: bool = False) -> AuditShipper | None:
     """Ship the audit log of a started `app` as `node` when its bus runs on a broker (read duck-typed, as
     `topology.engine_link` does: security imports no transport); None without a broker or an audit log. An engine
     not there yet is retried every `interval` (the records wait in SQLite). The public keys of the node's
@@ -151,8 +151,8 @@ async def ship_app_audit(app: Any, node: str, namespace: str = "cellmono") -> Au
                     await tables.put(AUDIT_KEYS_TABLE, record.kid, record.to_json())
         finally:
             await tables.close()
-    shipper = AuditShipper(log, stream, log.claim_node(re.sub(r"[^A-Za-z0-9_-]", "_", node)[:64] or "node"),
-                           connect=connect)
+    name = (re.sub(r"[^A-Za-z0-9_-]", "_", node)[:55] or "node") + (f"-{log.log_id[:8]}" if per_log else "")
+    shipper = AuditShipper(log, stream, log.claim_node(name), connect=connect)
     shipper.start()
     return shipper
 

@@ -193,7 +193,7 @@ class PromotedApp(App):
         await with_retry(self.bus.start, workers_section(self.settings), f"app {self.settings.app.name}")
         self.engine = await link_app(self, signer=True)
         await answer_registrations(self.bus, self.services, Registry(workers_section(self.settings).registry))
-        self.audit_shipper = await ship_app_audit(self, "app", engine_namespace(self.settings.app.name))  # audit17
+        self.audit_shipper = await ship_app_audit(self, "app", engine_namespace(self.settings.app.name), per_log=True)
         for placement in self.promoted():
             fingerprint = contract_fingerprint(type(self.everything.cells[placement.cell]))
             await answer_control(self.bus, CONTRACT_SUBJECT.format(cell=placement.cell), fingerprint)
