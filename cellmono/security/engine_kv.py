@@ -211,10 +211,12 @@ class RedisTables:
         self._client: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsubs: list[Any] = []
+        self._closing = False  # redis-py's `get_message(timeout=)` can swallow a cancel that races its timeout
 
     async def start(self) -> None:
         """Connect to Redis at `url` and check it answers."""
         import redis.asyncio  # optional extra: cellmono[redis]
+        self._closing = False
         self._client = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=self.connect_timeout)
         try:
             await self._client.ping()
@@ -245,7 +247,7 @@ class RedisTables:
 
         async def follow() -> None:
             next_resync = time.monotonic() + self.resync
-            while True:
+            while not self._closing:  # a cancel lost inside redis-py still ends the loop within 0.5 s
                 try:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                     if message is not None:
@@ -262,10 +264,12 @@ class RedisTables:
         self._tasks.append(asyncio.create_task(follow()))
 
     async def close(self) -> None:
-        """Stop watching and disconnect."""
+        """Stop watching and disconnect; bounded, even when redis-py loses the cancellation of a watch."""
+        self._closing = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2)
         for closing in [pubsub.aclose() for pubsub in self._pubsubs] + (
                 [self._client.aclose()] if self._client is not None else []):
             try:  # a pubsub whose read was cancelled can wedge its close: never let it hang the caller

@@ -133,3 +133,31 @@ def test_an_unreachable_engine_is_one_clear_error_without_the_password() -> None
     port = free_port()
     asyncio.run(scenario("redis", f"redis://worker:s3cret@127.0.0.1:{port}/0"))
     asyncio.run(scenario("nats", f"nats://worker:s3cret@127.0.0.1:{port}"))
+
+
+def test_closing_redis_tables_is_bounded_when_a_watch_loses_its_cancellation() -> None:
+    """redis-py's `get_message(timeout=)` can turn a cancel that races its timeout into "no message": the watch loop
+    must still end, and `close` must return, instead of polling forever (a hang seen in CI)."""
+    server = require(start_redis)
+    try:
+        async def scenario() -> float:
+            tables = engine_tables("redis", server.url, namespace="lost-cancel")
+            await tables.start()
+            await tables.watch("t", lambda key, value: None)
+            pubsub = tables._pubsubs[0]
+            real = pubsub.get_message
+
+            async def swallowing(*args, **kwargs):  # what the race does: the cancel never reaches the loop
+                try:
+                    return await real(*args, **kwargs)
+                except asyncio.CancelledError:
+                    asyncio.current_task().uncancel()
+                    return None
+            pubsub.get_message = swallowing
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            await asyncio.wait_for(tables.close(), 10)
+            return time.monotonic() - started
+        assert asyncio.run(scenario()) < 3
+    finally:
+        server.cleanup()
