@@ -8,6 +8,7 @@ Docs: https://cellmono.github.io/cellmono/cli_docs.html.md"""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def command_build(args: argparse.Namespace) -> int:
 def command_serve(args: argparse.Namespace) -> int:
     """`cellmono docs serve`: serve a build on 127.0.0.1 until Ctrl-C, then exit 0 without a traceback."""
     out = args.out or project_root() / DEFAULT_OUT
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops, even when started with SIGINT ignored
     with open_server(out, args.port) as server:
         print(f"serving {Path(out).resolve()} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
         try:

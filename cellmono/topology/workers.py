@@ -128,30 +128,35 @@ async def run_worker(settings_path: Settings | str | Path, cell: str, replica: i
     app = WorkerApp([full.cells[cell]], settings=settings, services=full.services,  # the same security layer
                     transport=PlacedTransport(inner, cell, section.durable, replica))
     await with_retry(app.bus.start, workers_section(settings), f"worker {cell} #{replica}")  # broker not up: back off
-    engine = await link_app(app, signer=False)  # the app's public keys and revocations, from the engine
-    if identity is not None:  # a provisioned worker (`--credential`) announces itself; the app may refuse it
-        await register_worker(app.bus, *identity)
-    shipper = await ship_app_audit(app, f"{cell}-{replica}", engine_namespace(settings.app.name))  # audit17
-    await check_contract(app.bus, type(full.cells[cell]))
-    if setup is not None:
-        setup(app, cell, replica)
-    await app.start()
-    ping = {"cell": cell, "replica": replica, "pid": os.getpid(), "contract": contract_fingerprint(type(full.cells[cell]))}
-    await answer_control(app.bus, PING_SUBJECT.format(cell=cell, replica=replica), ping)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for number in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(number, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
-    _log.info("worker %s #%d (pid %d) serving on %s", cell, replica, os.getpid(), kind)
-    await stop.wait()
-    await app.stop()
-    if shipper is not None:  # audit17: what is left goes to the engine (or stays local for the next start)
-        await shipper.stop(close_stream=True)
-    if engine is not None:
-        await engine.close()
+    engine = shipper = None
+    started = False
+    try:  # a refusal (contract, credential) closes every connection before the one-line error
+        engine = await link_app(app, signer=False)  # the app's public keys and revocations, from the engine
+        if identity is not None:  # a provisioned worker (`--credential`) announces itself; the app may refuse it
+            await register_worker(app.bus, *identity)
+        shipper = await ship_app_audit(app, f"{cell}-{replica}", engine_namespace(settings.app.name))  # audit17
+        await check_contract(app.bus, type(full.cells[cell]))
+        if setup is not None:
+            setup(app, cell, replica)
+        await app.start()
+        started = True
+        ping = {"cell": cell, "replica": replica, "pid": os.getpid(), "contract": contract_fingerprint(type(full.cells[cell]))}
+        await answer_control(app.bus, PING_SUBJECT.format(cell=cell, replica=replica), ping)
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(number, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        _log.info("worker %s #%d (pid %d) serving on %s", cell, replica, os.getpid(), kind)
+        await stop.wait()
+    finally:
+        await (app.stop() if started else app.bus.stop())
+        if shipper is not None:  # audit17: what is left goes to the engine (or stays local for the next start)
+            await shipper.stop(close_stream=True)
+        if engine is not None:
+            await engine.close()
     return 0
 
 # %% ../../nbs/37_workers.ipynb #154f1377

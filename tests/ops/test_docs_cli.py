@@ -125,7 +125,9 @@ def test_serve_stays_on_loopback_and_stops_on_ctrl_c(project: Path, tmp_path: Pa
     out = tmp_path / "site"
     assert cellmono("docs", "build", "--out", str(out), cwd=project).returncode == 0
     server = subprocess.Popen([sys.executable, "-c", CELLMONO, "docs", "serve", "--out", str(out), "--port", "0"],
-                              cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              # started as a background job of a script is: with SIGINT ignored (Ctrl-C must still stop it)
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         assert server.stdout is not None
         line = server.stdout.readline()

@@ -198,7 +198,7 @@ def test_replica_with_another_contract_version_is_refused(tmp_path: Path) -> Non
         import anyio
         result = anyio.run(app_answers_contract)
         assert result.returncode == 2, result.stderr[-2000:]
-        assert "Traceback" not in result.stderr
+        assert "Traceback" not in result.stderr, result.stderr
         assert "this replica serves contract" in result.stderr and "version 2" in result.stderr, result.stderr
     finally:
         server.cleanup()
