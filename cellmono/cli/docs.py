@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from ..core.errors import CellmonoError
@@ -61,8 +62,9 @@ def command_build(args: argparse.Namespace) -> int:
 def command_serve(args: argparse.Namespace) -> int:
     """`cellmono docs serve`: serve a build on 127.0.0.1 until Ctrl-C, then exit 0 without a traceback."""
     out = args.out or project_root() / DEFAULT_OUT
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops, even when started with SIGINT ignored
     with open_server(out, args.port) as server:
+        if threading.current_thread() is threading.main_thread():  # Ctrl-C stops, even if started with SIGINT ignored
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         print(f"serving {Path(out).resolve()} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
         try:
             server.serve_forever()
