@@ -24,22 +24,9 @@ from cellmono.topology.placement import build_transport
 from cellmono.topology.provision import Registry, answer_registrations, workers_section
 from cellmono.topology.services import Runtime
 from cellmono.topology.workers import CONTRACT_SUBJECT, PING_SUBJECT, answer_control, contract_fingerprint
-from worker_support import CELLMONO, cellmono, start_nats_with_auth, wait_pinged
+from worker_support import CELLMONO, ECHO_CELL, cellmono, start_nats_with_auth, wait_pinged
 
-CELLS = '''
-from pydantic import BaseModel
-from cellmono.core.cell import Cell, handles
-
-class Say(BaseModel):
-    text: str
-
-class EchoCell(Cell):
-    name = "echo"
-
-    @handles("echo.say", requires="echo:use")
-    async def say(self, request: Say) -> str:
-        return request.text
-
+CELLS = ECHO_CELL + '''
 class OtherCell(Cell):
     name = "other"
 
