@@ -21,7 +21,7 @@ from .errors import ConfigError
 # %% auto #0
 __all__ = ['SectionModel', 'CELL_FRAMEWORK_KEYS', 'KNOWN_SECTIONS', 'SECTION_FAMILIES', 'Section', 'AppSection', 'BusSection',
            'SupervisionSection', 'LogSection', 'CellSection', 'section_model', 'check_section', 'Settings',
-           'load_settings']
+           'load_settings', 'settings_from_text']
 
 # %% ../../nbs/05_config.ipynb #9899e453
 class Section(BaseModel):
@@ -256,19 +256,29 @@ def _merge_roles(parser: configparser.ConfigParser, source: str) -> None:
 def load_settings(path: str | os.PathLike[str] | None = "settings.ini",
                   environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from the INI file at `path` (None: defaults only) and `CELLMONO__SECTION__KEY` variables."""
+    if path is None:
+        return settings_from_text("", "<defaults>", environ)
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{file}: settings file not found (cwd is {Path.cwd()})")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{file}: not a valid INI file: {str(error).splitlines()[0]}") from None
+    except OSError as error:
+        raise ConfigError(f"{file}: cannot read the settings file: {error.strerror or error}") from None
+    return settings_from_text(text, str(file), environ)
+
+
+def settings_from_text(text: str, source: str, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from INI `text` (`source` names it in every error) and `CELLMONO__SECTION__KEY` variables."""
     environ = os.environ if environ is None else environ
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#",))  # `key = value  # why`
     parser.optionxform = str.lower  # type: ignore[assignment,method-assign]
-    source = "<defaults>"
-    if path is not None:
-        file = Path(path)
-        source = str(file)
-        if not file.is_file():
-            raise ConfigError(f"{file}: settings file not found (cwd is {Path.cwd()})")
-        try:
-            parser.read_string(file.read_text(encoding="utf-8"), source=source)
-        except (configparser.Error, UnicodeDecodeError) as error:
-            raise ConfigError(f"{file}: not a valid INI file: {str(error).splitlines()[0]}") from None
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as error:
+        raise ConfigError(f"{source}: not a valid INI file: {str(error).splitlines()[0]}") from None
     _environment_overrides(parser, environ)
     for name in parser.sections():
         check_section(source, name)

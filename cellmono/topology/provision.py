@@ -16,7 +16,6 @@ import logging
 import os
 import random
 import re
-import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,7 +25,7 @@ from typing import Any, TypeVar
 from pydantic import PositiveFloat
 
 from ..core.bus import Bus
-from ..core.config import Section, Settings, load_settings
+from ..core.config import Section, Settings, settings_from_text
 from ..core.envelope import Envelope
 from ..core.errors import ConfigError, NoResponders, RequestTimeout
 from ..security.engine_keys import EngineError
@@ -341,12 +340,10 @@ def credential_settings(path: str | Path) -> tuple[dict[str, Any], Settings]:
     carries go to this process's `kek_env` variable (never to disk); without them that variable must be set:
     `CredentialInvalid`, never a KEK of its own (its records would not open at the app)."""
     document, file = load_credential(path), Path(path).resolve()
-    temporary = file.with_name(f".{file.name}.{secrets.token_hex(4)}.ini")
-    write_private(temporary, document["settings"])
-    try:
-        settings = load_settings(temporary)  # CELLMONO__SECTION__KEY overrides apply, as to any settings
-    finally:
-        temporary.unlink()
+    # read in memory (the credential's folder may be read-only); CELLMONO__SECTION__KEY overrides apply as to any settings
+    if not isinstance(document["settings"], str):
+        raise CredentialInvalid(f"{file}: its settings are not INI text (made by `cellmono workers provision`?)")
+    settings = settings_from_text(document["settings"], f"{file} [settings]")
     if settings.section("store", StoreSection).backend == "engine":
         variable = security_section(settings).kek_env
         if isinstance(document.get("kek"), str) and not os.environ.get(variable):
