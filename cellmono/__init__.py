@@ -1,4 +1,4 @@
-"""The public API in one import: `from cellmono import App, Cell, tool, handles, Bus`.
+"""The public API in one import: `from cellmono import App, Cell, tool, resource, prompt, handles, Bus`.
 
 Docs: https://cellmono.github.io/cellmono/api.html.md"""
 
@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 
 from .core.app import App
 from .core.bus import Bus, Guard, current_envelope
-from .core.cell import Cell, Empty, Health, background, handles, tool
+from .core.cell import Cell, Empty, Health, background, completes, handles, prompt, resource, tool
+from .core.context import CompletionRequest, Context
 from .core.config import Settings, load_settings
 from .core.envelope import Envelope, decode, encode
 from .core.errors import (AccessDenied, BusClosed, BusError, CellmonoError, ConfigError, ContractError,
@@ -27,4 +28,5 @@ __all__ = [
     "AccessDenied", "BusClosed", "BusError", "CellmonoError", "ConfigError", "ContractError",
     "MalformedMessage", "MessageError", "MessageTooLarge", "NoResponders", "PayloadInvalid", "RemoteError",
     "RequestTimeout", "SubjectError", "VerificationError", "build_app",
+    "resource", "prompt", "completes", "Context", "CompletionRequest",
 ]

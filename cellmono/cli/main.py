@@ -45,6 +45,7 @@ PLUGGED_COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("cellmono.cli.status:register", "the running app's broker link and worker replicas, from its status file"),
     "store": ("cellmono.cli.store:register", "check the encrypted store against its generation anchor; accept a restore"),
     "workers": ("cellmono.cli.workers:register", "provision, revoke or list workers' own broker users and tokens"),
+    "new": ("cellmono.cli.new:register", "create a new app in a folder: one cell with a tool, a resource and a prompt, its settings and test"),
 }
 
 # The optional extra that brings each third-party package a command group may need.

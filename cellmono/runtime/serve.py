@@ -162,11 +162,15 @@ def stdio_hint(served: Served) -> list[str]:
 
 
 def instructions(served: Served, url: str, *, key_file: Path | None = None) -> str:
-    """What `cellmono serve` prints once it listens: URL, tools, credential, how to connect a client; with
+    """What `cellmono serve` prints once it listens: URL, tools, resources, prompts, credential, how to connect a client; with
     `key_file`, a first-run admin key was written there (0600) instead of being printed."""
     name = served.app.settings.app.name
     tools = ", ".join(served.gateway.tools) or "(none)"
     lines = [f"cellmono gateway for app {name!r} listening on {url}", f"  tools: {tools}"]
+    if served.gateway.resources:
+        lines.append(f"  resources: {', '.join(entry.spec.uri for entry in served.gateway.resources)}")
+    if served.gateway.prompts:
+        lines.append(f"  prompts: {', '.join(served.gateway.prompts)}")
     key = served.new_key or "<your API key>"
     if served.new_key and key_file is not None:  # stdout is a pipe or a log: never print the key into it
         lines.append(f"  first run: created a local admin API key in {key_file} (mode 0600; not printed: stdout is not "

@@ -15,6 +15,11 @@ import cellmono
 
 TOP_LEVEL = {
     "AccessDenied",
+    "CompletionRequest",
+    "Context",
+    "completes",
+    "prompt",
+    "resource",
     "App",
     "Bus",
     "BusClosed",
