@@ -20,7 +20,6 @@ of the same tool reporting none, both asked with a progress token, alternating, 
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile

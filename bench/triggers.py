@@ -44,7 +44,6 @@ from pathlib import Path
 from telemetry import measure as measure_telemetry  # bench/telemetry.py: the same figure, the same method
 
 from cellmono.core.errors import RequestTimeout
-from cellmono.ops.controller import TriggerController
 from cellmono.ops.promotion import Promoter
 from cellmono.ops.signals import Sample, TriggerConfig, TriggerSettings
 from cellmono.ops.telemetry import Telemetry

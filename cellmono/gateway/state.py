@@ -18,7 +18,6 @@ from typing import Any, Literal, Protocol, TypeVar
 from pydantic import Field, PositiveFloat
 
 from ..core.config import Section, section_model
-from ..core.errors import ConfigError
 from ..security.engine_kv import LoopThread
 from ..transports.brokers import BrokerUnavailable, missing_extra, redact
 from .limits import RateLimited, RateLimiter

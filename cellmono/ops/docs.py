@@ -20,7 +20,6 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..core.errors import CellmonoError
 from .pages import Page, markdown_body, notebook_body, page_html, read_notebook, stylesheet

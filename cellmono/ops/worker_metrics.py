@@ -13,7 +13,6 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 

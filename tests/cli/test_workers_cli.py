@@ -3,7 +3,6 @@ mistake, never a secret or a traceback; the systemd unit starts a worker from it
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -16,7 +16,6 @@ import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
 
 from cellmono.security.audit import AuditLog
 from gateway_support import CELLMONO, META, ROOT, serve, state_environment

@@ -17,7 +17,6 @@ import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from cellmono.core.app import App
 from cellmono.topology.services import app_from_settings
 from cellmono.gateway.auth import ApiKeys, Authenticator
 from cellmono.core.config import load_settings

@@ -5,9 +5,7 @@ aggregated in the audit log, and sessions are capped per principal. Each test na
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx

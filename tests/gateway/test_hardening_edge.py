@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway_support import META, modern_request, state_environment
+from gateway_support import modern_request, state_environment
 
 TESTS = Path(__file__).resolve().parents[1]
 FRONT = {"port": "0", "header_timeout": "1", "body_timeout": "1", "max_header_bytes": "8192", "max_connections_per_ip": "24",

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.gateway_support import CELLMONO, ROOT, mcp_json, serve, state_environment
 

@@ -11,7 +11,7 @@ import pytest
 from cellmono.cli.main import main
 from cellmono.ops.regen_request import find_cell, plan_cell
 from tests.openai_fixture import FixtureServer
-from tests.ops.regen_support import GATE, MODEL, SOURCE, answer, git, make_repo, tree_state
+from tests.ops.regen_support import GATE, MODEL, answer, git, make_repo, tree_state
 
 KEY = "sk-fixture-key"
 

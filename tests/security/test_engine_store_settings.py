@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 
 from brokers import require, start_nats
 from cellmono.core.config import load_settings

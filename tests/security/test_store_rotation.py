@@ -3,7 +3,6 @@ retire refuses while anything is still wrapped under the old key, and nothing wr
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from pathlib import Path
 
 from brokers import Server, free_port, nats_binary, require
 from cellmono.core.bus import Bus

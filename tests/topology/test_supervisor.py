@@ -8,7 +8,6 @@ replica is killed 1 s after it became ready (half a window, as before)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil

@@ -181,7 +181,7 @@ def test_replica_with_another_contract_version_is_refused(tmp_path: Path) -> Non
         settings = tmp_path / "settings.ini"
         settings.write_text((ROOT / "settings.ini").read_text().replace(
             "class = examples.notes.search:SearchCell",
-            f"class = search_v2:SearchCellV2\nplacement = process\n") + f"\n[nats]\nurl = {server.url}\n")
+            "class = search_v2:SearchCellV2\nplacement = process\n") + f"\n[nats]\nurl = {server.url}\n")
 
         async def app_answers_contract():
             from examples.notes.search import SearchCell  # the repository's example, importable from ROOT
