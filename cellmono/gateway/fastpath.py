@@ -7,7 +7,6 @@ Docs: https://cellmono.github.io/cellmono/fastpath.html.md"""
 # %% ../../nbs/47b_fastpath.ipynb #81aa5f0f
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS, InboundModernRoute
 from mcp_types.methods import serialize_server_result, validate_client_request
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from .server import FORBIDDEN, CallContext, Gateway, ToolEntry, traceparent_of
+from .server import FORBIDDEN, CallContext, Gateway, traceparent_of
 from .stateless import StatelessRequest
 
 Answer = Callable[[], Awaitable[tuple[int, dict[str, Any]]]]

@@ -24,7 +24,7 @@ from mcp.server import Server
 from mcp.shared.exceptions import MCPError
 from opentelemetry import trace as otel_trace
 from mcp_types.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import BaseModel
 
 from ..core.app import App
 from .auth import Identity, InsufficientScope, Policy, tool_requirements
@@ -37,7 +37,6 @@ from .limits import RateLimited, RateLimiter
 from .metrics import GatewayMetrics
 from .settings import GatewaySettings, app_policy, gateway_settings
 from .tasks import Tasks
-from ..security.guard import security_section
 from ..security.records import GatewayRecord, Outcome, from_gateway
 
 _log = logging.getLogger("cellmono.gateway")
