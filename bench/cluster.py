@@ -18,7 +18,9 @@ leader; seed from `CELLMONO_NEMESIS_SEED`, 17 by default) and the checker of `te
 
 - `lost`: acknowledged transfers with no effect (goal 0);
 - `double_effects`: transfers applied more than once (goal 0); `double_effects_across_workers`: those
-  applied by two different workers (each worker's inbox is on its own disk);
+  applied by two different workers. The workers keep their effects and their exactly-once inbox on the engine
+  they share (`--store engine`: an R3 KV bucket), as provisioned workers on other machines do: with an inbox
+  on each worker's own disk, a command redelivered to the other worker after a kill would be applied twice;
 - `node_kill_recovery_s`: from kill -9 of the node the client is connected to (not the stream leader)
   to the next acknowledged durable command (goal <= 5); `leader_kill_recovery_s`: the same when the
   killed node leads the stream, which waits for a RAFT election (nats-server waits 4-9 s for a lost
@@ -51,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from brokers import start_nats  # noqa: E402
 from cluster_support import Cluster  # noqa: E402
-from ledger import DURABLE, PREFIX, STREAM, History, Worker, check, client, nemesis, settle  # noqa: E402
+from ledger import DURABLE, PREFIX, STREAM, Engine, History, Worker, check, client, nemesis, settle  # noqa: E402
 
 from cellmono.core.bus import Bus  # noqa: E402
 from cellmono.core.cell import Cell, handles  # noqa: E402
@@ -155,15 +157,18 @@ def recovery_after_kills(history: History) -> tuple[float | None, int]:
 
 
 async def ledger_under_nemesis(seconds: float, seed: int) -> dict[str, Any]:
-    """lost, double_effects and node_kill_recovery_s from one nemesis run."""
+    """lost, double_effects and node_kill_recovery_s from one nemesis run, the workers' effects and exactly-once
+    inbox on the engine they share (an R3 KV bucket): a command redelivered to the *other* worker is not applied
+    again, which per-worker inboxes on two disks cannot promise."""
     cluster = await asyncio.to_thread(lambda: Cluster(relays=False).start())
+    engine = Engine("nats", cluster.urls)
     root = Path(tempfile.mkdtemp(prefix="cellmono-bench-ledger-"))
     workers: list[Worker] = []
     history = History()
     bus = Bus(NatsTransport(cluster.urls, prefix=PREFIX, durable=DURABLE, reconnect_wait=0.2, stream_replicas=3),
               timeout=5)
     try:
-        workers = [Worker(f"w{number}", root, cluster.url(name), "nats")
+        workers = [Worker(f"w{number}", root, cluster.url(name), "nats", store="engine", replicas=3)
                    for number, name in enumerate(cluster.names[1:], start=1)]
         for worker in workers:
             await asyncio.to_thread(worker.start)
@@ -175,7 +180,10 @@ async def ledger_under_nemesis(seconds: float, seed: int) -> dict[str, Any]:
         await asyncio.sleep(0.5)
         stop.set()
         await asyncio.wait_for(sender, 60)
-        await settle(history, [worker.folder for worker in workers], seconds=30)
+        await settle(history, [worker.folder for worker in workers], seconds=30, engine=engine)
+        for worker in workers:  # drained and stopped before the effects are read, from the still running engine
+            await asyncio.to_thread(worker.stop)
+        verdict = await asyncio.to_thread(check, history, [worker.folder for worker in workers], engine)
     finally:
         try:
             await asyncio.wait_for(bus.stop(timeout=1), 15)
@@ -183,7 +191,6 @@ async def ledger_under_nemesis(seconds: float, seed: int) -> dict[str, Any]:
             for worker in workers:
                 await asyncio.to_thread(worker.stop)
             await asyncio.to_thread(cluster.cleanup)
-    verdict = check(history, [worker.folder for worker in workers])
     print(f"nemesis (seed {seed}): {', '.join(done)}")
     print(f"checker: {verdict.summary()}")
     recovery, unrecovered = recovery_after_kills(history)
