@@ -260,7 +260,8 @@ def load_settings(path: str | os.PathLike[str] | None = "settings.ini",
         return settings_from_text("", "<defaults>", environ)
     file = Path(path)
     if not file.is_file():
-        raise ConfigError(f"{file}: settings file not found (cwd is {Path.cwd()})")
+        raise ConfigError(f"{file}: settings file not found (cwd is {Path.cwd()}; pass --settings FILE, "
+                          "or make a new app with `cellmono new FOLDER`)")
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
