@@ -357,15 +357,18 @@ class App:
     def to_mermaid(self) -> str:
         """A mermaid flowchart of the live app: cells, their tools, and the subjects between them."""
         lines = ["flowchart LR"]
-        tool_cells = [cell for cell in self.cells.values() if cell.tools()]
-        if tool_cells:
+        served = {cell.name: {"tools": cell.tools(), "resources": cell.mcp_specs("resource"),
+                              "prompts": cell.mcp_specs("prompt")} for cell in self.cells.values()}
+        if any(specs for kinds in served.values() for specs in kinds.values()):
             lines.append('    gateway(["MCP gateway"])')
         for cell in self.cells.values():
-            tools = ", ".join(spec.subject.split(".", 1)[1] for spec in cell.tools())
-            label = f"<b>{cell.name}</b>" + (f"<br/>tools: {tools}" if tools else "") + self._placement(cell.name)
+            label = f"<b>{cell.name}</b>" + "".join(
+                f"<br/>{kind}: {', '.join(spec.subject.split('.', 1)[1] for spec in specs)}"
+                for kind, specs in served[cell.name].items() if specs) + self._placement(cell.name)
             lines.append(f'    {_node(cell.name)}["{label}"]')
-        for cell in tool_cells:
-            lines.append(f"    gateway -->|tools| {_node(cell.name)}")
+        for name, kinds in served.items():
+            if any(kinds.values()):
+                lines.append(f"    gateway -->|{', '.join(kind for kind, specs in kinds.items() if specs)}| {_node(name)}")
         for cell in self.cells.values():
             for subject in getattr(cell, "requests", ()):
                 for target in self._cells_handling(subject, kinds=("handler", "tool")):
