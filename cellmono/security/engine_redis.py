@@ -65,12 +65,14 @@ def record_namespace(record: str) -> str | None:
     return record.rpartition(".")[0] or None
 
 
-def engine_denied(error: Exception, url: str) -> EngineDenied | None:
-    """`error` as an `EngineDenied` naming the refused key or command (or the refused credential), when Redis
-    refused this connection's user (`NOPERM`, `WRONGPASS`); None for any other error."""
+def engine_denied(error: Exception, url: str, what: str = "") -> EngineDenied | None:
+    """`error` as an `EngineDenied` naming what was refused (`what`: the keys or command asked for, as Valkey's
+    `NOPERM` names neither), when Redis refused this connection's user (`NOPERM`, `WRONGPASS`); None for any other
+    error."""
     name, text = type(error).__name__, str(error).splitlines()[0] if str(error) else ""
-    if name == "NoPermissionError" or "NOPERM" in text or "no permissions" in text:
-        return EngineDenied(f"the engine at {redact(url)} refused this credential: {text.removeprefix('NOPERM ')}")
+    if name == "NoPermissionError" or "NOPERM" in text or "no permissions" in text.lower():
+        return EngineDenied(f"the engine at {redact(url)} refused this credential{f' {what}' if what else ''}: "
+                            f"{text.removeprefix('NOPERM ')}")
     if name == "AuthenticationError" or "WRONGPASS" in text or "invalid username-password" in text:
         return EngineDenied(f"the engine at {redact(url)} refused this credential (wrong or revoked user): {text}")
     return None
@@ -192,7 +194,7 @@ class RedisRecords:
             pipe.hget(key, record)
             revision, value = pipe.execute()
         except Exception as error:
-            raise engine_denied(error, self.url) or error
+            raise engine_denied(error, self.url, f"reading {key}") or error
         return int(revision or 0), value
 
     def records(self, prefix: str) -> list[str]:
@@ -207,18 +209,20 @@ class RedisRecords:
             return sorted(field.decode() for name in hashes
                           for field, _ in self._client.hscan_iter(name, match=_escape(prefix) + "*"))
         except Exception as error:
-            raise engine_denied(error, self.url) or error
+            raise engine_denied(error, self.url, f"listing {', '.join(hashes) or 'the store'}") or error
 
     def expire_after(self, prefix: str, seconds: float) -> None:
         """Records under `prefix` get a field TTL (`HPEXPIRE`, Redis >= 7.4 / Valkey >= 9); an older server keeps
         them, with one warning."""
-        try:
-            self._client.execute_command("HPEXPIRE", f"{self.name}:probe", 1000, "FIELDS", 1, "probe")  # type: ignore[no-untyped-call]
-        except Exception as error:  # "unknown command" on an older server; NOPERM: the command exists
-            if engine_denied(error, self.url) is None:
-                _log.warning("engine store at %s cannot expire records (%s): inbox records are kept",
-                             redact(self.url), type(error).__name__)
-                return
+        try:  # `COMMAND INFO`: asks without writing a probe key a worker's ACL would refuse
+            known = self._client.execute_command("COMMAND", "INFO", "HPEXPIRE")  # type: ignore[no-untyped-call]
+            problem = None if known and any(known.values() if isinstance(known, dict) else known) else "no HPEXPIRE"
+        except Exception as error:
+            problem = type(error).__name__
+        if problem is not None:
+            _log.warning("engine store at %s cannot expire records (%s): inbox records are kept",
+                         redact(self.url), problem)
+            return
         self._ttl = (prefix, max(1, round(seconds * 1000)))
 
     def commit(self, checks: dict[str, Read], writes: Writes) -> bool:
@@ -244,7 +248,7 @@ class RedisRecords:
         try:
             return bool(self._commit(keys=keys, args=arguments))
         except Exception as error:
-            raise engine_denied(error, self.url) or error
+            raise engine_denied(error, self.url, f"writing {', '.join(keys[::2])}") or error
 
     def close(self) -> None:
         """Disconnect."""

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..core.bus import CANCEL_SUBJECT
 from ..core.config import Settings
 from ..core.errors import ConfigError
 from ..core.subjects import is_literal
@@ -39,7 +40,8 @@ __all__ = ['WORKER_COMMANDS', 'redis_acl', 'worker_store_settings', 'apply_redis
 
 # %% ../../nbs/38f_redis_users.ipynb #b2c0e002
 WORKER_COMMANDS = (  # what cellmono's Redis clients send for a worker: nothing that lists, flushes or configures
-    "ping", "auth", "hello", "client|setinfo", "client|setname", "client|id", "select", "multi", "exec", "discard",
+    "ping", "auth", "hello", "client|setinfo", "client|setname", "client|id", "select", "command|info", "multi",
+    "exec", "discard",
     "evalsha", "eval", "script|load", "script|exists", "get", "set", "sadd", "smembers", "publish", "subscribe",
     "psubscribe", "unsubscribe", "punsubscribe", "hget", "hset", "hdel", "hgetall", "hscan", "hincrby", "hpexpire",
     "xadd", "xreadgroup", "xgroup|create", "xack", "xautoclaim", "xclaim", "xpending", "xrange", "xrevrange")
@@ -78,7 +80,8 @@ def redis_acl(settings: Settings, name: str, cells: Sequence[str]) -> list[str]:
     keys += [f"%R~{_glob(store)}:{{_inbox}}*", f"%R~{_glob(store)}:layout", f"%R~{namespace}:keys",
              f"%R~{namespace}:revocations", f"~{namespace}:audit_keys", f"~{namespace}:audit:nodes",
              f"~{_glob(prefix)}:durable", f"~{_glob(prefix)}:dedupe:*"]
-    channels = [f"{_glob(prefix)}.inbox.*", f"{_glob(prefix)}.control", f"{namespace}:keys:changed",
+    channels = [f"{_glob(prefix)}.inbox.*", f"{_glob(prefix)}.control", _glob(event_subject(prefix, CANCEL_SUBJECT)),
+                f"{namespace}:keys:changed",
                 f"{namespace}:revocations:changed", f"{namespace}:audit_keys:changed",
                 _channel(request_subject(prefix, f"cellmono.register.{name}"))]
     streams = [f"{section.prefix}:stream:dead.>"]
@@ -93,8 +96,10 @@ def redis_acl(settings: Settings, name: str, cells: Sequence[str]) -> list[str]:
                 subjects.append(spec.subject)
             elif spec.kind in ("handler", "tool"):
                 channels.append(_channel(request_subject(prefix, spec.subject)))
-                channels += [_channel(request_subject(prefix, DIRECT_SUBJECT.format(cell=cell, replica=replica)
-                                                      + "." + spec.subject)) for replica in range(1, replicas + 1)]
+                if not is_literal(spec.subject):  # PSUBSCRIBE: each replica's exact glob (literal ones: below)
+                    channels += [glob_for(request_subject(prefix, DIRECT_SUBJECT.format(cell=cell, replica=replica)
+                                                          + "." + spec.subject)) for replica in range(1, replicas + 1)]
+        channels.append(_glob(request_subject(prefix, DIRECT_SUBJECT.format(cell=cell, replica="")[:-1])) + ".*")
         channels += [_glob(request_subject(prefix, f"cellmono.worker.{cell}.")) + "*",
                      _glob(request_subject(prefix, f"cellmono.contract.{cell}")),
                      _glob(event_subject(prefix, f"{cell}.")) + "*",
