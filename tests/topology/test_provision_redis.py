@@ -228,3 +228,44 @@ def test_a_wrong_password_is_refused_with_one_line(deployment) -> None:
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
     assert "refused worker 'w1'" in refused.stderr and "Traceback" not in refused.stderr
     assert document["url"].split("@")[0].split(":")[-1] not in refused.stderr  # never the password
+
+
+def test_a_worker_started_before_the_app_is_told_to_start_the_app_first(deployment) -> None:
+    tmp_path, _, server, env, _ = deployment
+    early = cellmono("worker", "--credential", "w1.credential", cwd=tmp_path / "machine2", env=env, timeout=60)
+    assert early.returncode == 2 and len(early.stderr.splitlines()) == 1, early.stderr
+    assert "start the app first" in early.stderr and "Traceback" not in early.stderr
+
+
+def test_with_an_aclfile_the_worker_user_survives_a_redis_restart(tmp_path) -> None:
+    from brokers import Server, free_port, redis_binary
+    (tmp_path / "users.acl").write_text("user default on nopass ~* &* +@all\n")
+    port = free_port()
+    server = require(lambda: Server("redis", [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                              "--dir", str(tmp_path), "--aclfile", str(tmp_path / "users.acl")],
+                                    port, str(tmp_path)).start())
+    try:
+        (tmp_path / "redis_acl_cells.py").write_text(CELLS)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+        (tmp_path / "settings.ini").write_text(f"""
+[app]
+name = racl
+cells = counter
+[cell.counter]
+class = redis_acl_cells:CounterCell
+placement = process
+transport = redis
+[redis]
+url = {server.url}
+""")
+        made = cellmono("workers", "provision", "w2", "--credential", "w2.credential", cwd=tmp_path, env=env)
+        assert made.returncode == 0, made.stderr
+        assert "saved to its aclfile" in made.stdout and "worker-w2" in (tmp_path / "users.acl").read_text()
+        server.restart()
+        url = json.loads((tmp_path / "w2.credential").read_text())["url"]
+        assert redis.Redis.from_url(url).ping()  # the user came back from the aclfile
+        gone = cellmono("workers", "revoke", "w2", cwd=tmp_path, env=env)
+        assert gone.returncode == 0, gone.stderr
+        assert "worker-w2" not in (tmp_path / "users.acl").read_text()
+    finally:
+        server.stop()
