@@ -22,7 +22,7 @@ from ..core.config import Settings
 from ..core.errors import ConfigError
 from ..core.subjects import is_literal
 from ..security.engine_kv import EngineKeys
-from ..security.engine_redis import engine_denied
+from ..security.engine_redis import engine_denied, inbox_owner
 from ..security.engine_records import safe_app
 from ..security.records import audit_record
 from ..transports.brokers import BrokerUnavailable, event_subject, redact, request_subject, safe_name
@@ -89,8 +89,11 @@ def redis_acl(settings: Settings, name: str, cells: Sequence[str]) -> list[str]:
         subjects = [f"{cell}.>", f"cellmono.metrics.{cell}"]
         replicas = max(AUDIT_REPLICAS, settings.cells[cell].replicas)
         for spec in cell_class(settings, cell).specs:
-            queue = spec.queue or cell
-            keys += [f"~{_glob(prefix)}:claim:{_glob(queue)}:*", f"~{_glob(store)}:{{_inbox.{safe_name(queue)}}}*"]
+            queue = spec.queue or cell  # `topology.placed`: a cell's queue group is its name unless a spec names one
+            owner = inbox_owner(f"redis:-:{safe_name(queue)}")  # where that group's exactly-once records live
+            keys.append(f"~{_glob(prefix)}:claim:{_glob(queue)}:*")
+            if owner == cell or owner not in settings.app.cells:  # never another cell's hash, whatever the queue
+                keys.append(f"~{_glob(store)}:{{{owner}}}*")
             if spec.kind == "listener":
                 channels.append(_channel(event_subject(prefix, spec.subject)))
                 subjects.append(spec.subject)
