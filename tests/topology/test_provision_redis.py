@@ -158,6 +158,9 @@ def test_a_redis_worker_serves_its_cell_only_and_revoke_locks_it_out(deployment)
                 assert time.monotonic() < give_up and worker.poll() is None, log.read_text(errors="replace")
                 await asyncio.sleep(0.1)
             assert any(field.startswith(b"_inbox.") for field in admin.hkeys("rprov:store:{counter}"))
+            while not admin.exists("cellmono_rprov:audit:counter-1"):  # its audit chain, shipped with its own user
+                assert time.monotonic() < give_up + 20 and worker.poll() is None, log.read_text(errors="replace")
+                await asyncio.sleep(0.2)
             denials = [entry for entry in admin.acl_log() if entry.get("username") == "worker-w1"]
             assert denials == [], denials  # serving needed nothing outside its ACL
 
