@@ -19,6 +19,7 @@ from ..ops.worker_metrics import publish_metrics
 from ..security.nats_identity import nats_identity, use_nkey
 from ..topology.placement import BrokerSection
 from ..topology.provision import WorkerRefused, credential_settings, with_retry, workers_section
+from ..topology.redis_users import check_redis_user
 from ..transports.brokers import BrokerUnavailable, redact
 from ..topology.workers import run_worker
 
@@ -67,6 +68,10 @@ def command_worker(args: argparse.Namespace) -> int:
         url = settings.section("nats", BrokerSection).url
         asyncio.run(with_retry(lambda: check_broker_user(url, identity[0]), workers_section(settings),
                                f"worker {identity[0]}"))
+    elif identity is not None and settings.section("redis", BrokerSection).url:  # a Redis ACL user: the same
+        redis_url = settings.section("redis", BrokerSection).url
+        asyncio.run(with_retry(lambda: asyncio.to_thread(check_redis_user, redis_url, identity[0]),
+                               workers_section(settings), f"worker {identity[0]}"))
     return asyncio.run(run_worker(settings, args.cell, args.replica, setup=publish_metrics, identity=identity))
 
 

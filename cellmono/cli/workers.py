@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 from ..core.config import load_settings
+from ..topology.placement import broker_kind
 from ..topology.provision import Registry, provision, revoke, workers_section
+from ..topology.redis_users import provision_redis, revoke_redis
 
 # %% auto #0
 __all__ = ['command_provision', 'command_revoke', 'command_list', 'register']
@@ -24,7 +26,8 @@ def command_provision(args: argparse.Namespace) -> int:
     settings = load_settings(args.settings)
     credential = args.credential or f"{args.name}.credential"
     cells = [cell.strip() for cell in (args.cells or "").split(",") if cell.strip()]
-    note = asyncio.run(provision(settings, args.name, cells, credential, force=args.force))
+    made = provision_redis if broker_kind(settings) == "redis" else provision  # a Redis ACL user, or a NATS user
+    note = asyncio.run(made(settings, args.name, cells, credential, force=args.force))
     print(f"worker {args.name}: credential written to {credential} (mode 0600; copy it to the new machine)")
     print(note)
     print(f"on the new machine, in an empty folder: cellmono worker --credential {Path(credential).name}")
@@ -33,7 +36,10 @@ def command_provision(args: argparse.Namespace) -> int:
 
 def command_revoke(args: argparse.Namespace) -> int:
     """`cellmono workers revoke NAME`: remove its broker user and revoke its token everywhere."""
-    note = asyncio.run(revoke(load_settings(args.settings), args.name))
+    settings = load_settings(args.settings)
+    record = Registry(workers_section(settings).registry).load().get(args.name, {})
+    redis = record.get("broker") == "redis" or (not record and broker_kind(settings) == "redis")
+    note = asyncio.run((revoke_redis if redis else revoke)(settings, args.name))
     print(f"worker {args.name}: revoked (broker user removed, token revoked on the engine)")
     print(note)
     return 0

@@ -67,10 +67,12 @@ class CellmonoError(Exception):
     │   ├── StoreCorrupted (ValueError)       a ciphertext or the file is damaged
     │   ├── StoreBusy (TimeoutError)          another process held the file too long
     │   ├── NamespaceError (ValueError)       a bad namespace or key name
-    │   └── StoreRolledBack                   the store file is older than its generation anchor (restored)
+    │   ├── StoreRolledBack                   the store file is older than its generation anchor (restored)
+    │   └── StoreLayoutOld                    the Redis engine store has the old shared-hash layout: start the app first
     ├── EngineError                           keys, revocations or credentials on the engine (security)
     │   ├── EngineUnavailable (ConnectionError)  the engine cannot be reached; names its URL, never a password
     │   ├── EngineRecordInvalid (ValueError)  a record on the engine is malformed, or a key under another's id
+    │   ├── EngineDenied (PermissionError)   the engine refused this credential a key or command (Redis NOPERM, WRONGPASS)
     │   ├── CredentialInvalid (ValueError)    a worker credential file: missing, too open, malformed, already there (topology)
     │   └── WorkerRefused (PermissionError)   the app refused a worker's credential: unknown, wrong or revoked (topology)
     ├── RunbookError                          a runbook cannot run, or its run failed (ops)

@@ -21,7 +21,7 @@ from ..core.errors import CellmonoError
 from .signing import SigningKeys, key_id
 
 # %% auto #0
-__all__ = ['EngineError', 'EngineUnavailable', 'EngineRecordInvalid', 'PublishedKey', 'KeyDirectory', 'published',
+__all__ = ['EngineError', 'EngineUnavailable', 'EngineRecordInvalid', 'EngineDenied', 'PublishedKey', 'KeyDirectory', 'published',
            'SharedRevocations']
 
 # %% ../../nbs/18b_engine_keys.ipynb #7b5ede73
@@ -35,6 +35,10 @@ class EngineUnavailable(EngineError, ConnectionError):
 
 class EngineRecordInvalid(EngineError, ValueError):
     """A record read from the engine is not what cellmono wrote: malformed, or a key under another key's id."""
+
+
+class EngineDenied(EngineError, PermissionError):
+    """The engine refused this credential a key or a command (Redis `NOPERM`, `WRONGPASS`): names which, never a password."""
 
 # %% ../../nbs/18b_engine_keys.ipynb #0801e6aa
 def _raw(key: Ed25519PublicKey) -> bytes:

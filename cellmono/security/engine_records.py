@@ -1,4 +1,4 @@
-"""The engine store's two backends: `NatsRecords` (a JetStream KV bucket; a commit is one ADR-50 atomic batch whose messages each expect their subject's last sequence) and `RedisRecords` (two hashes; a commit is one Lua script).
+"""The engine store's two backends: `NatsRecords` (a JetStream KV bucket; a commit is one ADR-50 atomic batch whose messages each expect their subject's last sequence) and `RedisRecords` (one hash per namespace, `security.engine_redis`; a commit is one Lua script).
 
 Docs: https://cellmono.github.io/cellmono/engine_records.html.md"""
 
@@ -21,6 +21,7 @@ from .engine_kv import LoopThread, redact
 from ..core.config import Section, Settings
 from ..core.errors import ConfigError
 from .engine_inbox import INBOX_NAMESPACE
+from .engine_redis import RedisRecords
 from .engine_store import EngineStore, Read, Writes
 from .keys import KeyProvider, StoreError
 from .nats_identity import nats_identity
@@ -28,7 +29,7 @@ from .nats_identity import nats_identity
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['NatsRecords', 'RedisRecords', 'engine_records', 'StoreSection', 'open_engine_store', 'safe_app']
+__all__ = ['NatsRecords', 'engine_records', 'StoreSection', 'open_engine_store', 'safe_app']
 
 # %% ../../nbs/19e_engine_records.ipynb #dbc10d9e
 _DELETE = {"KV-Operation": "DEL"}
@@ -152,86 +153,10 @@ class NatsRecords:
         """Drain the connection and stop its thread."""
         self._thread.stop(self._nc.close(), self.timeout)
 
-# %% ../../nbs/19e_engine_records.ipynb #5bed2220
-_COMMIT = """
-local i = 2
-for _ = 1, tonumber(ARGV[1]) do
-  if tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0') ~= tonumber(ARGV[i + 1]) then return 0 end
-  i = i + 2
-end
-for _ = 1, tonumber(ARGV[i]) do
-  redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
-  if ARGV[i + 2] == 'd' then redis.call('HDEL', KEYS[1], ARGV[i + 1])
-  else redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 3]) end
-  if tonumber(ARGV[i + 4]) > 0 then  -- an expiring record: its value and its revision go together
-    redis.call('HPEXPIRE', KEYS[1], ARGV[i + 4], 'FIELDS', 1, ARGV[i + 1])
-    redis.call('HPEXPIRE', KEYS[2], ARGV[i + 4], 'FIELDS', 1, ARGV[i + 1])
-  end
-  i = i + 4
-end
-return 1
-"""
-
-
-class RedisRecords:
-    """`RecordTable` on two Redis hashes, `<name>` (values) and `<name>:rev` (revisions); a commit is one Lua
-    script that checks the revisions and writes, which Redis runs with nothing in between."""
-
-    def __init__(self, url: str, *, name: str = "cellmono:store", timeout: float = 5.0) -> None:
-        import redis  # optional extra: cellmono[redis]
-        self.url, self.name, self.revisions = url, name, f"{name}:rev"
-        self._ttl: tuple[str, int] | None = None  # (record prefix, milliseconds) of records that expire
-        self._client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-        try:
-            self._client.ping()
-            self._commit = self._client.register_script(_COMMIT)
-        except Exception as error:  # refused, auth failure, timeout: all "cannot use the engine"
-            self._client.close()
-            raise EngineUnavailable(f"cannot reach the engine store at {redact(url)}: "
-                                    f"{type(error).__name__} {error}".strip()) from None
-
-    def read(self, record: str) -> Read:
-        """Revision and value, in one MULTI/EXEC."""
-        pipe = self._client.pipeline(transaction=True)
-        pipe.hget(self.revisions, record)
-        pipe.hget(self.name, record)
-        revision, value = pipe.execute()
-        return int(revision or 0), value
-
-    def records(self, prefix: str) -> list[str]:
-        """Live fields under `prefix` (HSCAN)."""
-        return sorted(field.decode() for field, _ in self._client.hscan_iter(self.name, match=prefix.replace(
-            "[", "\\[").replace("*", "\\*").replace("?", "\\?") + "*"))
-
-    def expire_after(self, prefix: str, seconds: float) -> None:
-        """Records under `prefix` get a field TTL (`HPEXPIRE`, Redis >= 7.4 / Valkey >= 9); an older server keeps
-        them, with one warning."""
-        try:
-            self._client.execute_command("HPEXPIRE", f"{self.name}:probe", 1000, "FIELDS", 1, "probe")  # type: ignore[no-untyped-call]
-        except Exception as error:  # "unknown command" on an older server
-            _log.warning("engine store at %s cannot expire records (%s): inbox records are kept",
-                         redact(self.url), type(error).__name__)
-            return
-        self._ttl = (prefix, max(1, round(seconds * 1000)))
-
-    def commit(self, checks: dict[str, Read], writes: Writes) -> bool:
-        """The Lua script: every revision checked, then every write, atomically."""
-        arguments: list[Any] = [len(checks)]
-        for name, (revision, _) in checks.items():
-            arguments += [name, revision]
-        arguments.append(len(writes))
-        for name, value in writes.items():
-            ttl = self._ttl[1] if self._ttl is not None and value is not None and name.startswith(self._ttl[0]) else 0
-            arguments += [name, "d", b"", 0] if value is None else [name, "s", value, ttl]
-        return bool(self._commit(keys=[self.name, self.revisions], args=arguments))
-
-    def close(self) -> None:
-        """Disconnect."""
-        self._client.close()
-
 # %% ../../nbs/19e_engine_records.ipynb #0847639c
 def engine_records(kind: str, url: str, *, app: str = "cellmono", **options: Any) -> NatsRecords | RedisRecords:
-    """The store records of `app` on the broker `kind` (`nats`: KV bucket `<app>_store`; `redis`: hash `<app>:store`)."""
+    """The store records of `app` on the broker `kind` (`nats`: KV bucket `<app>_store`; `redis`: one hash per
+    namespace, `<app>:store:{<ns>}`, see `security.engine_redis`)."""
     if kind == "nats":
         return NatsRecords(url, bucket=f"{app}_store", **options)
     if kind == "redis":
@@ -246,11 +171,12 @@ class StoreSection(Section):
     transport: Literal["nats", "redis"] | None = None  # which broker holds them: the only one configured when unset
     replicas: PositiveInt = 1  # JetStream: replicas of the KV bucket (3 on a 3-node cluster)
     inbox_window: PositiveFloat = 8 * 24 * 3600.0  # seconds an exactly-once inbox record lives (`security.engine_inbox`)
+    migrate: bool = True  # Redis: move a store of the old shared-hash layout on open (the app; never a provisioned worker)
 
 
 def open_engine_store(settings: Settings, keys: KeyProvider) -> EngineStore:
     """The engine store `[store]` names: the app's records on its `[nats]` / `[redis]` broker; `ConfigError` when
-    that broker has no `url`."""
+    that broker has no `url`; on Redis with `migrate` (the app), the old layout moved and the inbox's data key made."""
     section = settings.section("store", StoreSection)
     brokers = [kind for kind in ("nats", "redis") if settings.extra_sections.get(kind, {}).get("url")]
     kind = section.transport or (brokers[0] if len(brokers) == 1 else None)
@@ -258,10 +184,13 @@ def open_engine_store(settings: Settings, keys: KeyProvider) -> EngineStore:
         raise ConfigError(f"{settings.source}: [store] backend = engine needs a broker: set [store] transport = "
                           f"nats or redis and that section's url (configured: {', '.join(brokers) or 'none'})")
     url = settings.extra_sections[kind]["url"]
-    options: dict[str, Any] = {"replicas": section.replicas} if kind == "nats" else {}
+    options: dict[str, Any] = {"replicas": section.replicas} if kind == "nats" else {"migrate": section.migrate}
     table = engine_records(kind, url, app=safe_app(settings.app.name), **options)
     table.expire_after(INBOX_NAMESPACE + ".", section.inbox_window)  # the dedupe window (`security.engine_inbox`)
-    return EngineStore(table, keys)
+    store = EngineStore(table, keys)
+    if kind == "redis" and section.migrate:  # the inbox's data key, made by the app: workers may only read it
+        store._active_key(INBOX_NAMESPACE)
+    return store
 
 
 def safe_app(name: str) -> str:
