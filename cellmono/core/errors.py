@@ -14,7 +14,8 @@ from pydantic import ValidationError
 # %% auto #0
 __all__ = ['CellmonoError', 'ConfigError', 'ContractError', 'VerificationError', 'SubjectError', 'MessageError',
            'MalformedMessage', 'MessageTooLarge', 'PayloadInvalid', 'IdempotencyKeyInvalid', 'BusError', 'BusClosed',
-           'NoResponders', 'RequestTimeout', 'RemoteError', 'AccessDenied', 'rebuild_error', 'validation_summary']
+           'NoResponders', 'RequestTimeout', 'RemoteError', 'AccessDenied', 'EngineDenied', 'rebuild_error',
+           'validation_summary']
 
 # %% ../../nbs/00_errors.ipynb #d18e2350
 class CellmonoError(Exception):
@@ -46,6 +47,7 @@ class CellmonoError(Exception):
     │   ├── SandboxDenied                     a sandbox policy refused a file, host or call (sandbox)
     │   ├── Unauthenticated                   no or bad credential: HTTP 401 (gateway)
     │   ├── InsufficientScope                 the caller may not use that tool: HTTP 403 (gateway)
+    │   ├── EngineDenied                      the engine's server refused this process a subject (re-provision the worker)
     │   └── TokenInvalid                      the capability token is unusable (security)
     │       ├── TokenMissing, TokenExpired, TokenNotYetValid, TokenRevoked, TokenAudienceMismatch
     │       ├── TokenMalformed
@@ -194,6 +196,10 @@ class RemoteError(BusError):
 # %% ../../nbs/00_errors.ipynb #2d2b73a6
 class AccessDenied(CellmonoError, PermissionError):
     """A capability check refused the call."""
+
+# %% ../../nbs/00_errors.ipynb #81408863
+class EngineDenied(AccessDenied):
+    """The engine's server refused this process a subject (a worker reaching outside its cells' share)."""
 
 # %% ../../nbs/00_errors.ipynb #d5310e83
 def rebuild_error(type_name: str, message: str) -> CellmonoError:
