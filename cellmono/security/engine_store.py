@@ -120,7 +120,7 @@ class MemoryRecords:
         """Nothing to close."""
 
 # %% ../../nbs/19d_engine_store.ipynb #77839fca
-_DEK, _ACTIVE = "_dek.", "_active."  # data-key records, and each namespace's active data-key id
+_DEK, _ACTIVE = "_dek.", "_active."  # data-key records `_dek.<namespace>.<id>`, each namespace's active data-key id
 
 
 def _header(namespace: str, key: str, sealed: bytes) -> tuple[int, int, bytes]:
@@ -142,10 +142,12 @@ class EngineStore:
         self._ciphers: dict[int, AESGCM] = {}
         self._active: dict[str, tuple[int, AESGCM, float]] = {}
 
-    def _cipher(self, dek_id: int) -> AESGCM:
+    def _cipher(self, dek_id: int, namespace: str) -> AESGCM:
         cipher = self._ciphers.get(dek_id)
         if cipher is None:  # a data key another process created (or rotated to): read and unwrap it
-            _, data = self.table.read(f"{_DEK}{dek_id}")
+            _, data = self.table.read(f"{_DEK}{namespace}.{dek_id}")
+            if data is None:  # written before data keys were named by namespace (no worker may read it)
+                _, data = self.table.read(f"{_DEK}{dek_id}")
             if data is None:
                 raise StoreCorrupted(f"the engine store has no data key {dek_id}")
             try:
@@ -163,7 +165,7 @@ class EngineStore:
             return cached[0], cached[1]
         revision, data = self.table.read(_ACTIVE + namespace)
         dek_id = int(data) if data is not None else self._new_data_key(namespace, (revision, data))
-        cipher = self._cipher(dek_id)
+        cipher = self._cipher(dek_id, namespace)
         self._active[namespace] = (dek_id, cipher, time.monotonic())
         return dek_id, cipher
 
@@ -174,7 +176,7 @@ class EngineStore:
         record = json.dumps({"namespace": namespace, "kek": kek_id, "wrapped": base64.b64encode(wrapped).decode(),
                              "created": time.time()}).encode()
         if self.table.commit({_ACTIVE + namespace: active},
-                             {f"{_DEK}{dek_id}": record, _ACTIVE + namespace: str(dek_id).encode()}):
+                             {f"{_DEK}{namespace}.{dek_id}": record, _ACTIVE + namespace: str(dek_id).encode()}):
             self._ciphers[dek_id] = AESGCM(data_key)
             return dek_id
         _, data = self.table.read(_ACTIVE + namespace)  # another process made one meanwhile: use it
@@ -191,7 +193,7 @@ class EngineStore:
         """The plaintext of a sealed value read from record `namespace`/`key`; `StoreCorrupted` if it fails."""
         version, dek_id, nonce = _header(namespace, key, sealed)
         try:
-            return self._cipher(dek_id).decrypt(nonce, sealed[SEAL_HEADER.size:],
+            return self._cipher(dek_id, namespace).decrypt(nonce, sealed[SEAL_HEADER.size:],
                                                 item_aad(namespace, key, version, dek_id))
         except (InvalidTag, ValueError, TypeError):
             raise StoreCorrupted(f"value {namespace}/{key} (version {version}) on the engine fails authentication: "
@@ -266,7 +268,7 @@ class EngineStore:
             wrapped = json.loads(read[1])
             if wrapped["kek"] == current:
                 continue
-            aad = dek_aad(int(record[len(_DEK):]), wrapped["namespace"])
+            aad = dek_aad(int(record.rpartition(".")[2]), wrapped["namespace"])
             data_key = self.keys.unwrap(wrapped["kek"], base64.b64decode(wrapped["wrapped"]), aad)
             wrapped["kek"], new = self.keys.wrap(data_key, aad)
             wrapped["wrapped"] = base64.b64encode(new).decode()
