@@ -65,7 +65,7 @@ class NatsRecords:
                                       **nats_identity())
         js = self._nc.jetstream()
         try:
-            await self._denials.run(js.key_value(self.bucket))
+            await self._denials.run(js.key_value(self.bucket), f"$JS.API.STREAM.INFO.{self.stream}")
         except BucketNotFoundError:
             await self._denials.run(js.create_key_value(bucket=self.bucket, history=1, replicas=replicas, direct=True))
         config = (await self._api(f"STREAM.INFO.{self.stream}", {}))["config"]
@@ -74,7 +74,7 @@ class NatsRecords:
 
     async def _api(self, call: str, request: dict[str, Any]) -> Any:
         reply = await self._denials.run(self._nc.request(f"$JS.API.{call}", json.dumps(request).encode(),
-                                                         timeout=self.timeout))
+                                                         timeout=self.timeout), f"$JS.API.{call}")
         answer = json.loads(reply.data)
         if "error" in answer:
             if answer["error"].get("err_code") == 10037:  # no message found
@@ -89,8 +89,8 @@ class NatsRecords:
         return self._thread.run(self._read(record), self.timeout + 1)
 
     async def _read(self, record: str) -> Read:
-        reply = await self._denials.run(self._nc.request(
-            f"$JS.API.DIRECT.GET.{self.stream}.{self.prefix}{record}", b"", timeout=self.timeout))
+        subject = f"$JS.API.DIRECT.GET.{self.stream}.{self.prefix}{record}"
+        reply = await self._denials.run(self._nc.request(subject, b"", timeout=self.timeout), subject)
         headers = reply.headers or {}
         if headers.get("Status") == "404":  # never written
             return 0, None
@@ -109,14 +109,15 @@ class NatsRecords:
     async def _records(self, prefix: str) -> list[str]:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy  # optional extra: cellmono[nats]
         scope = prefix.rpartition(".")[0]  # the whole tokens of `prefix`: the subject filter
-        inbox = self._nc.new_inbox()
+        name, inbox = f"list-{uuid.uuid4().hex}", self._nc.new_inbox()
+        subject = f"{self.prefix}{scope}.>" if scope else f"{self.prefix}>"
         subscription = await self._nc.subscribe(inbox)
         names: list[str] = []
         try:
             info = await self._denials.run(self._nc.jetstream().add_consumer(self.stream, ConsumerConfig(
-                name=f"list-{uuid.uuid4().hex}", deliver_subject=inbox, headers_only=True, ack_policy=AckPolicy.NONE,
-                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=2.0, mem_storage=True,
-                filter_subject=f"{self.prefix}{scope}.>" if scope else f"{self.prefix}>")))
+                name=name, deliver_subject=inbox, headers_only=True, ack_policy=AckPolicy.NONE, filter_subject=subject,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=2.0, mem_storage=True)),
+                f"$JS.API.CONSUMER.CREATE.{self.stream}.{name}.{subject}")
             pending = info.num_pending or 0
             while pending > 0:  # bounded: the consumer counts down what is left
                 message = await subscription.next_msg(timeout=self.timeout)
@@ -138,7 +139,8 @@ class NatsRecords:
 
     def commit(self, checks: dict[str, Read], writes: Writes) -> bool:
         """One atomic batch: each written record, and each checked one rewritten as read, expects its revision."""
-        return self._thread.run(self._commit(checks, writes), self.timeout + 1)
+        subjects = [self.prefix + name for name in [*checks, *writes]]  # a refused message of a batch fails it all
+        return self._thread.run(self._denials.run(self._commit(checks, writes), *subjects), self.timeout + 1)
 
     async def _commit(self, checks: dict[str, Read], writes: Writes) -> bool:
         batch = uuid.uuid4().hex
@@ -149,7 +151,7 @@ class NatsRecords:
             headers = {**({"Nats-Expected-Last-Subject-Sequence": str(checks[name][0])} if name in checks else {}),
                        **(_DELETE if value is None else {}), **self._expiry(name, value)}
             reply = await self._denials.run(self._nc.request(self.prefix + name, value or b"", timeout=self.timeout,
-                                                             headers=headers))
+                                                             headers=headers), self.prefix + name)
             return self._acknowledged(json.loads(reply.data))
         for number, name in enumerate(names, 1):
             value = writes[name] if name in writes else checks[name][1]  # a check-only record is written as read
@@ -160,7 +162,8 @@ class NatsRecords:
                 await self._nc.publish(self.prefix + name, value or b"", headers=headers)
                 continue
             reply = await self._denials.run(self._nc.request(self.prefix + name, value or b"", timeout=self.timeout,
-                                                             headers={**headers, "Nats-Batch-Commit": "1"}))
+                                                             headers={**headers, "Nats-Batch-Commit": "1"}),
+                                            self.prefix + name)
             return self._acknowledged(json.loads(reply.data))
         return True
 

@@ -88,8 +88,9 @@ class Denials:
             if not waiting.done():
                 waiting.set_result(subject)
 
-    async def run(self, operation: Awaitable[_T]) -> _T:
-        """`operation`'s result; `EngineDenied` naming the subject when the server refuses one while it runs."""
+    async def run(self, operation: Awaitable[_T], *subjects: str) -> _T:
+        """`operation`'s result; `EngineDenied` naming the subject when the server refuses one while it runs
+        (one of `subjects`, those `operation` uses, as spelled: nats-py reports it in lower case)."""
         refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         task = asyncio.ensure_future(operation)
         self._waiting.add(refused)
@@ -100,6 +101,7 @@ class Denials:
         if not refused.done():
             return task.result()
         task.cancel()
-        raise EngineDenied(f"{self.what}: the engine refused {refused.result()!r} to this process's NATS user; a "
+        named = next((subject for subject in subjects if subject.lower() == refused.result().lower()), refused.result())
+        raise EngineDenied(f"{self.what}: the engine refused {named!r} to this process's NATS user; a "
                            "worker reaches only its own cells' share: re-provision it with that cell "
                            "(cellmono workers provision NAME --cells ... --force)")

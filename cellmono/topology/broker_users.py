@@ -60,20 +60,23 @@ def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dic
     records, active data-key pointers, data keys and inbox records, and the inbox's data key. Store reads name the
     record in the API subject (`$JS.API.DIRECT.GET.<stream>.<subject>`, listings `$JS.API.CONSUMER.CREATE.<stream>.
     <consumer>.<filter>`), so nats-server refuses every other cell's record, whatever the request's body says."""
-    prefix = settings.section("nats", BrokerSection).prefix
-    namespace = engine_namespace(settings.app.name)
+    section = settings.section("nats", BrokerSection)
+    prefix, namespace = section.prefix, engine_namespace(settings.app.name)
     store = f"{safe_app(settings.app.name)}_store"  # `security.engine_records`: the store's KV bucket
     streams = [f"KV_{namespace}_keys", f"KV_{namespace}_revocations", f"KV_{namespace}_audit_keys", "AUDIT"]
-    streams += ["CELLMONO_" + safe_name(f"{prefix}.{pattern}") for pattern in settings.section("nats", BrokerSection).durable]
+    streams += ["CELLMONO_" + safe_name(f"{prefix}.{pattern}") for pattern in section.durable]
     subscribe, publish = ["_INBOX.>"], ["_INBOX.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
                                        "$JS.FC.>", f"{prefix}.r.{REGISTER_SUBJECT.format(name=name)}",
-                                       f"$KV.{namespace}_audit_keys.>", f"$JS.API.STREAM.INFO.KV_{store}",
-                                       f"$JS.API.STREAM.CREATE.KV_{store}"]
+                                       f"$KV.{namespace}_audit_keys.>"]
+    for stream in [f"KV_{store}"] + (["CELLMONO_" + safe_name(f"{prefix}.dead.>")] if section.durable else []):
+        publish += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}"]  # no reads: the API subject
+        # of a stream's consumers and gets need not name a subject, so a read here could read any record or letter
     shares = [f"_active.{INBOX_NAMESPACE}", f"_dek.{INBOX_NAMESPACE}.>"]  # the inbox's data key: one for every worker
     for cell in cells:
         for spec in cell_class(settings, cell).specs:
             if spec.kind == "listener":
                 subscribe.append(event_subject(prefix, spec.subject))
+                publish.append(event_subject(prefix, f"dead.{spec.subject}"))  # its dead letters (transports.jetstream)
             elif spec.kind in ("handler", "tool"):
                 subscribe.append(request_subject(prefix, spec.subject))
         subscribe.append(request_subject(prefix, f"cellmono.worker.{cell}.*"))
