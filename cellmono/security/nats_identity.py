@@ -93,9 +93,13 @@ class Denials:
         (one of `subjects`, those `operation` uses, as spelled: nats-py reports it in lower case)."""
         refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         task = asyncio.ensure_future(operation)
+        racing: list[asyncio.Future[Any]] = [task, refused]
         self._waiting.add(refused)
         try:
-            await asyncio.wait({task, refused}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the caller gave up (its own deadline): so does the operation
+            task.cancel()
+            raise
         finally:
             self._waiting.discard(refused)
         if not refused.done():
