@@ -89,8 +89,13 @@ class NatsRecords:
         return self._thread.run(self._read(record), self.timeout + 1)
 
     async def _read(self, record: str) -> Read:
+        from nats.errors import NoRespondersError  # optional extra: cellmono[nats]
         subject = f"$JS.API.DIRECT.GET.{self.stream}.{self.prefix}{record}"
-        reply = await self._denials.run(self._nc.request(subject, b"", timeout=self.timeout), subject)
+        try:
+            reply = await self._denials.run(self._nc.request(subject, b"", timeout=self.timeout), subject)
+        except NoRespondersError:  # a bucket an older cellmono made: the app's next start allows direct gets
+            raise EngineUnavailable(f"the engine store {self.bucket!r} at {redact(self.url)} does not answer direct "
+                                    "gets: start the app with this version first (it sets allow_direct)") from None
         headers = reply.headers or {}
         if headers.get("Status") == "404":  # never written
             return 0, None

@@ -1,4 +1,4 @@
-"""This process's NATS identity: a provisioned worker connects with its nkey seed (a signature, no password on the wire); every NATS connection the process opens (bus, engine tables, engine store, audit stream) uses it.
+"""This process's NATS identity: a provisioned worker connects with its nkey seed (a signature, no password on the wire); every NATS connection the process opens (bus, engine tables, engine store, audit stream) uses it, and a subject the server refuses it surfaces as `EngineDenied`.
 
 Docs: https://cellmono.github.io/cellmono/nats_identity.html.md"""
 
