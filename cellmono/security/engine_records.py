@@ -63,6 +63,8 @@ class NatsRecords:
         self._nc = await nats.connect(servers, name=name, connect_timeout=self.timeout, max_reconnect_attempts=-1,
                                       reconnect_time_wait=0.5, allow_reconnect=True, error_cb=self._denials.error_cb,
                                       **nats_identity())
+        if nats_identity():  # a provisioned worker: the app makes the bucket, and its info (which lists every
+            return           # cell's record names) is not the worker's to read (`topology.broker_users`)
         js = self._nc.jetstream()
         try:
             await self._denials.run(js.key_value(self.bucket), f"$JS.API.STREAM.INFO.{self.stream}")
@@ -93,9 +95,9 @@ class NatsRecords:
         subject = f"$JS.API.DIRECT.GET.{self.stream}.{self.prefix}{record}"
         try:
             reply = await self._denials.run(self._nc.request(subject, b"", timeout=self.timeout), subject)
-        except NoRespondersError:  # a bucket an older cellmono made: the app's next start allows direct gets
+        except NoRespondersError:  # no bucket yet, or one an older cellmono made: the app's next start fixes both
             raise EngineUnavailable(f"the engine store {self.bucket!r} at {redact(self.url)} does not answer direct "
-                                    "gets: start the app with this version first (it sets allow_direct)") from None
+                                    "gets: start the app (this version) first: it makes the bucket and allows them") from None
         headers = reply.headers or {}
         if headers.get("Status") == "404":  # never written
             return 0, None

@@ -68,9 +68,9 @@ def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dic
     subscribe, publish = ["_INBOX.>"], ["_INBOX.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
                                        "$JS.FC.>", f"{prefix}.r.{REGISTER_SUBJECT.format(name=name)}",
                                        f"$KV.{namespace}_audit_keys.>"]
-    for stream in [f"KV_{store}"] + (["CELLMONO_" + safe_name(f"{prefix}.dead.>")] if section.durable else []):
-        publish += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}"]  # no reads: the API subject
-        # of a stream's consumers and gets need not name a subject, so a read here could read any record or letter
+    if section.durable:  # its dead letters' stream: made if missing, never read (others' letters are there too)
+        dead = "CELLMONO_" + safe_name(f"{prefix}.dead.>")
+        publish += [f"$JS.API.STREAM.INFO.{dead}", f"$JS.API.STREAM.CREATE.{dead}"]
     shares = [f"_active.{INBOX_NAMESPACE}", f"_dek.{INBOX_NAMESPACE}.>"]  # the inbox's data key: one for every worker
     for cell in cells:
         for spec in cell_class(settings, cell).specs:
@@ -87,7 +87,7 @@ def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dic
             f"{inbox}.>" for inbox in inbox_prefixes(settings, cell)]
         replicas = max(AUDIT_REPLICAS, settings.cells[cell].replicas)  # a node id is one subject token: no prefix match
         publish += [f"audit.{part}{cell}-{replica}" for replica in range(1, replicas + 1) for part in ("", "anchors.")]
-    for share in shares:  # write it, read it by a direct get naming it
+    for share in shares:  # write it, read it by a direct get naming it: nothing else of the store's stream API
         publish += [f"$KV.{store}.{share}", f"$JS.API.DIRECT.GET.KV_{store}.$KV.{store}.{share}"]
     for stream in streams:  # public tables and its own consumers: the whole stream API
         publish += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.CONSUMER.*.{stream}",

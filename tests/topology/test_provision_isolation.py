@@ -2,7 +2,7 @@
 whose authorization include `cellmono workers provision` wrote, the worker of `counter` serves requests and durable
 events (its records, data key and exactly-once inbox entries), while `vault`'s record, data key and inbox entry,
 and every unscoped form of the stream API (an unfiltered consumer, a direct get without a subject, a stream
-message get) are refused by the server and raise `EngineDenied` at once, never a timeout.
+message get, the stream's info) are refused by the server and raise `EngineDenied` at once, never a timeout.
 Real nats-server, real `cellmono` subprocesses."""
 from __future__ import annotations
 
@@ -194,6 +194,8 @@ nats_pid_file = {broker / "nats.pid"}
                     "STREAM.MSG.GET")
             refused(lambda: api(f"DIRECT.GET.{STREAM}", {"last_by_subj": f"$KV.{BUCKET}.{vault_key}"}),
                     f"DIRECT.GET.{STREAM}")
+            refused(lambda: api(f"STREAM.INFO.{STREAM}", {"subjects_filter": f"$KV.{BUCKET}.vault.>"}),
+                    f"STREAM.INFO.{STREAM}")  # it would list the vault's record names
             with pytest.raises(EngineUnavailable, match="filter"):  # its own filter in the subject, another's inside
                 api(f"CONSUMER.CREATE.{STREAM}.sneak.$KV.{BUCKET}.counter.>", {"stream_name": STREAM, "config": {
                     "name": "sneak", "deliver_subject": "_INBOX.sneak", "ack_policy": "none",
