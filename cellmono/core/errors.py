@@ -72,7 +72,7 @@ class CellmonoError(Exception):
     ├── EngineError                           keys, revocations or credentials on the engine (security)
     │   ├── EngineUnavailable (ConnectionError)  the engine cannot be reached; names its URL, never a password
     │   ├── EngineRecordInvalid (ValueError)  a record on the engine is malformed, or a key under another's id
-    │   ├── EngineDenied (PermissionError)   the engine refused this credential a key or command (Redis NOPERM, WRONGPASS)
+    │   ├── EngineDenied (AccessDenied)       the engine refused this process a subject, key or command: re-provision it
     │   ├── CredentialInvalid (ValueError)    a worker credential file: missing, too open, malformed, already there (topology)
     │   └── WorkerRefused (PermissionError)   the app refused a worker's credential: unknown, wrong or revoked (topology)
     ├── RunbookError                          a runbook cannot run, or its run failed (ops)

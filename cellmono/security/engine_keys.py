@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ..core.errors import CellmonoError
+from ..core.errors import AccessDenied, CellmonoError
 from .signing import SigningKeys, key_id
 
 # %% auto #0
@@ -37,8 +37,9 @@ class EngineRecordInvalid(EngineError, ValueError):
     """A record read from the engine is not what cellmono wrote: malformed, or a key under another key's id."""
 
 
-class EngineDenied(EngineError, PermissionError):
-    """The engine refused this credential a key or a command (Redis `NOPERM`, `WRONGPASS`): names which, never a password."""
+class EngineDenied(EngineError, AccessDenied):
+    """The engine refused this process a subject, key or command (NATS permissions; Redis `NOPERM`, `WRONGPASS`):
+    names which, never a password; the fix is to re-provision the worker for the cells it serves."""
 
 # %% ../../nbs/18b_engine_keys.ipynb #0801e6aa
 def _raw(key: Ed25519PublicKey) -> bytes:

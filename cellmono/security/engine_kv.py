@@ -19,7 +19,8 @@ from typing import Any, Protocol, TypeVar
 
 from .engine_keys import (
     EngineRecordInvalid, EngineUnavailable, KeyDirectory, PublishedKey, SharedRevocations, published)
-from .nats_identity import nats_identity
+from .engine_keys import EngineDenied
+from .nats_identity import Denials, nats_identity
 from .signing import SigningKeys
 
 _log = logging.getLogger(__name__)
@@ -129,10 +130,6 @@ class LoopThread:
             thread.join(timeout)
 
 # %% ../../nbs/18c_engine_kv.ipynb #73e69a1d
-async def _quiet(error: Exception) -> None:
-    _log.debug("engine connection: %s", error)  # reconnects are logged by the client; no traceback per retry
-
-
 class NatsTables:
     """`EngineTables` on JetStream KV buckets `<namespace>_<table>`."""
 
@@ -144,6 +141,7 @@ class NatsTables:
         self._buckets: dict[str, Any] = {}
         self._watchers: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._denials = Denials(f"engine tables {namespace}")  # a refused subject: `EngineDenied`, not a timeout
 
     async def start(self) -> None:
         """Connect to the NATS server at `url`."""
@@ -151,7 +149,8 @@ class NatsTables:
         try:
             self._connection = await asyncio.wait_for(nats.connect(  # the client retries a first connect forever
                 self.url, name=self.name, connect_timeout=self.connect_timeout, max_reconnect_attempts=-1,
-                allow_reconnect=True, reconnect_time_wait=0.5, error_cb=_quiet, **nats_identity()), self.connect_timeout + 1)
+                allow_reconnect=True, reconnect_time_wait=0.5, error_cb=self._denials.error_cb, **nats_identity()),
+                self.connect_timeout + 1)
         except Exception as error:  # nats raises several unrelated types for "not there" and "refused"
             raise EngineUnavailable(f"cannot reach the engine at {redact(self.url)}: "
                                     f"{type(error).__name__} {error}".strip()) from None
@@ -163,13 +162,13 @@ class NatsTables:
             bucket = f"{self.namespace}_{table}"
             try:
                 try:
-                    self._buckets[table] = await js.key_value(bucket)
+                    self._buckets[table] = await self._denials.run(js.key_value(bucket), f"$JS.API.STREAM.INFO.KV_{bucket}")
                 except BucketNotFoundError:
                     if not self.create:
                         raise EngineUnavailable(f"no {bucket!r} table on the engine at {redact(self.url)}: "
                                                 "start the app first (it creates it)") from None
                     self._buckets[table] = await js.create_key_value(bucket=bucket, history=1)
-            except EngineUnavailable:
+            except (EngineUnavailable, EngineDenied):
                 raise
             except Exception as error:  # no JetStream, no permission, timeout: the client's types vary
                 raise EngineUnavailable(f"the engine at {redact(self.url)} has no usable KV bucket {bucket!r} "
@@ -178,11 +177,12 @@ class NatsTables:
 
     async def put(self, table: str, key: str, value: bytes) -> None:
         """Put `key` in the table's bucket (acknowledged by the server: durable when this returns)."""
-        await (await self._bucket(table)).put(key, value)
+        bucket = await self._bucket(table)
+        await self._denials.run(bucket.put(key, value), f"$KV.{self.namespace}_{table}.{key}")
 
     async def watch(self, table: str, apply: Apply, timeout: float = 10.0) -> None:
         """Apply the bucket's current values, then keep applying changes (deletes as None)."""
-        watcher = await (await self._bucket(table)).watchall()
+        watcher = await self._denials.run((await self._bucket(table)).watchall())
         self._watchers.append(watcher)
         while (entry := await watcher.updates(timeout)) is not None:  # None marks the end of the current values
             apply(entry.key, None if entry.operation else entry.value)

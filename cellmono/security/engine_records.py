@@ -7,7 +7,6 @@ Docs: https://cellmono.github.io/cellmono/engine_records.html.md"""
 # %% ../../nbs/19e_engine_records.ipynb #ef6b5d54
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import re
@@ -20,11 +19,12 @@ from .engine_keys import EngineUnavailable
 from .engine_kv import LoopThread, redact
 from ..core.config import Section, Settings
 from ..core.errors import ConfigError
+from .engine_keys import EngineDenied
 from .engine_inbox import INBOX_NAMESPACE
 from .engine_redis import RedisRecords
 from .engine_store import EngineStore, Read, Writes
 from .keys import KeyProvider, StoreError
-from .nats_identity import nats_identity
+from .nats_identity import Denials, nats_identity
 
 _log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ __all__ = ['NatsRecords', 'engine_records', 'StoreSection', 'open_engine_store',
 # %% ../../nbs/19e_engine_records.ipynb #dbc10d9e
 _DELETE = {"KV-Operation": "DEL"}
 _WRONG_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF: another writer got there first
+_FLAGS = ("allow_atomic", "allow_msg_ttl", "allow_direct")  # atomic batches, per-record TTL, direct gets
 
 
 class NatsRecords:
@@ -46,9 +47,10 @@ class NatsRecords:
         self.stream, self.prefix = f"KV_{bucket}", f"$KV.{bucket}."
         self._ttl: tuple[str, str] | None = None  # (record prefix, Nats-TTL) of records that expire
         self._thread = LoopThread(f"engine store {bucket}")
+        self._denials = Denials(f"engine store {bucket}")  # a refused subject: `EngineDenied`, not a timeout
         try:
             self._thread.run(self._start(replicas, name), timeout + 2)
-        except EngineUnavailable:
+        except (EngineUnavailable, EngineDenied):
             self._thread.stop()
             raise
         except Exception as error:  # nats raises several unrelated types for "not there" and "refused"
@@ -61,19 +63,22 @@ class NatsRecords:
         from nats.js.errors import BucketNotFoundError  # optional extra: cellmono[nats]
         servers = [part.strip() for part in self.url.split(",") if part.strip()]  # every node of a cluster
         self._nc = await nats.connect(servers, name=name, connect_timeout=self.timeout, max_reconnect_attempts=-1,
-                                      reconnect_time_wait=0.5, allow_reconnect=True, **nats_identity())
+                                      reconnect_time_wait=0.5, allow_reconnect=True, error_cb=self._denials.error_cb,
+                                      **nats_identity())
+        if nats_identity():  # a provisioned worker: the app makes the bucket, and its info (which lists every
+            return           # cell's record names) is not the worker's to read (`topology.broker_users`)
         js = self._nc.jetstream()
         try:
-            await js.key_value(self.bucket)
+            await self._denials.run(js.key_value(self.bucket), f"$JS.API.STREAM.INFO.{self.stream}")
         except BucketNotFoundError:
-            await js.create_key_value(bucket=self.bucket, history=1, replicas=replicas)
-        info = await self._api(f"STREAM.INFO.{self.stream}", {})
-        if not info["config"].get("allow_atomic") or not info["config"].get("allow_msg_ttl"):  # the raw API sets them
-            await self._api(f"STREAM.UPDATE.{self.stream}", {**info["config"], "allow_atomic": True,
-                                                             "allow_msg_ttl": True})
+            await self._denials.run(js.create_key_value(bucket=self.bucket, history=1, replicas=replicas, direct=True))
+        config = (await self._api(f"STREAM.INFO.{self.stream}", {}))["config"]
+        if not all(config.get(flag) for flag in _FLAGS):  # the raw API sets them: nats-py has no fields for two
+            await self._api(f"STREAM.UPDATE.{self.stream}", {**config, **{flag: True for flag in _FLAGS}})
 
     async def _api(self, call: str, request: dict[str, Any]) -> Any:
-        reply = await self._nc.request(f"$JS.API.{call}", json.dumps(request).encode(), timeout=self.timeout)
+        reply = await self._denials.run(self._nc.request(f"$JS.API.{call}", json.dumps(request).encode(),
+                                                         timeout=self.timeout), f"$JS.API.{call}")
         answer = json.loads(reply.data)
         if "error" in answer:
             if answer["error"].get("err_code") == 10037:  # no message found
@@ -83,27 +88,55 @@ class NatsRecords:
         return answer
 
     def read(self, record: str) -> Read:
-        """The last message on the record's subject, from the stream leader (a consistent read)."""
-        answer = self._thread.run(self._api(f"STREAM.MSG.GET.{self.stream}", {"last_by_subj": self.prefix + record}),
-                                  self.timeout + 1)
-        if answer is None:
+        """The last message on the record's subject: a direct get naming the subject in the API subject
+        (`$JS.API.DIRECT.GET.<stream>.<subject>`, which a worker's permissions scope to its cells' records)."""
+        return self._thread.run(self._read(record), self.timeout + 1)
+
+    async def _read(self, record: str) -> Read:
+        from nats.errors import NoRespondersError  # optional extra: cellmono[nats]
+        subject = f"$JS.API.DIRECT.GET.{self.stream}.{self.prefix}{record}"
+        try:
+            reply = await self._denials.run(self._nc.request(subject, b"", timeout=self.timeout), subject)
+        except NoRespondersError:  # no bucket yet, or one an older cellmono made: the app's next start fixes both
+            raise EngineUnavailable(f"the engine store {self.bucket!r} at {redact(self.url)} does not answer direct "
+                                    "gets: start the app (this version) first: it makes the bucket and allows them") from None
+        headers = reply.headers or {}
+        if headers.get("Status") == "404":  # never written
             return 0, None
-        message = answer["message"]
-        headers = base64.b64decode(message.get("hdrs", "")) if message.get("hdrs") else b""
-        if b"KV-Operation" in headers:  # a delete or purge marker
-            return int(message["seq"]), None
-        return int(message["seq"]), base64.b64decode(message.get("data", ""))
+        if "Nats-Sequence" not in headers:
+            raise EngineUnavailable(f"the engine store at {redact(self.url)} refused a read: {headers.get('Status')} "
+                                    f"{headers.get('Description', '')} (nats-server >= 2.11?)".strip())
+        if headers.get("KV-Operation"):  # a delete or purge marker
+            return int(headers["Nats-Sequence"]), None
+        return int(headers["Nats-Sequence"]), bytes(reply.data)
 
     def records(self, prefix: str) -> list[str]:
-        """Every live record under `prefix`."""
-        async def keys() -> list[str]:
-            from nats.js.errors import NoKeysError  # optional extra: cellmono[nats]
-            kv = await self._nc.jetstream().key_value(self.bucket)
-            try:
-                return [str(key) for key in await kv.keys() if str(key).startswith(prefix)]
-            except NoKeysError:
-                return []
-        return sorted(self._thread.run(keys(), self.timeout * 4))
+        """Every live record under `prefix`, through a consumer whose filter (`$KV.<bucket>.<whole tokens of
+        prefix>.>`) is in its create subject, so a worker's permissions scope it; headers only, last per subject."""
+        return sorted(self._thread.run(self._records(prefix), self.timeout * 4))
+
+    async def _records(self, prefix: str) -> list[str]:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy  # optional extra: cellmono[nats]
+        scope = prefix.rpartition(".")[0]  # the whole tokens of `prefix`: the subject filter
+        name, inbox = f"list-{uuid.uuid4().hex}", self._nc.new_inbox()
+        subject = f"{self.prefix}{scope}.>" if scope else f"{self.prefix}>"
+        subscription = await self._nc.subscribe(inbox)
+        names: list[str] = []
+        try:
+            info = await self._denials.run(self._nc.jetstream().add_consumer(self.stream, ConsumerConfig(
+                name=name, deliver_subject=inbox, headers_only=True, ack_policy=AckPolicy.NONE, filter_subject=subject,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=2.0, mem_storage=True)),
+                f"$JS.API.CONSUMER.CREATE.{self.stream}.{name}.{subject}")
+            pending = info.num_pending or 0
+            while pending > 0:  # bounded: the consumer counts down what is left
+                message = await subscription.next_msg(timeout=self.timeout)
+                pending = message.metadata.num_pending
+                name = message.subject[len(self.prefix):]
+                if not (message.headers or {}).get("KV-Operation") and name.startswith(prefix):
+                    names.append(name)
+        finally:
+            await subscription.unsubscribe()  # the consumer goes away with its interest (`inactive_threshold`)
+        return names
 
     def expire_after(self, prefix: str, seconds: float) -> None:
         """Records under `prefix` are written with a per-message TTL (`Nats-TTL`): the server removes them."""
@@ -115,7 +148,8 @@ class NatsRecords:
 
     def commit(self, checks: dict[str, Read], writes: Writes) -> bool:
         """One atomic batch: each written record, and each checked one rewritten as read, expects its revision."""
-        return self._thread.run(self._commit(checks, writes), self.timeout + 1)
+        subjects = [self.prefix + name for name in [*checks, *writes]]  # a refused message of a batch fails it all
+        return self._thread.run(self._denials.run(self._commit(checks, writes), *subjects), self.timeout + 1)
 
     async def _commit(self, checks: dict[str, Read], writes: Writes) -> bool:
         batch = uuid.uuid4().hex
@@ -125,7 +159,8 @@ class NatsRecords:
             value = writes[name] if name in writes else checks[name][1]
             headers = {**({"Nats-Expected-Last-Subject-Sequence": str(checks[name][0])} if name in checks else {}),
                        **(_DELETE if value is None else {}), **self._expiry(name, value)}
-            reply = await self._nc.request(self.prefix + name, value or b"", timeout=self.timeout, headers=headers)
+            reply = await self._denials.run(self._nc.request(self.prefix + name, value or b"", timeout=self.timeout,
+                                                             headers=headers), self.prefix + name)
             return self._acknowledged(json.loads(reply.data))
         for number, name in enumerate(names, 1):
             value = writes[name] if name in writes else checks[name][1]  # a check-only record is written as read
@@ -135,8 +170,9 @@ class NatsRecords:
             if number < len(names):
                 await self._nc.publish(self.prefix + name, value or b"", headers=headers)
                 continue
-            reply = await self._nc.request(self.prefix + name, value or b"", timeout=self.timeout,
-                                           headers={**headers, "Nats-Batch-Commit": "1"})
+            reply = await self._denials.run(self._nc.request(self.prefix + name, value or b"", timeout=self.timeout,
+                                                             headers={**headers, "Nats-Batch-Commit": "1"}),
+                                            self.prefix + name)
             return self._acknowledged(json.loads(reply.data))
         return True
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from .engine_keys import EngineDenied, EngineUnavailable
 from .engine_kv import redact
-from .engine_store import Read, Writes
+from .engine_store import Read, Writes, dek_record
 from .keys import StoreError
 
 _log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def record_namespace(record: str) -> str | None:
     if record.startswith("_active."):
         return record[len("_active."):] or None
     if record.startswith("_dek."):
-        _, dot, namespace = record[len("_dek."):].partition(".")
+        namespace, dot, _ = record[len("_dek."):].rpartition(".")
         return namespace if dot and namespace else None
     if record.startswith("_inbox."):
         consumer = _decoded(record[len("_inbox."):].partition(".")[0])
@@ -169,7 +169,7 @@ class RedisRecords:
             if field.startswith("_dek.") and "." not in field[len("_dek."):]:  # `_dek.<id>`: its namespace is inside
                 data = self._client.hget(old, field)
                 try:
-                    target = f"{field}.{json.loads(data)['namespace']}" if data is not None else field
+                    target = dek_record(json.loads(data)["namespace"], int(field[len("_dek."):])) if data is not None else field
                 except (ValueError, KeyError, TypeError):
                     target = field
             namespace = record_namespace(target)

@@ -120,13 +120,13 @@ class MemoryRecords:
         """Nothing to close."""
 
 # %% ../../nbs/19d_engine_store.ipynb #77839fca
-_DEK, _ACTIVE = "_dek.", "_active."  # data-key records, and each namespace's active data-key id
+_DEK, _ACTIVE = "_dek.", "_active."  # data-key records `_dek.<namespace>.<id>`, each namespace's active data-key id
 
 
 def dek_record(namespace: str, dek_id: int) -> str:
-    """The record of data key `dek_id` of `namespace`: `_dek.<id>.<namespace>` (the namespace tells a per-namespace
-    table, such as Redis's, where it lives)."""
-    return f"{_DEK}{dek_id}.{namespace}"
+    """The record of data key `dek_id` of `namespace`: `_dek.<namespace>.<id>` (a broker scopes it per cell by its
+    prefix; a per-namespace table, such as Redis's, keeps it beside the values it seals)."""
+    return f"{_DEK}{namespace}.{dek_id}"
 
 
 def _header(namespace: str, key: str, sealed: bytes) -> tuple[int, int, bytes]:
@@ -148,11 +148,11 @@ class EngineStore:
         self._ciphers: dict[int, AESGCM] = {}
         self._active: dict[str, tuple[int, AESGCM, float]] = {}
 
-    def _cipher(self, dek_id: int, owner: str) -> AESGCM:
+    def _cipher(self, dek_id: int, namespace: str) -> AESGCM:
         cipher = self._ciphers.get(dek_id)
         if cipher is None:  # a data key another process created (or rotated to): read and unwrap it
-            _, data = self.table.read(dek_record(owner, dek_id))
-            if data is None:  # made before data keys named their namespace (a JetStream bucket keeps that name)
+            _, data = self.table.read(dek_record(namespace, dek_id))
+            if data is None:  # written before data keys were named by namespace (no worker may read it)
                 _, data = self.table.read(f"{_DEK}{dek_id}")
             if data is None:
                 raise StoreCorrupted(f"the engine store has no data key {dek_id}")
@@ -274,7 +274,7 @@ class EngineStore:
             wrapped = json.loads(read[1])
             if wrapped["kek"] == current:
                 continue
-            aad = dek_aad(int(record[len(_DEK):].partition(".")[0]), wrapped["namespace"])
+            aad = dek_aad(int(record.rpartition(".")[2]), wrapped["namespace"])
             data_key = self.keys.unwrap(wrapped["kek"], base64.b64decode(wrapped["wrapped"]), aad)
             wrapped["kek"], new = self.keys.wrap(data_key, aad)
             wrapped["wrapped"] = base64.b64encode(new).decode()

@@ -1,4 +1,4 @@
-"""This process's NATS identity: a provisioned worker connects with its nkey seed (a signature, no password on the wire); every NATS connection the process opens (bus, engine tables, engine store, audit stream) uses it.
+"""This process's NATS identity: a provisioned worker connects with its nkey seed (a signature, no password on the wire); every NATS connection the process opens (bus, engine tables, engine store, audit stream) uses it, and a subject the server refuses it surfaces as `EngineDenied`.
 
 Docs: https://cellmono.github.io/cellmono/nats_identity.html.md"""
 
@@ -7,14 +7,22 @@ Docs: https://cellmono.github.io/cellmono/nats_identity.html.md"""
 # %% ../../nbs/18d_nats_identity.ipynb #38bf020a
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import os
-from typing import Any
+import re
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from ..core.errors import ConfigError
+from .engine_keys import EngineDenied
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # %% auto #0
-__all__ = ['new_nkey_user', 'public_nkey', 'use_nkey', 'nats_identity']
+__all__ = ['new_nkey_user', 'public_nkey', 'use_nkey', 'nats_identity', 'denied_subject', 'Denials']
 
 # %% ../../nbs/18d_nats_identity.ipynb #afd19ffd
 def new_nkey_user() -> tuple[str, str]:
@@ -52,3 +60,53 @@ def use_nkey(seed: str | None) -> None:
 def nats_identity() -> dict[str, Any]:
     """The options a NATS connection adds for this process's identity (empty when it has none)."""
     return dict(_IDENTITY)
+
+# %% ../../nbs/18d_nats_identity.ipynb #31e54cca
+_VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "?([^"\']*)', re.IGNORECASE)
+
+
+def denied_subject(error: BaseException) -> str | None:
+    """The subject of a server permissions violation reported on a connection, else None."""
+    found = _VIOLATION.search(str(error))
+    return found.group(2).strip() if found else None
+
+
+class Denials:
+    """A connection's permission refusals, raised as `EngineDenied` in the operation waiting on them (`run`)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._waiting: set[asyncio.Future[str]] = set()
+
+    async def error_cb(self, error: Exception) -> None:
+        """The connection's `error_cb`: a violation fails every operation in flight; other errors are logged."""
+        subject = denied_subject(error)
+        if subject is None:
+            _log.debug("%s: %s", self.what, error)  # reconnects are the client's business: no traceback
+            return
+        _log.warning("%s: the engine refused %s", self.what, subject)
+        for waiting in list(self._waiting):
+            if not waiting.done():
+                waiting.set_result(subject)
+
+    async def run(self, operation: Awaitable[_T], *subjects: str) -> _T:
+        """`operation`'s result; `EngineDenied` naming the subject when the server refuses one while it runs
+        (one of `subjects`, those `operation` uses, as spelled: nats-py reports it in lower case)."""
+        refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(operation)
+        racing: list[asyncio.Future[Any]] = [task, refused]
+        self._waiting.add(refused)
+        try:
+            await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the caller gave up (its own deadline): so does the operation
+            task.cancel()
+            raise
+        finally:
+            self._waiting.discard(refused)
+        if not refused.done():
+            return task.result()
+        task.cancel()
+        named = next((subject for subject in subjects if subject.lower() == refused.result().lower()), refused.result())
+        raise EngineDenied(f"{self.what}: the engine refused {named!r} to this process's NATS user; a "
+                           "worker reaches only its own cells' share: re-provision it with that cell "
+                           "(cellmono workers provision NAME --cells ... --force)")

@@ -18,13 +18,14 @@ from typing import Any
 from ..core.app import load_cell_class
 from ..core.config import Settings
 from ..core.errors import ConfigError
+from ..security.engine_inbox import INBOX_NAMESPACE, inbox_record
 from ..security.engine_records import safe_app
-from ..transports.brokers import event_subject, redact, request_subject, safe_name
+from ..transports.brokers import covers, event_subject, redact, request_subject, safe_name
 from .engine_link import engine_namespace
 from .placement import DEFAULT_URLS, BrokerSection
 
 # %% auto #0
-__all__ = ['REGISTER_SUBJECT', 'AUDIT_REPLICAS', 'cell_class', 'nats_permissions', 'write_private', 'app_user',
+__all__ = ['REGISTER_SUBJECT', 'AUDIT_REPLICAS', 'cell_class', 'inbox_prefixes', 'nats_permissions', 'write_private', 'app_user',
            'nats_authorization', 'without_user', 'with_user']
 
 # %% ../../nbs/38e_broker_users.ipynb #29df4326
@@ -39,33 +40,56 @@ def cell_class(settings: Settings, cell: str) -> Any:
     return load_cell_class(settings.cells[cell].class_path, settings.source, f"cell.{cell}")
 
 
+def inbox_prefixes(settings: Settings, cell: str) -> list[str]:
+    """The exactly-once inbox records of `cell`'s durable NATS consumers (`security.engine_inbox`), as record-name
+    prefixes `_inbox.<consumer>`: the consumer is named as `transports.jetstream` and `topology.placed` name it."""
+    section = settings.section("nats", BrokerSection)
+    prefixes = []
+    for spec in cell_class(settings, cell).specs:
+        declared = next((pattern for pattern in section.durable if covers(pattern, spec.subject)), None)
+        if spec.kind == "listener" and declared is not None:
+            consumer = f"nats:CELLMONO_{safe_name(f'{section.prefix}.{declared}')}:{safe_name(spec.queue or cell)}"
+            prefixes.append(inbox_record(consumer, "-").rpartition(".")[0])
+    return prefixes
+
+
 def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dict[str, Any]:
     """The NATS permissions of worker `name`: subscribe to its cells' subjects, publish their events and replies,
-    read (never write) the engine's key tables, consume only its cells' durable streams, write its cells' store
-    records (with the data keys and the exactly-once inbox) and its replicas' audit chains (`audit.CELL-N`)."""
-    prefix = settings.section("nats", BrokerSection).prefix
-    namespace = engine_namespace(settings.app.name)
+    watch (never write) the public key and revocation tables, consume only its cells' durable streams, write its
+    replicas' audit chains (`audit.CELL-N`), and on the store bucket read and write only its cells' share: their
+    records, active data-key pointers, data keys and inbox records, and the inbox's data key. Store reads name the
+    record in the API subject (`$JS.API.DIRECT.GET.<stream>.<subject>`, listings `$JS.API.CONSUMER.CREATE.<stream>.
+    <consumer>.<filter>`), so nats-server refuses every other cell's record, whatever the request's body says."""
+    section = settings.section("nats", BrokerSection)
+    prefix, namespace = section.prefix, engine_namespace(settings.app.name)
     store = f"{safe_app(settings.app.name)}_store"  # `security.engine_records`: the store's KV bucket
-    streams = [f"KV_{namespace}_keys", f"KV_{namespace}_revocations", f"KV_{store}", f"KV_{namespace}_audit_keys",
-               "AUDIT"]
-    streams += ["CELLMONO_" + safe_name(f"{prefix}.{pattern}") for pattern in settings.section("nats", BrokerSection).durable]
+    streams = [f"KV_{namespace}_keys", f"KV_{namespace}_revocations", f"KV_{namespace}_audit_keys", "AUDIT"]
+    streams += ["CELLMONO_" + safe_name(f"{prefix}.{pattern}") for pattern in section.durable]
     subscribe, publish = ["_INBOX.>"], ["_INBOX.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
                                        "$JS.FC.>", f"{prefix}.r.{REGISTER_SUBJECT.format(name=name)}",
-                                       f"$KV.{store}._dek.>", f"$KV.{store}._active._inbox", f"$KV.{store}._inbox.>",
                                        f"$KV.{namespace}_audit_keys.>"]
+    if section.durable:  # its dead letters' stream: made if missing, never read (others' letters are there too)
+        dead = "CELLMONO_" + safe_name(f"{prefix}.dead.>")
+        publish += [f"$JS.API.STREAM.INFO.{dead}", f"$JS.API.STREAM.CREATE.{dead}"]
+    shares = [f"_active.{INBOX_NAMESPACE}", f"_dek.{INBOX_NAMESPACE}.>"]  # the inbox's data key: one for every worker
     for cell in cells:
         for spec in cell_class(settings, cell).specs:
             if spec.kind == "listener":
                 subscribe.append(event_subject(prefix, spec.subject))
+                publish.append(event_subject(prefix, f"dead.{spec.subject}"))  # its dead letters (transports.jetstream)
             elif spec.kind in ("handler", "tool"):
                 subscribe.append(request_subject(prefix, spec.subject))
         subscribe.append(request_subject(prefix, f"cellmono.worker.{cell}.*"))
         publish += [event_subject(prefix, f"{cell}.>"), event_subject(prefix, f"cellmono.metrics.{cell}"),
                     request_subject(prefix, f"cellmono.contract.{cell}"),
-                    f"$KV.{store}.{cell}.>", f"$KV.{store}._active.{cell}"]
+                    f"$JS.API.CONSUMER.CREATE.KV_{store}.*.$KV.{store}.{cell}.>"]  # listing its records only
+        shares += [f"{cell}.>", f"_active.{cell}", f"_dek.{cell}.>"] + [
+            f"{inbox}.>" for inbox in inbox_prefixes(settings, cell)]
         replicas = max(AUDIT_REPLICAS, settings.cells[cell].replicas)  # a node id is one subject token: no prefix match
         publish += [f"audit.{part}{cell}-{replica}" for replica in range(1, replicas + 1) for part in ("", "anchors.")]
-    for stream in streams:
+    for share in shares:  # write it, read it by a direct get naming it: nothing else of the store's stream API
+        publish += [f"$KV.{store}.{share}", f"$JS.API.DIRECT.GET.KV_{store}.$KV.{store}.{share}"]
+    for stream in streams:  # public tables and its own consumers: the whole stream API
         publish += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.CONSUMER.*.{stream}",
                     f"$JS.API.CONSUMER.*.{stream}.>", f"$JS.API.CONSUMER.*.*.{stream}.>", f"$JS.ACK.{stream}.>",
                     f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>"]

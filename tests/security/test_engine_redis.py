@@ -38,7 +38,7 @@ return 1
 
 def _old(record: str) -> str:
     """The name the old code gave a record: data keys were `_dek.<id>`, without their namespace."""
-    return "_dek." + record[len("_dek."):].split(".")[0] if record.startswith("_dek.") else record
+    return "_dek." + record.rpartition(".")[2] if record.startswith("_dek.") else record
 
 
 class OldRedisRecords:
