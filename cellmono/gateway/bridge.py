@@ -115,10 +115,11 @@ class GatewayGuard:
 class AuditLogSink:
     """The gateway's `AuditSink` over the hash-chained `AuditLog`, with group commit: records are queued, one writer
     thread commits whatever has gathered in one transaction, and `durable(since)` lets the gateway hold an answer
-    until the records of its request are committed (kill -9 never loses the record of an answered call)."""
+    until the records of its request are committed (kill -9 never loses the record of an answered call). A lone
+    record (nothing queued or being written) is committed inline when the log is free (`inline`, the default)."""
 
-    def __init__(self, log: AuditLog, *, max_batch: int = 2048) -> None:
-        self.log, self.max_batch = log, max_batch
+    def __init__(self, log: AuditLog, *, max_batch: int = 2048, inline: bool = True) -> None:
+        self.log, self.max_batch, self.inline = log, max_batch, inline
         lock = threading.Lock()
         self._work, self._done = threading.Condition(lock), threading.Condition(lock)  # the writer's; flush()'s
         self._pending: list[AuditRecord] = []
@@ -134,6 +135,9 @@ class AuditLogSink:
         with self._work:
             if self._closed:
                 raise AuditError("the gateway's audit sink is closed")
+            if self.inline and self._committed == self._queued and self.log.try_append_many([audit_record]):
+                self._queued = self._committed = self._queued + 1  # durable now: `durable()` will not wait
+                return
             self._pending.append(audit_record)
             self._queued += 1
             if self._thread is None:
