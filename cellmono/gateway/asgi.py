@@ -49,9 +49,12 @@ class Rejection(Exception):
         self.data = data
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per answer (`json.dumps` builds one)
+
+
 def json_bytes(document: Any) -> bytes:
     """`document` as compact JSON, the form of every JSON answer of the gateway."""
-    return json.dumps(document, separators=(",", ":")).encode()
+    return _COMPACT(document).encode()
 
 
 def rejection_body(rejection: Rejection, request_id: Any = None) -> bytes:
