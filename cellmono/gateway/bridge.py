@@ -206,7 +206,7 @@ class AuditLogSink:
 
     def _settle(self, committed: int, here: asyncio.AbstractEventLoop | None = None) -> None:
         with self._work:
-            self._committed = committed
+            self._committed = max(self._committed, committed)  # a `_hand_on` and the writer never move it back
             self._done.notify_all()
             due = [waiter for waiter in self._waiters if waiter[0] <= committed]
             if due:
