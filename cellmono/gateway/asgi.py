@@ -255,7 +255,6 @@ def edge_protocol(limits: FrontSettings) -> type:
         _edge_since = 0.0  # when the connection began waiting for a request's headers
         _edge_idle = limits.header_timeout  # how long it may wait idle: shorter after an answer (keep-alive)
         _edge_head = -1  # bytes received while reading a request's headers; -1 while none is being read
-        _edge_size = 0  # the size of the headers parsed so far
         _edge_refused = False
         _edge_corked: _Corked | None = None
 
@@ -293,13 +292,10 @@ def edge_protocol(limits: FrontSettings) -> type:
             if self._edge_head > limits.max_header_bytes and not self.transport.is_closing():
                 self._edge_refuse(too_large)
 
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._edge_size += len(name) + len(value) + 4
-            super().on_header(name, value)
-
         def on_headers_complete(self) -> None:
             self._edge_head = -1  # the timer, when it fires, finds no headers awaited and lapses
-            if self._edge_size > limits.max_header_bytes:  # headers that arrived whole in one chunk
+            size = sum(len(name) + len(value) + 4 for name, value in self.headers)  # once, not per header
+            if size > limits.max_header_bytes:  # headers that arrived whole in one chunk
                 self._edge_refuse(too_large)
                 return
             self.scope[DISCONNECT] = Disconnect()  # type: ignore[literal-required]
@@ -330,7 +326,7 @@ def edge_protocol(limits: FrontSettings) -> type:
             self._edge_expect_head(min(self.timeout_keep_alive, limits.header_timeout))
 
         def _edge_expect_head(self, wait: float = limits.header_timeout) -> None:
-            self._edge_head = self._edge_size = 0
+            self._edge_head = 0
             self._edge_since, self._edge_idle = self.loop.time(), wait
             if self._edge_timer is None:
                 self._edge_timer = self.loop.call_at(self._edge_since + wait, self._edge_check)
