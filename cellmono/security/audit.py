@@ -159,9 +159,9 @@ class AuditLog:
         return entries
 
     def try_append_many(self, records: list[AuditRecord]) -> list[AuditEntry] | None:
-        """`append_many` that never waits, for an event loop: on the head this process wrote, through a second
-        connection with busy timeout 0; None, with nothing written, when another thread or process holds the log
-        (or appended since: a stale head is a taken `seq`)."""
+        """`append_many` that never waits, for an event loop: on the head this process last wrote (or read), through
+        a second connection with busy timeout 0; None, with nothing written, when another thread or process holds the
+        log (or appended since: a stale head is a taken `seq`)."""
         if not records or not self._lock.acquire(blocking=False):
             return None
         try:
