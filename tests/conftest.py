@@ -20,7 +20,7 @@ def anyio_backend() -> str:
 # load cannot decide their outcome.
 SERIAL = ("tests/ops/test_triggers", "tests/ops/test_promotion", "tests/runtime/test_serve_triggers",
           "tests/cluster/", "tests/transports/test_broker_recovery", "tests/transports/test_transport_faults",
-          "tests/gateway/test_hardening_edge", "tests/gateway/test_gateway_fuzz", "tests/cli/test_cli.py",
+          "tests/gateway/test_hardening_edge", "tests/gateway/test_gateway_fuzz", "tests/gateway/test_audit_inline", "tests/cli/test_cli.py",
           "tests/sandbox/", "tests/security/test_audit_ship", "tests/security/test_mutants_audit_log", "tests/ops/test_docs_", "tests/topology/test_supervisor",
           "nbs/53_telemetry",
           "nbs/56_triggers", "nbs/57_controller", "nbs/58_promotion")

@@ -49,9 +49,12 @@ class Rejection(Exception):
         self.data = data
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per answer (`json.dumps` builds one)
+
+
 def json_bytes(document: Any) -> bytes:
     """`document` as compact JSON, the form of every JSON answer of the gateway."""
-    return json.dumps(document, separators=(",", ":")).encode()
+    return _COMPACT(document).encode()
 
 
 def rejection_body(rejection: Rejection, request_id: Any = None) -> bytes:
@@ -72,15 +75,33 @@ def request_headers(scope: Scope) -> dict[str, str]:
     return headers
 
 
+_SEEN = 256  # answers remembered per question: a client repeats its Host and Accept on every request
+_matched: dict[tuple[str, tuple[str, ...]], bool] = {}
+_accepted: dict[str, bool] = {}
+
+
 def header_matches(value: str, patterns: tuple[str, ...]) -> bool:
     """Whether a `Host` or `Origin` value is one of `patterns` (shell wildcards, as in `127.0.0.1:*`)."""
-    return any(value == pattern or fnmatch.fnmatchcase(value, pattern) for pattern in patterns)
+    key = (value, patterns)
+    found = _matched.get(key)
+    if found is None:
+        found = any(value == pattern or fnmatch.fnmatchcase(value, pattern) for pattern in patterns)
+        if len(_matched) >= _SEEN:  # bounded: a client sending a new value each time only empties it
+            _matched.clear()
+        _matched[key] = found
+    return found
 
 
 def accepts_json(accept: str) -> bool:
     """Whether an `Accept` header value admits `application/json`."""
-    kinds = (part.split(";")[0].strip().lower() for part in accept.split(","))
-    return any(kind in ("application/json", "application/*", "*/*") for kind in kinds)
+    found = _accepted.get(accept)
+    if found is None:
+        kinds = (part.split(";")[0].strip().lower() for part in accept.split(","))
+        found = any(kind in ("application/json", "application/*", "*/*") for kind in kinds)
+        if len(_accepted) >= _SEEN:
+            _accepted.clear()
+        _accepted[accept] = found
+    return found
 
 # %% ../../nbs/44_asgi.ipynb #64f780e2
 async def send_response(send: Send, status: int, body: bytes, headers: Headers) -> None:
@@ -148,6 +169,53 @@ def _edge_answer(status: int, reason: str, error: str, message: str) -> bytes:
 DISCONNECT = "cellmono.disconnect"  # the ASGI scope key of a request's `Disconnect`, set by `edge_protocol`
 
 
+class _Corked:
+    """A connection's transport that holds the writes of a response of known length while its head waits for its
+    body, then sends them as one (`edge_protocol`): one socket write per answer, not one for the head and one more."""
+
+    __slots__ = ("transport", "held")
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.held: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.held is None:
+            self.transport.write(data)
+        else:
+            self.held.append(data)
+
+    def release(self) -> None:
+        held, self.held = self.held, None
+        if held and not self.transport.is_closing():
+            self.transport.write(b"".join(held))
+
+    def close(self) -> None:
+        self.release()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return bool(self.transport.is_closing())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+def _joined(send: Send, corked: _Corked) -> Send:
+    """`send`, with the head of a response that declares its length held until its body goes out with it."""
+    async def joined(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start" and any(
+                name.lower() == b"content-length" for name, _ in message.get("headers", ())):
+            corked.held = []
+            await send(message)
+            return
+        try:
+            await send(message)
+        finally:
+            corked.release()
+    return joined
+
+
 class Disconnect:
     """What to run when the connection of one request is lost before its answer completed (the call's cancellation)."""
 
@@ -183,13 +251,16 @@ def edge_protocol(limits: FrontSettings) -> type:
 
     class EdgeProtocol(HttpToolsProtocol):
         _edge_ip: str | None = None
-        _edge_timer: Any = None
+        _edge_timer: Any = None  # one timer at a time, moved on lazily: `_edge_check` re-arms it when due later
+        _edge_since = 0.0  # when the connection began waiting for a request's headers
+        _edge_idle = limits.header_timeout  # how long it may wait idle: shorter after an answer (keep-alive)
         _edge_head = -1  # bytes received while reading a request's headers; -1 while none is being read
-        _edge_size = 0  # the size of the headers parsed so far
         _edge_refused = False
+        _edge_corked: _Corked | None = None
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            self._edge_corked = _Corked(transport)
             ip = self.client[0] if self.client else ""
             count = per_ip.get(ip, 0) + 1
             per_ip[ip], self._edge_ip = count, ip
@@ -221,18 +292,19 @@ def edge_protocol(limits: FrontSettings) -> type:
             if self._edge_head > limits.max_header_bytes and not self.transport.is_closing():
                 self._edge_refuse(too_large)
 
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._edge_size += len(name) + len(value) + 4
-            super().on_header(name, value)
-
         def on_headers_complete(self) -> None:
-            self._edge_head = -1
-            self._edge_stop_timer()
-            if self._edge_size > limits.max_header_bytes:  # headers that arrived whole in one chunk
+            self._edge_head = -1  # the timer, when it fires, finds no headers awaited and lapses
+            size = sum(len(name) + len(value) + 4 for name, value in self.headers)  # once, not per header
+            if size > limits.max_header_bytes:  # headers that arrived whole in one chunk
                 self._edge_refuse(too_large)
                 return
             self.scope[DISCONNECT] = Disconnect()  # type: ignore[literal-required]
             super().on_headers_complete()
+            cycle: Any = self.cycle
+            corked = self._edge_corked
+            if cycle is not None and corked is not None:  # its answer's head and body leave in one write
+                cycle.transport = corked
+                cycle.send = _joined(cycle.send, corked)
 
         def on_body(self, body: bytes) -> None:
             if not self._edge_refused:
@@ -242,19 +314,31 @@ def edge_protocol(limits: FrontSettings) -> type:
             if not self._edge_refused:
                 super().on_message_complete()
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._edge_expect_head()
+        def on_response_complete(self) -> None:  # uvicorn's, with our timer for its keep-alive one (one timer)
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self._unset_keepalive_if_required()
+            self.flow.resume_reading()
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+            self._edge_expect_head(min(self.timeout_keep_alive, limits.header_timeout))
 
-        def _edge_expect_head(self) -> None:
-            self._edge_head = self._edge_size = 0
-            self._edge_stop_timer()
-            self._edge_timer = self.loop.call_later(limits.header_timeout, self._edge_timed_out)
+        def _edge_expect_head(self, wait: float = limits.header_timeout) -> None:
+            self._edge_head = 0
+            self._edge_since, self._edge_idle = self.loop.time(), wait
+            if self._edge_timer is None:
+                self._edge_timer = self.loop.call_at(self._edge_since + wait, self._edge_check)
 
-        def _edge_timed_out(self) -> None:
+        def _edge_check(self) -> None:
             self._edge_timer = None
-            if self._edge_head >= 0 and not self.transport.is_closing():
+            if self._edge_head < 0 or self.transport.is_closing():
+                return  # headers are in: the next wait arms the timer again
+            due = self._edge_since + (limits.header_timeout if self._edge_head else self._edge_idle)
+            if self.loop.time() < due:  # the wait began after this timer was set: move it on
+                self._edge_timer = self.loop.call_at(due, self._edge_check)
+            else:
                 self._edge_refuse(too_slow if self._edge_head else idle)
 
         def _edge_stop_timer(self) -> None:

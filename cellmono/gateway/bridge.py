@@ -115,10 +115,12 @@ class GatewayGuard:
 class AuditLogSink:
     """The gateway's `AuditSink` over the hash-chained `AuditLog`, with group commit: records are queued, one writer
     thread commits whatever has gathered in one transaction, and `durable(since)` lets the gateway hold an answer
-    until the records of its request are committed (kill -9 never loses the record of an answered call)."""
+    until the records of its request are committed (kill -9 never loses the record of an answered call). Records are
+    handed on once per turn of the event loop: a lone one (nothing else queued or being written) is committed there,
+    inline, when the log is free (`inline`, the default); more, or a busy log, go to the writer thread."""
 
-    def __init__(self, log: AuditLog, *, max_batch: int = 2048) -> None:
-        self.log, self.max_batch = log, max_batch
+    def __init__(self, log: AuditLog, *, max_batch: int = 2048, inline: bool = True) -> None:
+        self.log, self.max_batch, self.inline = log, max_batch, inline
         lock = threading.Lock()
         self._work, self._done = threading.Condition(lock), threading.Condition(lock)  # the writer's; flush()'s
         self._pending: list[AuditRecord] = []
@@ -128,6 +130,8 @@ class AuditLogSink:
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._handing = False  # a `_hand_on` is scheduled on the event loop for this turn's records
+        self._wake = False  # the writer thread may take the pending records (they are not waiting for a `_hand_on`)
 
     def __call__(self, record: GatewayRecord) -> None:
         audit_record = from_gateway(record)  # in the caller's thread and context (its trace)
@@ -139,7 +143,28 @@ class AuditLogSink:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._write_loop, name="cellmono-gateway-audit", daemon=True)
                 self._thread.start()
-            self._work.notify()
+            if self._handing:
+                return  # this turn's `_hand_on` takes it too
+            loop = _running_loop() if self.inline else None
+            if loop is None:
+                self._wake = True
+                self._work.notify()
+                return
+            self._handing = True
+        loop.call_soon(self._hand_on, loop)
+
+    def _hand_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """At the end of the loop's turn: a lone record, on a free log, is committed here; anything else is the
+        writer thread's, in one group commit."""
+        with self._work:
+            self._handing = False
+            lone = len(self._pending) == 1 and self._committed == self._queued - 1  # and none being written
+            if not lone or not self.log.try_append_many(self._pending):
+                self._wake = True
+                self._work.notify()
+                return
+            self._pending, committed = [], self._queued
+        self._settle(committed, loop)
 
     def mark(self) -> int:
         """The ticket of the last record queued so far: `durable(since=mark())` checks only the records queued after."""
@@ -164,9 +189,10 @@ class AuditLogSink:
     def _write_loop(self) -> None:
         while True:
             with self._work:
-                while not self._pending and not self._closed:
+                while not (self._wake and self._pending) and not self._closed:
                     self._work.wait()
                 batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+                self._wake = bool(self._pending)
                 if not batch:  # closed, and everything committed
                     return
                 first, last = self._committed + 1, self._committed + len(batch)
@@ -178,9 +204,9 @@ class AuditLogSink:
                     self._failures = [*self._failures[-63:], (first, last, f"audit records not committed: {error}")]
             self._settle(last)
 
-    def _settle(self, committed: int) -> None:
+    def _settle(self, committed: int, here: asyncio.AbstractEventLoop | None = None) -> None:
         with self._work:
-            self._committed = committed
+            self._committed = max(self._committed, committed)  # a `_hand_on` and the writer never move it back
             self._done.notify_all()
             due = [waiter for waiter in self._waiters if waiter[0] <= committed]
             if due:
@@ -189,6 +215,9 @@ class AuditLogSink:
         for _, loop, future in due:
             by_loop.setdefault(loop, []).append(future)
         for loop, futures in by_loop.items():  # one wake-up per event loop, however many answers wait
+            if loop is here:  # settled on that loop itself (`_hand_on`)
+                _resolve(futures)
+                continue
             try:
                 loop.call_soon_threadsafe(_resolve, futures)
             except RuntimeError:  # that loop was closed meanwhile: nobody waits there any more
@@ -199,6 +228,8 @@ class AuditLogSink:
         deadline = time.monotonic() + timeout
         with self._work:
             target = self._queued
+            self._wake = True  # records waiting for a `_hand_on` of a loop that is blocked: the writer takes them
+            self._work.notify()
             while self._committed < target:
                 if time.monotonic() > deadline:
                     raise AuditError("audit flush timed out")
@@ -212,6 +243,13 @@ class AuditLogSink:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.log.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # called outside an event loop (a script, a thread): the writer thread commits
+        return None
 
 
 def _resolve(futures: list[asyncio.Future[None]]) -> None:

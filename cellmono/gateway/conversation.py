@@ -28,6 +28,7 @@ from ..core.bus import CANCEL_HEADER
 from ..core.cell import Spec
 from ..core.context import CallInfo, ClientCapabilityMissing, EventBudget, LOG_LEVELS, is_input_required
 from ..core.envelope import Envelope, new_id
+from ..security.guard import HeldDecision, held_decision
 from ..security.records import GatewayRecord, Outcome
 from ..transports.brokers import BrokerUnavailable
 from .state import MemoryState, hashed
@@ -121,7 +122,16 @@ class Conversations:
 
     async def converse(self, context: Any, spec: Spec, envelope: Envelope) -> Any:
         """`talk`, cancelled when a 2025-11-25 client's connection for the request goes away (issue 13): the cell's
-        handler is stopped over the bus, the audit says "cancelled", and the SDK gets -32800 (nobody reads it)."""
+        handler is stopped over the bus, the audit says "cancelled", and the SDK gets -32800 (nobody reads it). The
+        bus guard's decision on delivering `envelope` is held for the request's one audit record (`context.held`)."""
+        held = context.held = HeldDecision(envelope.id)
+        claim = held_decision.set(held)
+        try:
+            return await self._converse(context, spec, envelope)
+        finally:
+            held_decision.reset(claim)
+
+    async def _converse(self, context: Any, spec: Spec, envelope: Envelope) -> Any:
         sdk = getattr(context, "session", None)
         receive = getattr(getattr(sdk, "request", None), "receive", None)  # the request's ASGI receive, on HTTP sessions
         if not callable(receive) or not _interactive(sdk):

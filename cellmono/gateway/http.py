@@ -7,7 +7,6 @@ Docs: https://cellmono.github.io/cellmono/http.html.md"""
 # %% ../../nbs/47_http.ipynb #83ca16ec
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -29,7 +28,7 @@ from .limits import (ConcurrencyCap, KeyedCap, Overloaded, RateLimited, RefusalT
 from .fastpath import FastPath
 from .server import FORBIDDEN, CallContext, Gateway
 from ..security.records import GatewayRecord
-from .stateless import (Notification, StatelessRequest, answer_or_leave, read_stateless,
+from .stateless import (Notification, answer_or_leave, read_in_time,
                                         route_stateless, sse_body)
 
 ANONYMOUS = Identity(principal="anonymous", method="local")
@@ -269,7 +268,7 @@ class GatewayHTTP:
                          started: float) -> None:
         identity, method, request_id, tool = ANONYMOUS, "?", None, None
         try:
-            read = await self._read_stateless(scope, receive, headers)
+            read = await read_in_time(scope, receive, headers, self.settings.max_body_bytes, self.settings.body_timeout)
             if isinstance(read, Notification):  # nothing to act on
                 identity = self._authenticate(headers)
                 await self._respond(send, 202, b"", [])
@@ -312,17 +311,6 @@ class GatewayHTTP:
         else:
             self._audit(identity, method, "rejected" if status >= 400 else "error", status, error.get("message"),
                         started, tool)
-
-    async def _read_stateless(self, scope: Scope, receive: Receive, headers: dict[str, str]
-                              ) -> StatelessRequest | Notification:  # within the body deadline (408)
-        timeout = self.settings.body_timeout
-        try:
-            async with asyncio.timeout(timeout):  # asyncio's: a timer handle, cheaper than a cancel scope per call
-                return await read_stateless(scope, receive, headers, self.settings.max_body_bytes)
-        except TimeoutError:
-            pass
-        raise Rejection(408, INVALID_REQUEST, f"request body not received within {timeout:g} s",
-                        headers=[(b"connection", b"close")])
 
     # -- 2025-11-25 and older: the SDK's sessions -----------------------------------------------
     async def _sessions(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str],

@@ -37,6 +37,7 @@ from .limits import RateLimited, RateLimiter
 from .metrics import GatewayMetrics
 from .settings import GatewaySettings, app_policy, gateway_settings
 from .tasks import Tasks
+from ..security.guard import HeldDecision
 from ..security.records import GatewayRecord, Outcome, from_gateway
 
 _log = logging.getLogger("cellmono.gateway")
@@ -142,6 +143,7 @@ class CallContext:
     recorded: bool = False
     trace: str | None = None  # the caller's W3C traceparent (MCP `params._meta.traceparent`), when well-formed
     session: Any = None  # the SDK request context: progress, logs, questions to the client (gateway.conversation)
+    held: HeldDecision | None = None  # the bus guard's decision on the call, for its one record (gateway.conversation)
 
 
 def tool_entries(app: App, bare: bool = False) -> dict[str, ToolEntry]:
@@ -208,11 +210,12 @@ class Gateway(Catalog):
         context.recorded = True
         latency = time.perf_counter() - context.started
         identity = context.identity
+        held = context.held
         self.audit(GatewayRecord.model_construct(
             time=time.time(), principal=identity.principal, tenant=identity.tenant, method=method, tool=tool,
             decision="deny" if outcome in _DENIALS else "allow", outcome=outcome, status=status,
             latency=latency, correlation_id=correlation_id, transport=context.transport,
-            trace_id=trace_id_of(context.trace),
+            trace_id=trace_id_of(context.trace), details=None if held is None else held.take(),
             reason=reason if reason is not None or error is None else str(error),
             error=None if error is None else getattr(error, "remote_type", None) or type(error).__name__))
         if tool is not None:

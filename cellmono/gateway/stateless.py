@@ -7,6 +7,7 @@ Docs: https://cellmono.github.io/cellmono/stateless.html.md"""
 # %% ../../nbs/46_stateless.ipynb #832f5552
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,13 +27,15 @@ from mcp_types import JSONRPCNotification, JSONRPCRequest
 from mcp_types.jsonrpc import HEADER_MISMATCH, INVALID_REQUEST, PARSE_ERROR
 from pydantic import ValidationError
 
+from ..core.errors import RequestTimeout
+from ..core.transport import call_with_deadline
 from .asgi import Disconnect, Receive, Rejection, Scope, accepts_json, read_body
 from .server import FORBIDDEN, CallContext
 from .tasks import check_task_name
 
 # %% auto #0
-__all__ = ['MAX_EVENTS', 'Notification', 'StatelessRequest', 'read_stateless', 'route_stateless', 'Exchange', 'sse_body',
-           'answer', 'answer_or_leave']
+__all__ = ['MAX_EVENTS', 'Notification', 'StatelessRequest', 'read_stateless', 'read_in_time', 'route_stateless', 'Exchange',
+           'sse_body', 'answer', 'answer_or_leave']
 
 # %% ../../nbs/46_stateless.ipynb #2c153cb2
 @dataclass(frozen=True)
@@ -76,6 +79,20 @@ async def read_stateless(scope: Scope, receive: Receive, headers: Mapping[str, s
     except (ValidationError, RecursionError):
         raise Rejection(400, INVALID_REQUEST, _NOT_ONE_MESSAGE) from None
     return StatelessRequest(decoded, request)
+
+
+async def read_in_time(scope: Scope, receive: Receive, headers: Mapping[str, str], limit: int,
+                       timeout: float) -> StatelessRequest | Notification:
+    """`read_stateless` within `timeout` seconds: a 408 that closes the connection past it. Started at once, so a
+    body that has all arrived (the usual case) is read without arming a timer."""
+    try:
+        read: StatelessRequest | Notification = await call_with_deadline(
+            read_stateless(scope, receive, headers, limit), timeout, "request body")
+        return read
+    except RequestTimeout:
+        pass
+    raise Rejection(408, INVALID_REQUEST, f"request body not received within {timeout:g} s",
+                    headers=[(b"connection", b"close")])
 
 # %% ../../nbs/46_stateless.ipynb #e74bfd77
 def route_stateless(scope: Scope, read: StatelessRequest, headers: Mapping[str, str],
@@ -165,21 +182,27 @@ async def answer_or_leave(server: Server[Any], request: JSONRPCRequest, route: I
                           ) -> tuple[int, dict[str, Any]] | None:
     """`answer` (or `fast()`, the gateway's fast path for the same request: `cellmono.gateway.fastpath`), cancelled
     when the client disconnects (how a 2026-07-28 client cancels): None then. With the server's `Disconnect` signal
-    (`asgi.edge_protocol`) it costs one cancel scope; without, a task watching `receive`."""
+    (`asgi.edge_protocol`) it costs a callback that cancels this task (no cancel scope, no task); without, a task
+    watching `receive`."""
     def served() -> Awaitable[tuple[int, dict[str, Any]]]:
         return fast() if fast is not None else answer(server, request, route, context, events)
 
-    if isinstance(disconnect, Disconnect):
+    task = asyncio.current_task()
+    if isinstance(disconnect, Disconnect) and task is not None:
         if disconnect.lost:
             return None
-        with anyio.CancelScope() as scope:
-            disconnect.callbacks.append(scope.cancel)
-            try:
-                return await served()
-            finally:
-                if scope.cancel in disconnect.callbacks:
-                    disconnect.callbacks.remove(scope.cancel)
-        return None
+        cancel = task.cancel
+        disconnect.callbacks.append(cancel)
+        try:
+            return await served()
+        except asyncio.CancelledError:
+            if not disconnect.lost or task.cancelling() > 1:  # not (only) the disconnect's: the canceller's to handle
+                raise
+            task.uncancel()
+            return None
+        finally:
+            if cancel in disconnect.callbacks:
+                disconnect.callbacks.remove(cancel)
     outcome: list[tuple[int, dict[str, Any]]] = []
     async with anyio.create_task_group() as group:
         async def watch() -> None:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..core.errors import ConfigError
 from .chain import (GENESIS, Anchor, AuditCorrupted, AuditTampered, AuditEntry, AuditError, VerifyReport, check_macs, link_hash,
-                    canonical_json, read_anchor_file, record_fields, record_mac, sign_anchor, verify_chain)
+                    canonical_json, foreign_anchors, read_anchor_file, record_fields, record_mac, sign_anchor, verify_chain)
 from .files import Durability, immediate_transaction, open_shared_database, retry_while_locked
 from .guard import Decision
 from .records import AuditRecord, from_decision
@@ -60,7 +60,8 @@ class AuditLog:
                  anchor_interval: float | None = 60.0, key_file: str | Path | None = None,
                  busy_timeout: float = 30.0, batch_size: int = 512, flush_interval: float = 0.05,
                  create: bool = True) -> None:
-        self.path = Path(path)
+        self.path, self.durability = Path(path), durability
+        self._inline: sqlite3.Connection | None = None  # `try_append_many`'s own connection, busy timeout 0
         if not create and not self.path.exists():
             raise ConfigError(f"audit database {str(self.path)!r} does not exist")
         self.anchor_keys = anchor_keys if anchor_keys is not None else _default_keys(self.path, key_file, create)
@@ -157,6 +158,34 @@ class AuditLog:
         self._maybe_anchor(entries[0].seq, entries[-1].seq)
         return entries
 
+    def try_append_many(self, records: list[AuditRecord]) -> list[AuditEntry] | None:
+        """`append_many` that never waits, for an event loop: on the head this process last wrote (or read), through
+        a second connection with busy timeout 0; None, with nothing written, when another thread or process holds the
+        log (or appended since: a stale head is a taken `seq`)."""
+        if not records or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._closed:
+                return None
+            try:
+                if self._inline is None:
+                    self._inline = open_shared_database(self.path, durability=self.durability, busy_timeout=0)
+                head = self._head or self._inline.execute(
+                    "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone() or (0, GENESIS)
+                entries, rows = self._link(records, *head)
+                if len(rows) == 1:
+                    self._inline.execute(_INSERT, rows[0])
+                else:
+                    with immediate_transaction(self._inline):
+                        self._inline.executemany(_INSERT, rows)
+            except sqlite3.DatabaseError:  # busy, or another process appended since: the waiting path sorts it out
+                return None
+            self._head = (entries[-1].seq, entries[-1].hash)
+        finally:
+            self._lock.release()
+        self._maybe_anchor(entries[0].seq, entries[-1].seq)
+        return entries
+
     def _maybe_anchor(self, first: int, last: int) -> None:
         """Sign the head when records `first..last` crossed an `anchor_every` boundary or `anchor_interval` passed."""
         if self.anchor_keys is not None and (
@@ -249,6 +278,8 @@ class AuditLog:
             self._writer.join(timeout=10)
         with self._lock:
             self._connection.close()
+            if self._inline is not None:
+                self._inline.close()
 
     def __enter__(self) -> AuditLog:
         return self
@@ -354,21 +385,7 @@ class AuditLog:
                     report.problems.append("no audit key to authenticate the records (give the signing key file)")
             except sqlite3.DatabaseError as error:
                 raise AuditCorrupted(f"audit database {str(self.path)!r} is unusable: {error}") from None
-        report.problems.extend(_foreign_anchors(stored, self.log_id))
+        report.problems.extend(foreign_anchors(stored, self.log_id))
         if raise_on_failure and report.problems:
             raise AuditTampered(report.problems)
         return report
-
-
-def _foreign_anchors(stored: Iterable[Anchor | str], log_id: str) -> list[str]:
-    """A problem for each anchor stored in this log that names another log (its `meta.log_id` was changed)."""
-    problems = []
-    for text in stored:
-        try:
-            anchor = text if isinstance(text, Anchor) else Anchor.model_validate_json(text)
-        except ValueError:
-            continue  # verify_chain already reports it as unreadable
-        if anchor.log_id != log_id:
-            problems.append(f"anchor at record {anchor.seq} belongs to log {anchor.log_id!r}, but the log says it is "
-                            f"{log_id!r} (its identity was changed)")
-    return problems

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -22,8 +23,8 @@ from .files import Durability
 from .tokens import TokenExpired, TokenIssuer, TokenMissing, TokenVerifier, VerifiedToken
 
 # %% auto #0
-__all__ = ['PUBLISHED_HEADER', 'PrincipalKind', 'CapabilityDenied', 'Principal', 'Authority', 'Decision', 'DecisionSink',
-           'MemoryDecisions', 'CapabilityGuard', 'SecuritySection', 'security_section']
+__all__ = ['PUBLISHED_HEADER', 'PrincipalKind', 'held_decision', 'CapabilityDenied', 'Principal', 'Authority', 'Decision',
+           'DecisionSink', 'MemoryDecisions', 'HeldDecision', 'CapabilityGuard', 'SecuritySection', 'security_section']
 
 # %% ../../nbs/14_guard.ipynb #95ca36b9
 PUBLISHED_HEADER = "cellmono-published"  # the publish time `CapabilityGuard.admit` stamps on an event
@@ -103,6 +104,37 @@ class MemoryDecisions:
     def record_decision(self, decision: Decision) -> None:
         """Append the decision."""
         self.decisions.append(decision)
+
+
+class HeldDecision:
+    """A caller's claim on the guard's decision about delivering its own envelope `envelope_id`: the decision lands
+    here instead of in the sink, and the caller writes it into its own audit record (one record per gateway call);
+    once `take` was called, later decisions go to the sink as usual, so none is ever lost."""
+
+    __slots__ = ("envelope_id", "decision", "open")
+
+    def __init__(self, envelope_id: str) -> None:
+        self.envelope_id = envelope_id
+        self.decision: Decision | None = None
+        self.open = True
+
+    def hold(self, envelope_id: str, decision: Decision) -> bool:
+        """Keep `decision` when it is about the awaited envelope and nothing was held or taken yet."""
+        if not self.open or envelope_id != self.envelope_id or self.decision is not None:
+            return False
+        self.decision = decision
+        return True
+
+    def take(self) -> dict[str, Any] | None:
+        """The held decision's facts for the caller's record (`requires`, `token_id`, the guard's `check`), or None;
+        closes the claim."""
+        self.open, decision = False, self.decision
+        if decision is None:
+            return None
+        return {"requires": list(decision.requires), "token_id": decision.token_id, "check": decision.reason}
+
+
+held_decision: ContextVar[HeldDecision | None] = ContextVar("cellmono_held_decision", default=None)
 
 # %% ../../nbs/14_guard.ipynb #bfc8f6b4
 class CapabilityGuard:
@@ -222,14 +254,19 @@ class CapabilityGuard:
 
     def _record(self, envelope: Any, requires: tuple[str, ...], claims: VerifiedToken | None, reason: str,
                 started: float, *, error: str | None = None, action: str = "deliver") -> None:
-        if self.sink is None:
+        held = held_decision.get()
+        if self.sink is None and held is None:
             return
-        self.sink.record_decision(Decision(
+        decision = Decision(
             actor=claims.subject if claims else (envelope.principal or "anonymous"),
             tenant=claims.tenant if claims else envelope.tenant, action=action, resource=envelope.subject,
             allowed=error is None, reason=reason, correlation_id=envelope.correlation_id or envelope.id,
             latency=time.perf_counter() - started, requires=requires,
-            token_id=claims.token_id if claims else None, error=error))
+            token_id=claims.token_id if claims else None, error=error)
+        if held is not None and action == "deliver" and held.hold(envelope.id, decision):
+            return  # the caller's own record carries it (`HeldDecision`)
+        if self.sink is not None:
+            self.sink.record_decision(decision)
 
     def forget(self) -> None:
         """Drop every cached token and decision."""

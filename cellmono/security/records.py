@@ -110,12 +110,18 @@ class GatewayRecord(BaseModel):
     transport: Literal["http", "stdio"] = "http"
     trace_id: str | None = None  # from the caller's MCP `_meta.traceparent`, when it sent one
     error: str | None = None  # the exception's type name, when the gateway had one
+    details: dict[str, Any] | None = None  # more facts: the bus guard's check of the call (`requires`, `token_id`, `check`)
 
 
-def from_gateway(record: GatewayRecord) -> AuditRecord:
-    """The audit record of a gateway request."""
+def from_gateway(record: GatewayRecord, details: Mapping[str, Any] | None = None) -> AuditRecord:
+    """The audit record of a gateway request; its details are the status and transport, the record's own `details`
+    (the guard's check folded in: one record per call) and `details`."""
+    facts = {"status": record.status, "transport": record.transport}
+    if record.details:
+        facts.update(record.details)
+    if details:
+        facts.update(details)
     return audit_record(record.principal, f"gateway.{record.method}", resource=record.tool or "",
                         tenant=record.tenant, decision=record.decision, outcome=record.outcome, error=record.error,
                         reason=record.reason, latency=record.latency, correlation_id=record.correlation_id,
-                        details={"status": record.status, "transport": record.transport}, at=record.time,
-                        trace_id=record.trace_id)
+                        details=facts, at=record.time, trace_id=record.trace_id)

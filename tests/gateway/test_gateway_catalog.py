@@ -133,8 +133,9 @@ def test_reads_gets_and_refusals_are_audited(tmp_path: Path) -> None:
     assert gateway == [("gateway.resources/read", "conformance.static_text", "ok"),
                        ("gateway.resources/read", "", "invalid"),
                        ("gateway.prompts/get", "conformance.test_prompt_with_arguments", "invalid")]
-    deliveries = [r["resource"] for r in records if r["action"] == "deliver" and r["actor"] == "admin"]
-    assert "conformance.static_text" in deliveries  # the bus guard checked the read again on delivery
+    read = next(r for r in records if r["action"] == "gateway.resources/read")
+    assert read["details"]["check"] == "granted"  # the bus guard checked the read again on delivery, in this record
+    assert not [r for r in records if r["action"] == "deliver" and r["resource"] == "conformance.static_text"]
 
 
 def test_mcp_param_headers_must_agree_with_the_arguments(server) -> None:

@@ -225,6 +225,33 @@ def test_slowloris_headers_are_cut_at_their_deadline(server: Server) -> None:
             sock.close()
 
 
+def test_a_kept_alive_connection_gets_the_header_deadline_again_after_each_answer(server: Server) -> None:
+    # defence: the header deadline restarts at each answer (one timer per connection, moved on lazily, not one per
+    # request): slowloris on a later request of a kept-alive connection is cut like on a first one; an idle kept-alive
+    # connection is closed without an answer; an answer's head and body arrive together
+    with server.raw() as sock:
+        for _ in range(4):  # answered requests, each well inside the deadline, spanning more than one deadline
+            sock.sendall(server.request())
+            sock.settimeout(5)
+            first = sock.recv(65536)  # one write per answer: the first read holds the head and the whole body
+            head, _, body = first.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and json.loads(body)["result"], first
+            time.sleep(0.4)
+        answered = time.perf_counter()
+        sock.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        for _ in range(3):
+            time.sleep(0.2)
+            sock.sendall(b"X-Drip: 1\r\n")
+        assert answer(sock, timeout=5)[0] == 408
+        assert 0.5 < time.perf_counter() - answered < 2.5
+    with server.raw() as sock:
+        sock.sendall(server.request())
+        assert answer(sock, timeout=5)[0] == 200
+        answered = time.perf_counter()
+        assert answer(sock, timeout=5) == (0, b"")  # idle past the deadline: closed, nothing sent
+        assert 0.5 < time.perf_counter() - answered < 2.5
+
+
 @pytest.mark.parametrize("path", ["stateless", "sessions"])
 @pytest.mark.parametrize("who", ["authenticated", "unauthenticated"])
 def test_slow_bodies_hold_no_slot_and_hit_their_deadline(server: Server, path: str, who: str) -> None:
