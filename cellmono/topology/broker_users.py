@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ..core.app import load_cell_class
+from ..core.bus import CANCEL_SUBJECT
 from ..core.config import Settings
 from ..core.errors import ConfigError
 from ..security.engine_inbox import INBOX_NAMESPACE, inbox_record
 from ..security.engine_records import safe_app
 from ..transports.brokers import covers, event_subject, redact, request_subject, safe_name
 from .engine_link import engine_namespace
+from .placed import DIRECT_SUBJECT
 from .placement import DEFAULT_URLS, BrokerSection
 
 # %% auto #0
@@ -54,8 +56,9 @@ def inbox_prefixes(settings: Settings, cell: str) -> list[str]:
 
 
 def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dict[str, Any]:
-    """The NATS permissions of worker `name`: subscribe to its cells' subjects, publish their events and replies,
-    watch (never write) the public key and revocation tables, consume only its cells' durable streams, write its
+    """The NATS permissions of worker `name`: subscribe to its cells' subjects (and each replica's direct address,
+    callers' cancels, durable-pattern announcements), publish their events and replies and the requests and events
+    its cells declare (`requests`, `publishes`; cancels of its own requests), watch (never write) the public key and revocation tables, consume only its cells' durable streams, write its
     replicas' audit chains (`audit.CELL-N`), and on the store bucket read and write only its cells' share: their
     records, active data-key pointers, data keys and inbox records, and the inbox's data key. Store reads name the
     record in the API subject (`$JS.API.DIRECT.GET.<stream>.<subject>`, listings `$JS.API.CONSUMER.CREATE.<stream>.
@@ -65,9 +68,9 @@ def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dic
     store = f"{safe_app(settings.app.name)}_store"  # `security.engine_records`: the store's KV bucket
     streams = [f"KV_{namespace}_keys", f"KV_{namespace}_revocations", f"KV_{namespace}_audit_keys", "AUDIT"]
     streams += ["CELLMONO_" + safe_name(f"{prefix}.{pattern}") for pattern in section.durable]
-    subscribe, publish = ["_INBOX.>"], ["_INBOX.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
-                                       "$JS.FC.>", f"{prefix}.r.{REGISTER_SUBJECT.format(name=name)}",
-                                       f"$KV.{namespace}_audit_keys.>"]
+    subscribe = ["_INBOX.>", f"{prefix}.control", event_subject(prefix, CANCEL_SUBJECT)]  # durable patterns; callers' cancels
+    publish = ["_INBOX.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
+               "$JS.FC.>", f"{prefix}.r.{REGISTER_SUBJECT.format(name=name)}", f"$KV.{namespace}_audit_keys.>"]
     if section.durable:  # its dead letters' stream: made if missing, never read (others' letters are there too)
         dead = "CELLMONO_" + safe_name(f"{prefix}.dead.>")
         publish += [f"$JS.API.STREAM.INFO.{dead}", f"$JS.API.STREAM.CREATE.{dead}"]
@@ -79,7 +82,13 @@ def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dic
                 publish.append(event_subject(prefix, f"dead.{spec.subject}"))  # its dead letters (transports.jetstream)
             elif spec.kind in ("handler", "tool"):
                 subscribe.append(request_subject(prefix, spec.subject))
-        subscribe.append(request_subject(prefix, f"cellmono.worker.{cell}.*"))
+        subscribe += [request_subject(prefix, f"cellmono.worker.{cell}.*"),
+                      request_subject(prefix, DIRECT_SUBJECT.format(cell=cell, replica="*") + ".>")]  # its replicas' own
+        declared = cell_class(settings, cell)  # what it calls and announces beyond its own subjects, as it declares
+        publish += [request_subject(prefix, subject) for subject in getattr(declared, "requests", ())]
+        publish += [event_subject(prefix, subject) for subject in getattr(declared, "publishes", ())]
+        if getattr(declared, "requests", ()):
+            publish.append(event_subject(prefix, CANCEL_SUBJECT))  # it gives up on its own requests
         publish += [event_subject(prefix, f"{cell}.>"), event_subject(prefix, f"cellmono.metrics.{cell}"),
                     request_subject(prefix, f"cellmono.contract.{cell}"),
                     f"$JS.API.CONSUMER.CREATE.KV_{store}.*.$KV.{store}.{cell}.>"]  # listing its records only

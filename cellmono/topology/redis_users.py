@@ -71,7 +71,7 @@ def _overlap(first: str, second: str) -> bool:
 
 def redis_acl(settings: Settings, name: str, cells: Sequence[str]) -> list[str]:
     """The ACL rules of worker `name` (after `reset`): only `WORKER_COMMANDS`; its cells' request, event, direct and
-    reply channels; the durable streams its cells consume or publish to; its cells' store hashes (their data keys
+    reply channels, and those of the requests and events its cells declare (`requests`, `publishes`); the durable streams its cells consume or publish to; its cells' store hashes (their data keys
     and exactly-once inbox inside) read-write; the key tables, the inbox's data key and the layout marker
     read-only; its replicas' audit chains."""
     section = settings.section("redis", BrokerSection)
@@ -103,6 +103,9 @@ def redis_acl(settings: Settings, name: str, cells: Sequence[str]) -> list[str]:
                     channels += [glob_for(request_subject(prefix, DIRECT_SUBJECT.format(cell=cell, replica=replica)
                                                           + "." + spec.subject)) for replica in range(1, replicas + 1)]
         channels.append(_glob(request_subject(prefix, DIRECT_SUBJECT.format(cell=cell, replica="")[:-1])) + ".*")
+        declared = cell_class(settings, cell)  # what it calls and announces beyond its own subjects, as it declares
+        channels += [_channel(request_subject(prefix, subject)) for subject in getattr(declared, "requests", ())]
+        channels += [_channel(event_subject(prefix, subject)) for subject in getattr(declared, "publishes", ())]
         channels += [_glob(request_subject(prefix, f"cellmono.worker.{cell}.")) + "*",
                      _glob(request_subject(prefix, f"cellmono.contract.{cell}")),
                      _glob(event_subject(prefix, f"{cell}.")) + "*",

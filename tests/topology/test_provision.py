@@ -33,6 +33,26 @@ class OtherCell(Cell):
     @handles("other.do", requires="other:use")
     async def do(self, request: Say) -> str:
         return "other:" + request.text
+
+
+class RelayCell(Cell):
+    name = "relay"
+    requests = ("other.do",)
+    publishes = ("relay.cancelled",)
+
+    @handles("relay.go", requires="relay:use")
+    async def go(self, request: Say) -> str:
+        return await self.bus.request("other.do", request)
+
+    @handles("relay.wait", requires="relay:use")
+    async def wait(self, request: Say) -> str:
+        import asyncio
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await self.bus.publish("relay.cancelled", request)
+            raise
+        return "late"
 '''
 APP_PASSWORD = "app-password-for-tests"
 
@@ -43,16 +63,19 @@ def write_app(folder: Path, port: int) -> Path:
     settings.write_text(f"""
 [app]
 name = provtest
-cells = echo, other
+cells = echo, other, relay
 [log]
 level = WARNING
 [roles]
-caller = echo:use, other:use
+caller = echo:use, other:use, relay:use
 [cell.echo]
 class = prov_cells:EchoCell
 placement = process
 [cell.other]
 class = prov_cells:OtherCell
+placement = process
+[cell.relay]
+class = prov_cells:RelayCell
 placement = process
 [nats]
 url = nats://app:{APP_PASSWORD}@127.0.0.1:{port}
@@ -205,6 +228,56 @@ async def _attack_with_worker_user(credential: dict) -> None:
     joined = " ".join(errors).lower()
     assert 'permissions violation for publish to "pv.r.other.do"' in joined, errors
     assert 'permissions violation for publish to "$kv.cellmono_provtest_keys.forged"' in joined, errors
+
+
+def test_a_provisioned_worker_calls_what_its_cell_declares_and_hears_a_cancel(deployment) -> None:
+    """Its NATS user lets it publish the requests its cell declares (`requests`) and hear callers' cancels: a call
+    the caller gave up on stops in the worker too (the cell sees the cancellation and announces it)."""
+    tmp_path, settings_path, server, env, _ = deployment
+    machine = tmp_path / "machine3"
+    machine.mkdir()
+    provisioned = cellmono("workers", "provision", "w2", "--cells", "relay", "--settings", str(settings_path),
+                           "--credential", str(machine / "w2.credential"), cwd=settings_path.parent, env=env)
+    assert provisioned.returncode == 0, provisioned.stderr
+
+    async def scenario() -> None:
+        settings = load_settings(settings_path)
+        runtime = Runtime.from_settings(settings)
+        engine = await link_engine(runtime, broker_tables("nats", f"nats://app:{APP_PASSWORD}@127.0.0.1:{server.port}",
+                                                          "provtest"), signer=True)
+        bus = Bus(build_transport(settings, "nats"), timeout=5)
+        await bus.start()
+        import prov_cells
+        await answer_control(bus, CONTRACT_SUBJECT.format(cell="relay"), contract_fingerprint(prov_cells.RelayCell))
+        await answer_registrations(bus, runtime, Registry(workers_section(settings).registry))
+        served = await bus.transport.subscribe("other.do", _record_other, responder=True)  # the other cell, at the app
+        cancelled = asyncio.Event()
+
+        async def on_cancelled(envelope) -> None:
+            cancelled.set()
+        announced = await bus.transport.subscribe("relay.cancelled", on_cancelled)
+        log = tmp_path / "relay-worker.log"
+        with open(log, "wb") as output:
+            worker = subprocess.Popen([CELLMONO, "worker", "--credential", "w2.credential"], cwd=machine, env=env,
+                                      stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            await wait_pinged(bus, "relay", worker, log)
+            token = runtime.token_for(Principal(id="alice", roles=("caller",)))
+            assert await bus.request("relay.go", {"text": "hi"}, principal="alice", capability=token) == "other"
+            with pytest.raises(RequestTimeout):
+                await bus.request("relay.wait", {"text": "x"}, principal="alice", capability=token, timeout=0.5)
+            await asyncio.wait_for(cancelled.wait(), 5)  # the worker's handler saw the caller's cancel
+            assert "permissions violation" not in log.read_text(errors="replace").lower(), log.read_text()
+        finally:
+            worker.terminate()
+            worker.wait(10)
+            await served.unsubscribe()
+            await announced.unsubscribe()
+            await bus.stop()
+            await engine.close()
+            await runtime.close()
+
+    asyncio.run(scenario())
 
 
 def test_provision_force_revokes_the_token_and_the_password_it_replaces(deployment) -> None:
