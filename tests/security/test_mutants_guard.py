@@ -281,3 +281,89 @@ def test_the_guard_and_authority_defaults() -> None:
         4096, 3600.0, False, True, None)
     authority = Authority({}, TokenIssuer(KEYS))
     assert (authority.audience, authority.ttl) == ("cellmono", 3600.0)
+
+
+# -- HeldDecision: the gateway's claim on the guard's decision about its own call (one audit record per call) --------
+from cellmono.security.guard import HeldDecision, held_decision  # noqa: E402
+
+
+def _held_call(guard: CapabilityGuard, envelope: Envelope, claim: HeldDecision, requires: tuple[str, ...]) -> None:
+    reset = held_decision.set(claim)
+    try:
+        guard.authorize(envelope, requires)
+    finally:
+        held_decision.reset(reset)
+
+
+def test_a_held_decision_about_the_awaited_envelope_leaves_the_sink_and_goes_to_the_caller() -> None:
+    _, _, decisions, issuer, guard = world()
+    token = issuer.issue("alice", ["tool:call"], "app")
+    envelope = env(token)
+    claim = HeldDecision(envelope.id)
+    assert (claim.envelope_id, claim.decision, claim.open) == (envelope.id, None, True)
+    _held_call(guard, envelope, claim, ("tool:call:notes.add",))
+    assert decisions.decisions == []  # held: the caller's own record carries it
+    facts = claim.take()
+    assert facts is not None and facts["requires"] == ["tool:call:notes.add"] and facts["check"] == "granted"
+    assert isinstance(facts["token_id"], str) and facts["token_id"]
+    assert claim.open is False  # closed once taken: later decisions go to the sink
+
+
+def test_after_take_every_decision_goes_to_the_sink_again() -> None:
+    _, _, decisions, issuer, guard = world()
+    token = issuer.issue("alice", ["tool:call"], "app")
+    envelope = env(token)
+    claim = HeldDecision(envelope.id)
+    assert claim.take() is None and claim.open is False  # nothing held yet: None, and the claim is closed
+    _held_call(guard, envelope, claim, ("tool:call:notes.add",))
+    assert [decision.resource for decision in decisions.decisions] == ["notes.add"]  # a late decision is never lost
+
+
+def test_only_the_first_decision_about_only_the_awaited_envelope_is_held() -> None:
+    _, _, decisions, issuer, guard = world()
+    token = issuer.issue("alice", ["tool:call"], "app")
+    awaited, other = env(token), env(token, subject="notes.get")
+    claim = HeldDecision(awaited.id)
+    _held_call(guard, other, claim, ("tool:call:notes.get",))  # another envelope (a downstream request): recorded
+    assert [decision.resource for decision in decisions.decisions] == ["notes.get"] and claim.decision is None
+    _held_call(guard, awaited, claim, ("tool:call:notes.add",))
+    _held_call(guard, awaited, claim, ("tool:call:notes.add",))  # a second decision about it: not held twice
+    assert [decision.resource for decision in decisions.decisions] == ["notes.get", "notes.add"]
+    assert claim.decision is not None and claim.decision.resource == "notes.add"
+
+
+def test_a_held_refusal_carries_its_reason_and_error() -> None:
+    _, _, decisions, issuer, guard = world()
+    token = issuer.issue("alice", ["notes:read"], "app")
+    envelope = env(token)
+    claim = HeldDecision(envelope.id)
+    with pytest.raises(CapabilityDenied):
+        _held_call(guard, envelope, claim, ("notes:write",))
+    assert decisions.decisions == [] and claim.decision is not None
+    assert (claim.decision.allowed, claim.decision.error) == (False, "CapabilityDenied")
+    assert "notes:write" in claim.take()["check"]
+
+
+def test_a_publish_decision_is_never_held() -> None:
+    _, _, decisions, issuer, guard = world()
+    forged = issuer.issue("alice", ["tool:call"], "elsewhere")  # another audience: refused at publish (`publish`)
+    envelope = env(forged, kind="event")
+    claim = HeldDecision(envelope.id)
+    reset = held_decision.set(claim)
+    try:
+        with pytest.raises(AccessDenied):
+            guard.admit(envelope)
+    finally:
+        held_decision.reset(reset)
+    assert claim.decision is None and [decision.action for decision in decisions.decisions] == ["publish"]
+
+
+def test_without_a_sink_a_held_decision_is_still_kept() -> None:
+    clock, revocations = Clock(), MemoryRevocations()
+    issuer = TokenIssuer(KEYS, clock=clock)
+    guard = CapabilityGuard(TokenVerifier(KEYS, audience="app", revocations=revocations, clock=clock), None)
+    token = issuer.issue("alice", ["tool:call"], "app")
+    envelope = env(token)
+    claim = HeldDecision(envelope.id)
+    _held_call(guard, envelope, claim, ("tool:call:notes.add",))
+    assert claim.take()["requires"] == ["tool:call:notes.add"]
