@@ -48,8 +48,8 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['T', 'CredentialInvalid', 'WorkerRefused', 'WorkersSection', 'workers_section', 'check_name', 'worker_settings_text',
-           'Registry', 'apply_nats_authorization', 'provision', 'revoke', 'answer_registrations', 'register_worker',
-           'load_credential', 'credential_settings', 'with_retry']
+           'Registry', 'apply_nats_authorization', 'provision_checks', 'provision', 'revoke', 'answer_registrations',
+           'register_worker', 'load_credential', 'credential_settings', 'with_retry']
 
 # %% ../../nbs/38d_provision.ipynb #5a82aa21
 class CredentialInvalid(EngineError, ValueError):
@@ -192,17 +192,11 @@ def _promoted(settings: Settings) -> list[str]:
     return [name for name in settings.app.cells if settings.cells[name].placement == "process"]
 
 
-async def provision(settings: Settings, name: str, cells: Sequence[str], credential: str | Path, *,
-                    force: bool = False) -> str:
-    """Provision worker `name` for `cells` (default: every cell placed in a process): its NATS user, a token
-    granting `worker:serve:CELL`, one credential file (0600, never overwritten without `force`); audited. With
-    `force`, what it replaces is revoked first: the old token on the engine, and the old nkey (the reload
-    drops its connections)."""
-    check_name(name)
-    kind = broker_kind(settings)
-    if kind != "nats":
-        raise ConfigError(f"{settings.source}: provisioning per-worker credentials needs a NATS broker "
-                          f"(a cell with placement = process, transport = nats); this app's is {kind or 'none'}")
+def provision_checks(settings: Settings, name: str, cells: Sequence[str], credential: str | Path, force: bool
+                     ) -> tuple[list[str], Path, WorkersSection, Registry, dict[str, dict[str, Any]]]:
+    """What provisioning on any broker checks before it writes: the cells (default: those placed in a process)
+    exist, the credential file is new (or `force`), the worker is not live (or `force`); the cells, the credential's
+    path, `[workers]`, the registry and its workers."""
     cells = list(cells) or _promoted(settings)
     if not cells:
         raise ConfigError(f"{settings.source}: no cell is placed in a process; name the cells with --cells")
@@ -215,6 +209,21 @@ async def provision(settings: Settings, name: str, cells: Sequence[str], credent
     workers = registry.load()
     if workers.get(name, {}).get("revoked", 0) is None and not force:
         raise ConfigError(f"worker {name!r} is already provisioned: `cellmono workers revoke {name}` first, or --force")
+    return cells, path, section, registry, workers
+
+
+async def provision(settings: Settings, name: str, cells: Sequence[str], credential: str | Path, *,
+                    force: bool = False) -> str:
+    """Provision worker `name` for `cells` (default: every cell placed in a process): its NATS user, a token
+    granting `worker:serve:CELL`, one credential file (0600, never overwritten without `force`); audited. With
+    `force`, what it replaces is revoked first: the old token on the engine, and the old nkey (the reload
+    drops its connections)."""
+    check_name(name)
+    kind = broker_kind(settings)
+    if kind != "nats":
+        raise ConfigError(f"{settings.source}: provisioning per-worker credentials needs a NATS broker "
+                          f"(a cell with placement = process, transport = nats); this app's is {kind or 'none'}")
+    cells, path, section, registry, workers = provision_checks(settings, name, cells, credential, force)
     (seed, nkey), user = new_nkey_user(), f"worker-{name}"
     app_url = settings.section("nats", BrokerSection).url or DEFAULT_URLS["nats"]
     app_user(settings)  # before anything is written: the server needs the app's user too

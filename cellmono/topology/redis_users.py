@@ -31,8 +31,8 @@ from .broker_users import AUDIT_REPLICAS, cell_class, with_user, write_private
 from .engine_link import broker_tables, engine_namespace
 from .placed import DIRECT_SUBJECT
 from .placement import DEFAULT_URLS, BrokerSection
-from .provision import (CredentialInvalid, Registry, WorkerRefused, _promoted, _signer, _worker_kek, check_name,
-                        worker_settings_text, workers_section)
+from .provision import (Registry, WorkerRefused, _signer, _worker_kek, check_name,
+                        provision_checks, worker_settings_text, workers_section)
 
 # %% auto #0
 __all__ = ['WORKER_COMMANDS', 'redis_acl', 'worker_store_settings', 'apply_redis_users', 'provision_redis', 'revoke_redis',
@@ -181,19 +181,8 @@ async def provision_redis(settings: Settings, name: str, cells: Sequence[str], c
     token granting `worker:serve:CELL`, one credential file (0600, never overwritten without `force`: the old
     user's password and token are then replaced and revoked); audited."""
     check_name(name)
-    cells = list(cells) or _promoted(settings)
-    if not cells:
-        raise ConfigError(f"{settings.source}: no cell is placed in a process; name the cells with --cells")
-    for cell in cells:
-        cell_class(settings, cell)
-    path, section = Path(credential), workers_section(settings)
-    if path.exists() and not force:
-        raise CredentialInvalid(f"{path} exists: refusing to overwrite a credential (--force to replace it)")
-    registry = Registry(section.registry)
-    workers = registry.load()
+    cells, path, section, registry, workers = provision_checks(settings, name, cells, credential, force)
     replaced = workers.get(name, {})
-    if replaced.get("revoked", 0) is None and not force:
-        raise ConfigError(f"worker {name!r} is already provisioned: `cellmono workers revoke {name}` first, or --force")
     app_url = settings.section("redis", BrokerSection).url or DEFAULT_URLS["redis"]
     if replaced.get("revoked", 0) is None:
         await _revoke_token(settings, app_url, replaced["token_id"], f"worker {name} provisioned again")
