@@ -10,6 +10,7 @@ import time
 from brokers import Server, free_port, nats_binary, require
 from cellmono.core.bus import Bus
 from cellmono.core.config import load_settings
+from cellmono.core.errors import NoResponders
 from cellmono.topology.placement import build_transport
 from cellmono.topology.workers import CONTRACT_SUBJECT, PING_SUBJECT, answer_control, contract_fingerprint
 from test_ha_replicas import counts, write_app
@@ -45,7 +46,13 @@ def test_a_worker_started_before_its_broker_waits_and_applies_the_queued_command
             while counts(tmp_path / "jobs.sqlite")[0] < 1:
                 assert worker.poll() is None and time.monotonic() < give_up, worker_logs(tmp_path)
                 await asyncio.sleep(0.1)
-            await bus.request(PING_SUBJECT.format(cell="jobs", replica=1), timeout=2)
+            while True:  # the worker answers pings once started; it may apply the command a moment before
+                try:
+                    await bus.request(PING_SUBJECT.format(cell="jobs", replica=1), timeout=2)
+                    break
+                except NoResponders:
+                    assert time.monotonic() < give_up, worker_logs(tmp_path)
+                    await asyncio.sleep(0.1)
             await asyncio.sleep(1.5)  # a second delivery would land here (ack_wait = 1)
             await bus.stop()
         asyncio.run(scenario())
