@@ -2,14 +2,8 @@
 
 Each names the change an attacker or a careless edit would make and the behaviour that catches it.
 
-Equivalent mutants left alive (they do not change behaviour): `MemoryRevocations.version` starting at 1
-or growing by 2 (only a change matters to a cache); `CapabilitySet(grants)` rebuilt when it already is
-one; the length of a new block's random `jti` (`token_hex(13)` or the default); the text of the
-`TokenMalformed` raised when a proof is not an Ed25519 key (its type is the contract; no well-formed
-token reaches it).
-Score of the bounded run (first 79 of 513 mutants of tokens.py, tests of pyproject's selection plus this
-file): 65 killed (mutmut or by hand), 3 more written for but not re-run (`_attenuate` 39 and 41,
-`_b64encode` 2), 9 equivalent (above), 2 reported by mutmut as not covered by the selected tests."""
+The equivalent mutants left alive, and the score, are in MUTATION.md ("security/tokens.py"); the
+rest of the token tests under mutation are `test_token_mutants_verify.py` and `test_token_mutants_format.py`."""
 
 from __future__ import annotations
 
