@@ -19,7 +19,7 @@ def anyio_backend() -> str:
 # the rest has run two at a time (`-m serial`, the second half of the README's test command), so a neighbour's
 # load cannot decide their outcome.
 SERIAL = ("tests/ops/test_triggers", "tests/ops/test_promotion", "tests/runtime/test_serve_triggers",
-          "tests/cluster/", "tests/transports/test_broker_recovery", "tests/transports/test_transport_faults",
+          "tests/cluster/", "tests/transports/test_broker_recovery", "tests/transports/test_outage_patience", "tests/transports/test_transport_faults",
           "tests/gateway/test_hardening_edge", "tests/gateway/test_gateway_fuzz", "tests/gateway/test_audit_inline", "tests/cli/test_cli.py",
           "tests/sandbox/", "tests/security/test_audit_ship", "tests/security/test_mutants_audit_log", "tests/ops/test_docs_", "tests/topology/test_supervisor",
           "nbs/53_telemetry",

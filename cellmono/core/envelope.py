@@ -89,9 +89,13 @@ class Envelope(BaseModel):
         return self._answer("reply", payload)
 
     def fail(self, error: BaseException) -> Envelope:
-        """The error reply to this request: the exception's type name and message, no traceback."""
+        """The error reply to this request: the exception's type name and message, no traceback; `transient`
+        when the error is an outage (a `ConnectionError`: a broker or the engine out of reach), not the message's fault."""
         message = str(error.args[0]) if len(error.args) == 1 else str(error)
-        return self._answer("error", {"type": type(error).__name__, "message": message})
+        payload: dict[str, Any] = {"type": type(error).__name__, "message": message}
+        if isinstance(error, ConnectionError):
+            payload["transient"] = True  # a durable transport retries it without using up a try (`failure_of`)
+        return self._answer("error", payload)
 
     def _answer(self, kind: Kind, payload: Any) -> Envelope:
         values = self.__dict__.copy()  # hot path: copy the checked fields, change the few that differ

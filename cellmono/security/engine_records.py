@@ -11,7 +11,8 @@ import json
 import logging
 import re
 import uuid
-from typing import Any, Literal
+from collections.abc import Coroutine
+from typing import Any, Literal, TypeVar
 
 from pydantic import PositiveFloat, PositiveInt
 
@@ -32,6 +33,7 @@ _log = logging.getLogger(__name__)
 __all__ = ['NatsRecords', 'engine_records', 'StoreSection', 'open_engine_store', 'safe_app']
 
 # %% ../../nbs/19e_engine_records.ipynb #dbc10d9e
+_T = TypeVar("_T")
 _DELETE = {"KV-Operation": "DEL"}
 _WRONG_SEQUENCE = 10071  # JSStreamWrongLastSequenceErrF: another writer got there first
 _FLAGS = ("allow_atomic", "allow_msg_ttl", "allow_direct")  # atomic batches, per-record TTL, direct gets
@@ -90,7 +92,7 @@ class NatsRecords:
     def read(self, record: str) -> Read:
         """The last message on the record's subject: a direct get naming the subject in the API subject
         (`$JS.API.DIRECT.GET.<stream>.<subject>`, which a worker's permissions scope to its cells' records)."""
-        return self._thread.run(self._read(record), self.timeout + 1)
+        return self._run(self._read(record), self.timeout + 1, f"reading {record!r}")
 
     async def _read(self, record: str) -> Read:
         from nats.errors import NoRespondersError  # optional extra: cellmono[nats]
@@ -113,7 +115,7 @@ class NatsRecords:
     def records(self, prefix: str) -> list[str]:
         """Every live record under `prefix`, through a consumer whose filter (`$KV.<bucket>.<whole tokens of
         prefix>.>`) is in its create subject, so a worker's permissions scope it; headers only, last per subject."""
-        return sorted(self._thread.run(self._records(prefix), self.timeout * 4))
+        return sorted(self._run(self._records(prefix), self.timeout * 4, f"listing {prefix!r}"))
 
     async def _records(self, prefix: str) -> list[str]:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy  # optional extra: cellmono[nats]
@@ -149,7 +151,18 @@ class NatsRecords:
     def commit(self, checks: dict[str, Read], writes: Writes) -> bool:
         """One atomic batch: each written record, and each checked one rewritten as read, expects its revision."""
         subjects = [self.prefix + name for name in [*checks, *writes]]  # a refused message of a batch fails it all
-        return self._thread.run(self._denials.run(self._commit(checks, writes), *subjects), self.timeout + 1)
+        return self._run(self._denials.run(self._commit(checks, writes), *subjects), self.timeout + 1, "a commit")
+
+    def _run(self, coroutine: Coroutine[Any, Any, _T], timeout: float, what: str) -> _T:
+        """`coroutine`'s result from the connection's loop; the engine out of reach (no answer in time, no
+        responders while a stream elects its leader, a closed connection) is `EngineUnavailable`, an outage a
+        durable delivery waits out (`transports.brokers.failure_of`), not a fault of the message."""
+        from nats.errors import Error as NatsError  # optional extra: cellmono[nats]
+        try:
+            return self._thread.run(coroutine, timeout)
+        except (TimeoutError, NatsError) as error:
+            raise EngineUnavailable(f"the engine store at {redact(self.url)} did not answer {what}: "
+                                    f"{type(error).__name__} {error}".strip()) from None
 
     async def _commit(self, checks: dict[str, Read], writes: Writes) -> bool:
         batch = uuid.uuid4().hex
@@ -183,6 +196,8 @@ class NatsRecords:
             return True
         if error.get("err_code") == _WRONG_SEQUENCE or "wrong last sequence" in str(error.get("description")):
             return False
+        if error.get("code") == 503:  # JetStream temporarily unavailable (a leader election): an outage
+            raise EngineUnavailable(f"the engine store did not take a commit: {error.get('description', error)}")
         raise StoreError(f"the engine store refused a commit: {error.get('description', error)}")
 
     def close(self) -> None:

@@ -23,7 +23,8 @@ from .keys import StoreError
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['LAYOUT', 'MOVE', 'StoreLayoutOld', 'inbox_owner', 'record_namespace', 'engine_denied', 'RedisRecords']
+__all__ = ['LAYOUT', 'MOVE', 'StoreLayoutOld', 'inbox_owner', 'record_namespace', 'engine_denied', 'engine_failure',
+           'RedisRecords']
 
 # %% ../../nbs/19g_engine_redis.ipynb #a1c0e002
 class StoreLayoutOld(StoreError):
@@ -76,6 +77,19 @@ def engine_denied(error: Exception, url: str, what: str = "") -> EngineDenied | 
     if name == "AuthenticationError" or "WRONGPASS" in text or "invalid username-password" in text:
         return EngineDenied(f"the engine at {redact(url)} refused this credential (wrong or revoked user): {text}")
     return None
+
+
+def engine_failure(error: Exception, url: str, what: str = "") -> Exception:
+    """What to raise for `error` from Redis: `EngineDenied` (`engine_denied`), `EngineUnavailable` when the server
+    is out of reach (a lost connection, a timeout, a server still loading: redis-py's own `ConnectionError` and
+    `TimeoutError` are not the builtin ones), else `error` itself."""
+    denied = engine_denied(error, url, what)
+    if denied is not None:
+        return denied
+    if any(kind.__name__ in ("ConnectionError", "TimeoutError") for kind in type(error).__mro__):
+        return EngineUnavailable(f"the engine at {redact(url)} is out of reach{f' {what}' if what else ''}: "
+                                 f"{type(error).__name__} {error}".strip())
+    return error
 
 # %% ../../nbs/19g_engine_redis.ipynb #a1c0e003
 _COMMIT = """
@@ -194,7 +208,7 @@ class RedisRecords:
             pipe.hget(key, record)
             revision, value = pipe.execute()
         except Exception as error:
-            raise engine_denied(error, self.url, f"reading {key}") or error
+            raise engine_failure(error, self.url, f"reading {key}")
         return int(revision or 0), value
 
     def records(self, prefix: str) -> list[str]:
@@ -209,7 +223,7 @@ class RedisRecords:
             return sorted(field.decode() for name in hashes
                           for field, _ in self._client.hscan_iter(name, match=_escape(prefix) + "*"))
         except Exception as error:
-            raise engine_denied(error, self.url, f"listing {', '.join(hashes) or 'the store'}") or error
+            raise engine_failure(error, self.url, f"listing {', '.join(hashes) or 'the store'}")
 
     def expire_after(self, prefix: str, seconds: float) -> None:
         """Records under `prefix` get a field TTL (`HPEXPIRE`, Redis >= 7.4 / Valkey >= 9); an older server keeps
@@ -248,7 +262,7 @@ class RedisRecords:
         try:
             return bool(self._commit(keys=keys, args=arguments))
         except Exception as error:
-            raise engine_denied(error, self.url, f"writing {', '.join(keys[::2])}") or error
+            raise engine_failure(error, self.url, f"writing {', '.join(keys[::2])}")
 
     def close(self) -> None:
         """Disconnect."""

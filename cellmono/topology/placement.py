@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
 
 from ..core.config import Section, Settings
 from ..core.errors import ConfigError
@@ -65,6 +65,7 @@ class BrokerSection(Section):
     durable: tuple[str, ...] = ()
     max_deliver: PositiveInt = 5
     ack_wait: PositiveFloat = 30.0
+    outage_patience: NonNegativeFloat = 30.0  # a durable handler failing on an outage runs again within its delivery
     connect_timeout: PositiveFloat = 2.0
     stream_replicas: PositiveInt = 1  # NATS: copies of each durable stream on a JetStream cluster (3 on 3 nodes)
 
@@ -84,7 +85,8 @@ def build_transport(settings: Settings, kind: str, *, client_name: str | None = 
         raise ConfigError(f"{settings.source}: unknown transport {kind!r} (expected nats or redis)")
     section = settings.section(kind, BrokerSection)
     options: dict[str, Any] = dict(prefix=section.prefix, durable=section.durable, max_deliver=section.max_deliver,
-                                   ack_wait=section.ack_wait, connect_timeout=section.connect_timeout,
+                                   ack_wait=section.ack_wait, outage_patience=section.outage_patience,
+                                   connect_timeout=section.connect_timeout,
                                    max_bytes=settings.bus.max_message_bytes, drain_timeout=settings.bus.drain_timeout,
                                    max_in_flight=settings.bus.max_in_flight, client_name=client_name, inbox=inbox)
     url = url or section.url or DEFAULT_URLS[kind]

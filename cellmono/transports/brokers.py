@@ -111,15 +111,33 @@ def dead_letter(prefix: str, subject: str, reason: str, data: bytes | None = Non
                     idempotency_key=None if key is None else f"dead:{key}")
 
 # %% ../../nbs/30_brokers.ipynb #59ebaa9c
-async def failure_of(handler: Handler, envelope: Envelope) -> str | None:
-    """Run a durable subscription's handler: None when it succeeded, else why it failed (to retry or dead-letter)."""
-    try:
-        result = await handler(envelope)
-    except Exception as error:
-        return f"{type(error).__name__}: {error}"
-    if isinstance(result, Envelope) and result.kind == "error":
-        return f"{result.payload.get('type')}: {result.payload.get('message')}"
-    return None
+async def failure_of(handler: Handler, envelope: Envelope, *, patience: float = 0.0,
+                     hold: Callable[[], Awaitable[object]] | None = None) -> str | None:
+    """Run a durable subscription's handler: None when it succeeded, else why it failed (to retry or dead-letter).
+    A failure that is an outage (a `ConnectionError`: the engine or a broker out of reach) runs the handler again
+    within this delivery, with a capped backoff, for up to `patience` seconds, `hold()` telling the broker the
+    message is still being worked on: an outage does not use up the message's tries and send it to the dead letters."""
+    give_up, pause = time.monotonic() + patience, 0.1
+    while True:
+        try:
+            result = await handler(envelope)
+        except Exception as error:
+            reason, outage = f"{type(error).__name__}: {error}", isinstance(error, ConnectionError)
+        else:
+            if not (isinstance(result, Envelope) and result.kind == "error"):
+                return None
+            payload = result.payload if isinstance(result.payload, dict) else {}
+            reason, outage = f"{payload.get('type')}: {payload.get('message')}", payload.get("transient") is True
+        if not outage or time.monotonic() + pause > give_up:
+            return reason
+        try:
+            if hold is not None:
+                await hold()
+        except Exception:  # the broker itself is out of reach: the usual retry (it redelivers after ack_wait)
+            return reason
+        _log.info("handler for %s: %s; running it again in %.1f s", envelope.subject, reason, pause)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 2.0)
 
 
 @dataclass

@@ -57,7 +57,8 @@ class JetStreamDurables:
     def __init__(self, *, prefix: str = "cm", url: str = "", declared: Iterable[str] = (), max_deliver: int = 5,
                  ack_wait: float = 30.0, retry_delay: float = 0.5, dead_letter_prefix: str = "dead",
                  reconnect_wait: float = 0.5, stream_max_age: float = 7 * 24 * 3600.0, fetch_batch: int = 1,
-                 counters: Counters | None = None, inbox: DeliveryInbox | None = None, stream_replicas: int = 1) -> None:
+                 counters: Counters | None = None, inbox: DeliveryInbox | None = None, stream_replicas: int = 1,
+                 outage_patience: float = 30.0) -> None:
         try:
             import nats.errors  # the `nats` extra, imported where it is used: this module imports without it
         except ImportError:
@@ -68,6 +69,7 @@ class JetStreamDurables:
         self.max_deliver, self.ack_wait, self.retry_delay = max_deliver, ack_wait, retry_delay
         self.dead_letter_prefix, self.reconnect_wait = dead_letter_prefix, reconnect_wait
         self.stream_max_age, self.fetch_batch = stream_max_age, fetch_batch
+        self.outage_patience = outage_patience  # an outage is retried this long within a delivery (`failure_of`)
         self.stream_replicas = stream_replicas  # copies of each stream on a cluster (3: survives a node; transports.cluster)
         self.counters = counters if counters is not None else Counters()
         self.inbox = inbox  # exactly-once effects for every durable handler (security.inbox), else at least once
@@ -225,7 +227,7 @@ class JetStreamDurables:
                                                      "redelivery limit reached after a consumer crash",
                                                      envelope=envelope, deliveries=deliveries))
             return
-        reason = await failure_of(handler, envelope)
+        reason = await failure_of(handler, envelope, patience=self.outage_patience, hold=message.in_progress)
         try:
             if reason is None:
                 await message.ack_sync()  # after the inbox commit; the server confirms it
@@ -245,5 +247,7 @@ class JetStreamDurables:
                                           headers={"Nats-Msg-Id": letter.idempotency_key or letter.id})
             await message.term()
             self.counters.dead_lettered += 1
+            _log.warning("dead-lettered %s after %s deliveries: %s", letter.subject, letter.payload.get("deliveries"),
+                         letter.payload.get("reason"))
         except (self._error, MessageError) as error:  # not stored: keep the message, retry later
             _log.warning("dead-lettering %s failed: %s", letter.subject, error)

@@ -84,7 +84,7 @@ class NatsTransport:
                  max_in_flight: int = 1000, connect_timeout: float = 2.0, reconnect_wait: float = 0.5,
                  stream_max_age: float = 7 * 24 * 3600.0, fetch_batch: int = 1,
                  client_name: str | None = None, drain_timeout: float = 5.0, inbox: DeliveryInbox | None = None,
-                 stream_replicas: int = 1) -> None:
+                 stream_replicas: int = 1, outage_patience: float = 30.0) -> None:
         try:
             import nats.errors  # the `nats` extra, imported by the transport that uses it: this module imports without it
         except ImportError:
@@ -99,7 +99,7 @@ class NatsTransport:
             prefix=prefix, url=url, declared=durable, max_deliver=max_deliver, ack_wait=ack_wait,
             retry_delay=retry_delay, dead_letter_prefix=dead_letter_prefix, reconnect_wait=reconnect_wait,
             stream_max_age=stream_max_age, fetch_batch=fetch_batch, counters=self.counters, inbox=inbox,
-            stream_replicas=stream_replicas)
+            stream_replicas=stream_replicas, outage_patience=outage_patience)
         self._subscriptions: list[_NatsSubscription] = []
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._tokens = itertools.count(1)

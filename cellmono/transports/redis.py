@@ -52,7 +52,7 @@ class RedisTransport:
                  max_in_flight: int = 1000, connect_timeout: float = 2.0, reconnect_wait: float = 0.5,
                  stream_max_length: int = 1_000_000, claim_ttl: float = 300.0, dedupe_window: float = 120.0,
                  fetch_batch: int = 1, capacity: int = 100_000, client_name: str | None = None,
-                 drain_timeout: float = 5.0, inbox: DeliveryInbox | None = None) -> None:
+                 drain_timeout: float = 5.0, inbox: DeliveryInbox | None = None, outage_patience: float = 30.0) -> None:
         try:
             import redis.exceptions  # the `redis` extra, imported by the transport that uses it: this module imports without it
         except ImportError:
@@ -60,6 +60,7 @@ class RedisTransport:
         self._errors: tuple[type[Exception], ...] = (redis.exceptions.RedisError, OSError)
         self.url, self.prefix, self.max_bytes = url, prefix, max_bytes
         self.max_deliver, self.ack_wait, self.retry_delay = max_deliver, ack_wait, retry_delay
+        self.outage_patience = outage_patience  # an outage is retried this long within a delivery (`failure_of`)
         self.dead_letter_prefix, self.connect_timeout = dead_letter_prefix, connect_timeout
         self.reconnect_wait, self.stream_max_length = reconnect_wait, stream_max_length
         self.dedupe_window, self.fetch_batch, self.drain_timeout = dedupe_window, fetch_batch, drain_timeout
@@ -337,7 +338,8 @@ class RedisTransport:
             letter = dead_letter(self.dead_letter_prefix, subject, "redelivery limit reached after a consumer crash",
                                  envelope=envelope, deliveries=deliveries)
             return not await self._give_up(key, group, entry, letter)
-        reason = await failure_of(subscription.handler, envelope)
+        reason = await failure_of(subscription.handler, envelope, patience=self.outage_patience,  # held: idle reset
+                                  hold=lambda: self._client.xclaim(key, group, self.consumer, 0, [entry], justid=True))
         if reason is None:
             await self._ack(key, group, entry)
             return False
@@ -361,6 +363,8 @@ class RedisTransport:
             return False
         await self._ack(key, group, entry)
         self.counters.dead_lettered += 1
+        _log.warning("dead-lettered %s after %s deliveries: %s", letter.subject, letter.payload.get("deliveries"),
+                     letter.payload.get("reason"))
         return True
 
     # -- close -------------------------------------------------------------------------------------
