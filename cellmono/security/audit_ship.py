@@ -22,6 +22,7 @@ from .audit_streams import AuditStream, AuditStreamConflict, Shipped, audit_stre
 from .chain import Anchor, AuditTampered, VerifyReport, check_macs, verify_chain
 from .engine_keys import EngineUnavailable, published
 from .engine_kv import engine_tables
+from .nats_identity import nats_identity
 
 _log = logging.getLogger(__name__)
 
@@ -35,8 +36,10 @@ class AuditShipper:
     """Ships `log`'s records and anchors, in order, to `stream` as node `node`; keeps `log.witness` current."""
 
     def __init__(self, log: AuditLog, stream: AuditStream, node: str, *, interval: float = 0.2,
-                 batch: int = 500, connect: Callable[[], Awaitable[None]] | None = None) -> None:
+                 batch: int = 500, connect: Callable[[], Awaitable[None]] | None = None, witness: bool = True) -> None:
         self.log, self.stream, self.node = log, stream, node_id(node)
+        self.witness = witness  # read the other nodes' heads for this log's anchors (a NATS worker may not: the app's
+                                # anchors witness its chain)
         self.interval, self.batch = interval, batch
         self.stop_timeout = 5.0  # seconds `stop` may spend shipping the rest and closing the stream
         self.connect = connect  # how to reach the engine, retried until it succeeds (None: the stream is started)
@@ -82,7 +85,7 @@ class AuditShipper:
         for anchor in await asyncio.to_thread(self._anchors, self.shipped):
             await self.stream.append_anchor(self.node, anchor.model_dump_json().encode())
             self._anchor_time = anchor.time
-        for other in await self.stream.nodes():
+        for other in await self.stream.nodes() if self.witness else ():
             if other != self.node and (head := await self.stream.head(other)) is not None:
                 self.seen[other] = head
         return count
@@ -152,7 +155,8 @@ async def ship_app_audit(app: Any, node: str, namespace: str = "cellmono", *, pe
         finally:
             await tables.close()
     name = (re.sub(r"[^A-Za-z0-9_-]", "_", node)[:55] or "node") + (f"-{log.log_id[:8]}" if per_log else "")
-    shipper = AuditShipper(log, stream, log.claim_node(name), connect=connect)
+    shipper = AuditShipper(log, stream, log.claim_node(name), connect=connect,
+                           witness=not (kind == "nats" and nats_identity()))  # its permissions: its own chains only
     shipper.start()
     return shipper
 

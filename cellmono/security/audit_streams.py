@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 from ..core.errors import ConfigError
@@ -166,26 +167,40 @@ class NatsAuditStream:
         self._last: dict[str, int] = {}  # node -> stream sequence of its last record (the expected predecessor)
 
     async def start(self) -> None:
-        """Connect and create the stream (file storage) when it is missing."""
+        """Connect and create the stream (file storage, direct gets allowed) when it is missing; one an older
+        cellmono made gets direct gets, except from a provisioned worker (an nkey identity), whose permissions
+        cover creating the stream and its own chains only: the app's next start allows them."""
         import nats  # optional extra: cellmono[nats]
         from nats.js.api import StreamConfig  # optional extra: cellmono[nats]
+        from nats.js.errors import APIError  # optional extra: cellmono[nats]
         try:
             self._connection = await asyncio.wait_for(nats.connect(
                 self.url, connect_timeout=self.connect_timeout, max_reconnect_attempts=-1, allow_reconnect=True,
                 reconnect_time_wait=0.5, error_cb=_quiet, **nats_identity()), self.connect_timeout + 1)
             self._js = self._connection.jetstream(timeout=self.timeout)
-            await self._js.add_stream(StreamConfig(name=self.stream, subjects=[
-                f"{self.prefix}.*", f"{self.prefix}.anchors.*"]))
+            try:
+                await self._js.add_stream(StreamConfig(name=self.stream, allow_direct=True, subjects=[
+                    f"{self.prefix}.*", f"{self.prefix}.anchors.*"]))
+            except APIError:  # made by an older cellmono, without direct gets: allowed now
+                if not nats_identity():
+                    info = await self._js.stream_info(self.stream)
+                    await self._js.update_stream(replace(info.config, allow_direct=True))
         except Exception as error:  # refused, no JetStream, timeout: the client's types vary
             raise EngineUnavailable(f"cannot use the audit stream {self.stream!r} at {redact(self.url)}: "
                                     f"{type(error).__name__} {error}".strip()) from None
 
     async def _last_message(self, subject: str) -> Any:
-        from nats.js.errors import NotFoundError  # optional extra: cellmono[nats]
-        try:
-            return await self._js.get_last_msg(self.stream, subject)
-        except NotFoundError:
+        """The last message on `subject` (seq, data), by a direct get naming the subject in the API subject
+        (`$JS.API.DIRECT.GET.<stream>.<subject>`): what a worker's permissions allow for its own chains only."""
+        reply = await self._connection.request(f"$JS.API.DIRECT.GET.{self.stream}.{subject}", b"",
+                                               timeout=self.timeout)
+        headers = reply.headers or {}
+        if headers.get("Status") == "404":
             return None
+        if "Nats-Sequence" not in headers:
+            raise EngineUnavailable(f"the audit stream {self.stream!r} at {redact(self.url)} refused a read of "
+                                    f"{subject}: {headers.get('Status')} {headers.get('Description', '')}".strip())
+        return SimpleNamespace(seq=int(headers["Nats-Sequence"]), data=bytes(reply.data))
 
     async def head(self, node: str) -> tuple[int, str] | None:
         """From the last message on `<prefix>.<node>`; remembers its stream sequence for the next append."""

@@ -27,8 +27,8 @@ from .placed import DIRECT_SUBJECT
 from .placement import DEFAULT_URLS, BrokerSection
 
 # %% auto #0
-__all__ = ['REGISTER_SUBJECT', 'AUDIT_REPLICAS', 'cell_class', 'inbox_prefixes', 'nats_permissions', 'write_private', 'app_user',
-           'nats_authorization', 'without_user', 'with_user']
+__all__ = ['REGISTER_SUBJECT', 'AUDIT_REPLICAS', 'cell_class', 'durable_consumers', 'inbox_prefixes', 'nats_permissions',
+           'write_private', 'app_user', 'nats_authorization', 'without_user', 'with_user']
 
 # %% ../../nbs/38e_broker_users.ipynb #29df4326
 REGISTER_SUBJECT = "cellmono.register.{name}"
@@ -42,38 +42,45 @@ def cell_class(settings: Settings, cell: str) -> Any:
     return load_cell_class(settings.cells[cell].class_path, settings.source, f"cell.{cell}")
 
 
-def inbox_prefixes(settings: Settings, cell: str) -> list[str]:
-    """The exactly-once inbox records of `cell`'s durable NATS consumers (`security.engine_inbox`), as record-name
-    prefixes `_inbox.<consumer>`: the consumer is named as `transports.jetstream` and `topology.placed` name it."""
+def durable_consumers(settings: Settings, cell: str) -> list[tuple[str, str, str]]:
+    """(stream, consumer, filter subject) of each of `cell`'s durable NATS listeners, named as `transports.jetstream`
+    and `topology.placed` name them: the stream of the first declared pattern covering the listener's subject, the
+    consumer of its queue (the cell's name by default)."""
     section = settings.section("nats", BrokerSection)
-    prefixes = []
+    consumers = []
     for spec in cell_class(settings, cell).specs:
         declared = next((pattern for pattern in section.durable if covers(pattern, spec.subject)), None)
         if spec.kind == "listener" and declared is not None:
-            consumer = f"nats:CELLMONO_{safe_name(f'{section.prefix}.{declared}')}:{safe_name(spec.queue or cell)}"
-            prefixes.append(inbox_record(consumer, "-").rpartition(".")[0])
-    return prefixes
+            consumers.append(("CELLMONO_" + safe_name(f"{section.prefix}.{declared}"), safe_name(spec.queue or cell),
+                              event_subject(section.prefix, spec.subject)))
+    return consumers
+
+
+def inbox_prefixes(settings: Settings, cell: str) -> list[str]:
+    """The exactly-once inbox records of `cell`'s durable NATS consumers (`security.engine_inbox`), as record-name
+    prefixes `_inbox.<consumer>`."""
+    return [inbox_record(f"nats:{stream}:{name}", "-").rpartition(".")[0]
+            for stream, name, _ in durable_consumers(settings, cell)]
 
 
 def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dict[str, Any]:
     """The NATS permissions of worker `name`: subscribe to its cells' subjects (and each replica's direct address,
     callers' cancels, durable-pattern announcements), publish their events and replies and the requests and events
-    its cells declare (`requests`, `publishes`; cancels of its own requests), watch (never write) the public key and revocation tables, consume only its cells' durable streams, write its
-    replicas' audit chains (`audit.CELL-N`), and on the store bucket read and write only its cells' share: their
+    its cells declare (`requests`, `publishes`; cancels of its own requests), watch (never write) the public key and revocation tables, consume only its cells' durable consumers (by name, their filter in the create subject), write its
+    replicas' audit chains (`audit.CELL-N`) and read their heads only, and on the store bucket read and write only its cells' share: their
     records, active data-key pointers, data keys and inbox records, and the inbox's data key. Store reads name the
     record in the API subject (`$JS.API.DIRECT.GET.<stream>.<subject>`, listings `$JS.API.CONSUMER.CREATE.<stream>.
     <consumer>.<filter>`), so nats-server refuses every other cell's record, whatever the request's body says."""
     section = settings.section("nats", BrokerSection)
     prefix, namespace = section.prefix, engine_namespace(settings.app.name)
     store = f"{safe_app(settings.app.name)}_store"  # `security.engine_records`: the store's KV bucket
-    streams = [f"KV_{namespace}_keys", f"KV_{namespace}_revocations", f"KV_{namespace}_audit_keys", "AUDIT"]
-    streams += ["CELLMONO_" + safe_name(f"{prefix}.{pattern}") for pattern in section.durable]
+    streams = [f"KV_{namespace}_keys", f"KV_{namespace}_revocations", f"KV_{namespace}_audit_keys"]
     subscribe = ["_INBOX.>", f"{prefix}.control", event_subject(prefix, CANCEL_SUBJECT)]  # durable patterns; callers' cancels
     publish = ["_INBOX.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
                "$JS.FC.>", f"{prefix}.r.{REGISTER_SUBJECT.format(name=name)}", f"$KV.{namespace}_audit_keys.>"]
-    if section.durable:  # its dead letters' stream: made if missing, never read (others' letters are there too)
-        dead = "CELLMONO_" + safe_name(f"{prefix}.dead.>")
-        publish += [f"$JS.API.STREAM.INFO.{dead}", f"$JS.API.STREAM.CREATE.{dead}"]
+    for pattern in [*section.durable, "dead.>"] if section.durable else []:  # made if missing, never read: its
+        stream = "CELLMONO_" + safe_name(f"{prefix}.{pattern}")             # commands and dead letters are there
+        publish += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}"]  # with everyone else's
     shares = [f"_active.{INBOX_NAMESPACE}", f"_dek.{INBOX_NAMESPACE}.>"]  # the inbox's data key: one for every worker
     for cell in cells:
         for spec in cell_class(settings, cell).specs:
@@ -94,8 +101,14 @@ def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dic
                     f"$JS.API.CONSUMER.CREATE.KV_{store}.*.$KV.{store}.{cell}.>"]  # listing its records only
         shares += [f"{cell}.>", f"_active.{cell}", f"_dek.{cell}.>"] + [
             f"{inbox}.>" for inbox in inbox_prefixes(settings, cell)]
+        for stream, name, subject in durable_consumers(settings, cell):  # its own consumers, their filter in the
+            publish += [f"$JS.API.CONSUMER.CREATE.{stream}.{name}.{subject}", f"$JS.API.CONSUMER.INFO.{stream}.{name}",
+                        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}", f"$JS.ACK.{stream}.{name}.>"]  # create subject
         replicas = max(AUDIT_REPLICAS, settings.cells[cell].replicas)  # a node id is one subject token: no prefix match
         publish += [f"audit.{part}{cell}-{replica}" for replica in range(1, replicas + 1) for part in ("", "anchors.")]
+        publish += [f"$JS.API.DIRECT.GET.AUDIT.audit.{part}{cell}-{replica}" for replica in range(1, replicas + 1)
+                    for part in ("", "anchors.")]  # the heads of its own chains and anchors
+    publish.append("$JS.API.STREAM.CREATE.AUDIT")  # made if missing (a worker may start before the app ships)
     for share in shares:  # write it, read it by a direct get naming it: nothing else of the store's stream API
         publish += [f"$KV.{store}.{share}", f"$JS.API.DIRECT.GET.KV_{store}.$KV.{store}.{share}"]
     for stream in streams:  # public tables and its own consumers: the whole stream API

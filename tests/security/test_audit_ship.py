@@ -312,3 +312,45 @@ def test_an_engine_down_at_start_is_retried_and_nothing_is_lost(engine, tmp_path
         await reader.close()
         log.close()
     asyncio.run(scenario())
+
+
+def test_an_audit_stream_an_older_cellmono_made_gets_direct_gets_and_keeps_its_chains(tmp_path) -> None:
+    """A provisioned worker reads its chain's head by a direct get naming its subject (its permissions allow no
+    other read); a stream made before, without direct gets, is updated by the app's next start, messages kept."""
+    server = require(start_nats)
+    ring = SigningKeys()
+
+    async def scenario() -> None:
+        import nats
+        from nats.js.api import StreamConfig
+        connection = await nats.connect(server.url)
+        js = connection.jetstream()
+        await js.add_stream(StreamConfig(name="AUDIT", subjects=["audit.*", "audit.anchors.*"]))  # the old config
+        elsewhere = _stream("nats", server, copy=True)  # w0's chain as an older cellmono shipped it
+        await elsewhere.start()
+        old = AuditLog(tmp_path / "w0.sqlite", anchor_keys=ring)
+        _append(old, 2)
+        await AuditShipper(old, elsewhere, "w0").ship_once()
+        shipped = await elsewhere.records("w0")
+        for data in shipped:
+            await js.publish("audit.w0", data)
+        stream = _stream("nats", server)
+        await stream.start()  # the app's start: the stream now allows direct gets
+        assert (await js.stream_info("AUDIT")).config.allow_direct is True
+        assert await stream.records("w0") == shipped and len(shipped) == 2
+        assert (await stream.head("w0"))[0] == 2
+        log = AuditLog(tmp_path / "w1.sqlite", anchor_keys=ring)
+        _append(log, 3)
+        await AuditShipper(log, stream, "w1").ship_once()
+        head = await stream.head("w1")
+        assert head is not None and head[0] == 3, head
+        for closing in (stream, elsewhere):
+            await closing.close()
+        await connection.close()
+        log.close()
+        old.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.cleanup()

@@ -201,6 +201,25 @@ nats_pid_file = {broker / "nats.pid"}
                     "name": "sneak", "deliver_subject": "_INBOX.sneak", "ack_policy": "none",
                     "filter_subject": f"$KV.{BUCKET}.vault.>"}})
             assert app_store.get("vault", "secret") == b'"only the vault may read this"'  # still there, untouched
+
+            # the durable streams hold every cell's commands: only its own consumer, by name and filter
+            mine, theirs = (f"CELLMONO_{safe_name(f'is.{subject}')}" for subject in ("counter.tally", "vault.note"))
+            sneak = {"name": "sneak", "deliver_subject": "_INBOX.sneak", "ack_policy": "none"}
+            refused(lambda: api(f"STREAM.MSG.GET.{theirs}", {"seq": 1}), f"STREAM.MSG.GET.{theirs}")
+            refused(lambda: api(f"DIRECT.GET.{theirs}", {"seq": 1}), f"DIRECT.GET.{theirs}")
+            refused(lambda: api(f"CONSUMER.CREATE.{theirs}.sneak.is.e.vault.note", {"stream_name": theirs, "config": {
+                **sneak, "filter_subject": "is.e.vault.note"}}), f"CONSUMER.CREATE.{theirs}")
+            refused(lambda: api(f"CONSUMER.MSG.NEXT.{theirs}.{safe_name('vault')}", {"batch": 1}), "MSG.NEXT")
+            refused(lambda: api(f"CONSUMER.CREATE.{mine}.sneak", {"stream_name": mine, "config": sneak}),
+                    f"CONSUMER.CREATE.{mine}")  # an unfiltered consumer on its own stream
+            refused(lambda: api(f"CONSUMER.CREATE.{mine}.{safe_name('counter')}.is.e.>", {"stream_name": mine, "config": {
+                **sneak, "name": safe_name("counter"), "filter_subject": "is.e.>"}}), f"CONSUMER.CREATE.{mine}")
+            # the audit stream holds every node's chain: only its own chains' heads, by a direct get naming them
+            refused(lambda: api("STREAM.MSG.GET.AUDIT", {"last_by_subj": "audit.vault-1"}), "STREAM.MSG.GET.AUDIT")
+            refused(lambda: api("DIRECT.GET.AUDIT.audit.vault-1", {}), "DIRECT.GET.AUDIT.audit.vault-1")
+            refused(lambda: api("STREAM.INFO.AUDIT", {"subjects_filter": "audit.*"}), "STREAM.INFO.AUDIT")
+            refused(lambda: api("CONSUMER.CREATE.AUDIT.sneak", {"stream_name": "AUDIT", "config": sneak}),
+                    "CONSUMER.CREATE.AUDIT")
         finally:
             table.close()
             app_store.close()
