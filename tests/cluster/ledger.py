@@ -157,6 +157,8 @@ class Verdict:
     mismatched: list[str]  # effects whose content differs from the command sent
     balance_total: int
     audit_problems: list[str]
+    dead_letters: list[str] = field(default_factory=list)  # the workers' "dead-lettered ..." log lines: why a
+                                                            # command was given up on (a lost one's likely story)
 
     @property
     def ok(self) -> bool:
@@ -168,7 +170,7 @@ class Verdict:
                 f"double_effects={len(self.double_effects)} (across workers {len(self.double_across_workers)}) unknown={len(self.unknown_effects)} "
                 f"mismatched={len(self.mismatched)} balance_total={self.balance_total} "
                 f"audit_problems={self.audit_problems[:3]} examples lost={self.lost[:3]} "
-                f"double={self.double_effects[:3]}")
+                f"double={self.double_effects[:3]} dead_lettered={len(self.dead_letters)} {self.dead_letters[:2]}")
 
 
 def read_effects(folder: Path) -> list[dict[str, Any]]:
@@ -259,7 +261,10 @@ def check(history: History, folders: list[Path], engine: Engine | None = None) -
         unknown_effects=sorted(key for key in counts if key not in history.sent),
         mismatched=mismatched, balance_total=sum(balances.values()),
         audit_problems=[problem for folder in folders for problem in verify_audit(
-            folder, effects if engine is not None else None)])
+            folder, effects if engine is not None else None)],
+        dead_letters=[line.strip()[-300:] for folder in folders if (folder / "worker.log").exists()
+                      for line in (folder / "worker.log").read_text(errors="replace").splitlines()
+                      if "dead-lettered" in line])
 
 
 async def settle(history: History, folders: list[Path], seconds: float = 60.0, engine: Engine | None = None) -> None:

@@ -83,3 +83,12 @@ def test_an_effect_without_its_audit_record_is_caught(tmp_path) -> None:
         store.namespace("ledger").put_json("effect/w1-unaudited", transfer("b") | {"worker": "w1"})
     verdict = check(history_of("a", "b"), [folder])
     assert any("1 audited transfers for 2 effects" in problem for problem in verdict.audit_problems), verdict.summary()
+
+
+def test_a_lost_command_comes_with_the_workers_dead_letter_lines(tmp_path) -> None:
+    folder = worker_folder(tmp_path, "w1", [transfer("a")])
+    (folder / "worker.log").write_text("connected\nWARNING dead-lettered led.dead.ledger.transfer after 5 deliveries: "
+                                       "failed 5 times: EngineUnavailable: no answer\n")
+    verdict = check(history_of("a", "b"), [folder])
+    assert verdict.lost == ["b"] and len(verdict.dead_letters) == 1, verdict.summary()
+    assert "dead_lettered=1" in verdict.summary() and "EngineUnavailable" in verdict.summary()
