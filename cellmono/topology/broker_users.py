@@ -7,11 +7,14 @@ Docs: https://cellmono.github.io/cellmono/broker_users.html.md"""
 # %% ../../nbs/38e_broker_users.ipynb #253f46c6
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +24,22 @@ from ..core.config import Settings
 from ..core.errors import ConfigError
 from ..security.engine_inbox import INBOX_NAMESPACE, inbox_record
 from ..security.engine_records import safe_app
+from ..security.records import audit_record
 from ..transports.brokers import covers, event_subject, redact, request_subject, safe_name
 from .engine_link import engine_namespace
 from .placed import DIRECT_SUBJECT
 from .placement import DEFAULT_URLS, BrokerSection
 
 # %% auto #0
-__all__ = ['REGISTER_SUBJECT', 'AUDIT_REPLICAS', 'cell_class', 'durable_consumers', 'inbox_prefixes', 'nats_permissions',
-           'write_private', 'app_user', 'nats_authorization', 'without_user', 'with_user']
+__all__ = ['REGISTER_SUBJECT', 'AUDIT_REPLICAS', 'AUTH_ERRORS', 'cell_class', 'durable_consumers', 'inbox_prefixes',
+           'nats_permissions', 'write_private', 'app_user', 'nats_authorization', 'sys_user', 'watch_refusals',
+           'without_user', 'with_user']
 
 # %% ../../nbs/38e_broker_users.ipynb #29df4326
 REGISTER_SUBJECT = "cellmono.register.{name}"
 AUDIT_REPLICAS = 16  # a worker may ship the audit chains of replicas 1..16 of its cells (more if configured)
+AUTH_ERRORS = "$SYS.SERVER.*.CLIENT.AUTH.ERR"  # nats-server's advisory of each refused login (system account)
+_log = logging.getLogger(__name__)
 
 
 def cell_class(settings: Settings, cell: str) -> Any:
@@ -155,8 +162,66 @@ def nats_authorization(settings: Settings, workers: dict[str, dict[str, Any]]) -
         if record.get("revoked") is None:
             who = {"nkey": record["nkey"]} if "nkey" in record else {"user": record["user"], "password": record["password"]}
             users.append({**who, "permissions": nats_permissions(settings, name, record["cells"])})
+    sys_name, sys_password = sys_user(settings)  # hears refused logins only (`watch_refusals`)
+    listener = {"user": sys_name, "password": sys_password,
+                "permissions": {"publish": {"deny": [">"]}, "subscribe": {"allow": [AUTH_ERRORS]}}}
     return "# written by `cellmono workers`: do not edit; include it in the server's config\nauthorization " + \
-        json.dumps({"users": users}, indent=1) + "\n"
+        json.dumps({"users": users}, indent=1) + "\naccounts " + json.dumps({"$SYS": {"users": [listener]}}, indent=1) + "\n"
+
+
+def sys_user(settings: Settings) -> tuple[str, str]:
+    """The app's user in the server's system account (`$SYS`), allowed only to hear refused logins; its password
+    derives from the app's, so nothing more is stored."""
+    user, password = app_user(settings)
+    return f"{user}-sys", hashlib.sha256(f"cellmono-sys:{password}".encode()).hexdigest()[:32]
+
+
+async def watch_refusals(settings: Settings, audit: Any, workers: Callable[[], dict[str, dict[str, Any]]],
+                         quiet: float = 10.0) -> Any:
+    """At the app: audit each login nats-server refuses (a wrong or revoked worker credential), from the server's
+    advisories (`AUTH_ERRORS`), as `worker.connect` denied, naming the worker when its user or nkey is one the
+    registry (`workers()`) knows (an nkey login carries no user: then the name its client gives itself); one record
+    per user, client name and host each `quiet` seconds, the rest counted into the
+    next. Returns the connection to close, or None, with one warning, when the server has no such user yet (an
+    include written by an older cellmono, or a server not reloaded since)."""
+    import nats  # optional extra: cellmono[nats]
+    name, password = sys_user(settings)
+    try:
+        connection = await nats.connect(with_user(settings.section("nats", BrokerSection).url, name, password).split(","),
+                                        name=f"{name}-refusals", connect_timeout=2, allow_reconnect=True,
+                                        max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    except Exception as error:  # the include predates this listener: refusals stay in the server's log only
+        _log.warning("refused broker logins are not audited: %s cannot log in (%s); provision or revoke a worker to "
+                     "rewrite the include, then reload nats-server", name, type(error).__name__)
+        return None
+    heard: dict[str, tuple[float, int]] = {}  # user@host -> (last record's time, refusals since)
+
+    async def refused(message: Any) -> None:
+        try:
+            advisory = json.loads(message.data)
+            client = advisory["client"]
+            who, host = str(client.get("user") or client.get("nkey") or "?")[:80], str(client.get("host") or "?")[:64]
+            claimed = str(client.get("name") or "").partition("/")[0][:80]  # as a worker names itself (`run_worker`)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return
+        key = f"{who}/{claimed}@{host}"
+        now, (last, since) = time.monotonic(), heard.get(key, (-quiet, 0))
+        if now - last < quiet:
+            heard[key] = (last, since + 1)
+            return
+        if len(heard) >= 1000:  # bounded: a flood of distinct users forgets the oldest counts
+            heard.clear()
+        heard[key] = (now, 0)
+        known = workers()
+        worker = next((name for name, record in known.items() if who in (record.get("nkey"), record.get("user"))), None)
+        named = worker is None and claimed in known  # an nkey login carries no user: the client's own name, marked so
+        actor = f"worker:{worker or claimed}" if worker or named else f"broker-user:{who}"
+        audit.submit(audit_record(actor, "worker.connect", resource=actor, decision="deny",
+                                  reason=f"nats-server refused the login from {host}: {advisory.get('reason')}"
+                                         + (" (the worker as the client names itself)" if named else "")
+                                         + (f" ({since} more since the last record)" if since else "")))
+    await connection.subscribe(AUTH_ERRORS, cb=refused)
+    return connection
 
 
 

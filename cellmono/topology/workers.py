@@ -36,6 +36,7 @@ from ..security.engine_inbox import EngineInbox
 from ..security.engine_store import EngineStore
 from ..security.inbox import DeliveryInbox, Inbox
 from .provision import Registry, answer_registrations, register_worker, with_retry, workers_section
+from .broker_users import watch_refusals
 from ..security.audit_ship import ship_app_audit
 from .engine_link import engine_namespace, link_app
 from ..security.records import audit_record
@@ -123,7 +124,8 @@ async def run_worker(settings_path: Settings | str | Path, cell: str, replica: i
         raise ConfigError(f"{settings.source}: no cell {cell!r} in [app] cells ({', '.join(full.cells)})")
     placement = placements(settings)[cell]
     kind = placement.transport if placement.transport != "memory" else (broker_kind(settings) or "nats")
-    inner = build_transport(settings, kind, client_name=f"{cell}-{replica}-{os.getpid()}", inbox=_inbox(full))
+    named = f"{identity[0]}/" if identity is not None else ""  # a provisioned worker names itself: a refused login is audited with it
+    inner = build_transport(settings, kind, client_name=f"{named}{cell}-{replica}-{os.getpid()}", inbox=_inbox(full))
     section = settings.section(kind, BrokerSection)
     app = WorkerApp([full.cells[cell]], settings=settings, services=full.services,  # the same security layer
                     transport=PlacedTransport(inner, cell, section.durable, replica))
@@ -177,6 +179,7 @@ class PromotedApp(App):
         self.ready_timeout = self.settings.supervision.ready_timeout
         self.engine: Any = None  # EngineKeys once linked: the app publishes its public keys and revocations
         self.audit_shipper: Any = None  # audit17: ships the app's audit chain to the engine, once started
+        self.refusals: Any = None  # the system-account connection that audits refused worker logins (NATS)
 
 
     def violations(self) -> list[str]:
@@ -197,7 +200,11 @@ class PromotedApp(App):
         self.verify()
         await with_retry(self.bus.start, workers_section(self.settings), f"app {self.settings.app.name}")
         self.engine = await link_app(self, signer=True)
-        await answer_registrations(self.bus, self.services, Registry(workers_section(self.settings).registry))
+        registry = Registry(workers_section(self.settings).registry)
+        await answer_registrations(self.bus, self.services, registry)
+        audit = getattr(self.services, "audit", None)
+        if broker_kind(self.settings) == "nats" and audit is not None and registry.load():  # workers provisioned
+            self.refusals = await watch_refusals(self.settings, audit, registry.load)
         self.audit_shipper = await ship_app_audit(self, "app", engine_namespace(self.settings.app.name), per_log=True)
         for placement in self.promoted():
             fingerprint = contract_fingerprint(type(self.everything.cells[placement.cell]))
@@ -335,6 +342,9 @@ class PromotedApp(App):
             if process.poll() is None:
                 process.kill()
                 process.wait(5)
+        if self.refusals is not None:
+            refusals, self.refusals = self.refusals, None
+            await refusals.close()
         if self.audit_shipper is not None:  # audit17
             shipper, self.audit_shipper = self.audit_shipper, None
             await shipper.stop(close_stream=True)

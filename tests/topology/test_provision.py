@@ -336,3 +336,60 @@ def test_provision_force_revokes_the_token_and_the_password_it_replaces(deployme
         assert again.returncode == 2 and "Authorization Violation" in again.stderr, again.stderr
 
     asyncio.run(scenario())
+
+
+def test_logins_the_broker_refuses_are_audited_at_the_app(deployment) -> None:
+    """A wrong password and a revoked worker's nkey are refused by nats-server itself, before the app sees a message;
+    the app hears the server's advisory (its system-account user, which the include holds) and audits each as
+    `worker.connect` denied, naming the worker when the registry knows its nkey; a burst of refusals from one user
+    and host is one record."""
+    import nats
+    from cellmono.topology.broker_users import watch_refusals
+    tmp_path, settings_path, server, env, _ = deployment
+    credential = json.loads((tmp_path / "w1.credential").read_text())
+    url = f"nats://127.0.0.1:{server.port}"
+
+    async def refused_login(**options) -> None:
+        with pytest.raises(Exception, match="Authorization Violation"):
+            await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2, **options)
+
+    async def records(actor: str, at_least: int) -> list[dict]:
+        give_up = time.monotonic() + 5
+        while True:
+            runtime.audit.flush()
+            found = [entry.fields for entry in runtime.audit.entries()
+                     if entry.fields.get("action") == "worker.connect" and entry.fields.get("actor") == actor]
+            if len(found) >= at_least or time.monotonic() > give_up:
+                return found
+            await asyncio.sleep(0.1)
+
+    async def scenario() -> None:
+        settings = load_settings(settings_path)
+        refusals = await watch_refusals(settings, runtime.audit, Registry(workers_section(settings).registry).load)
+        assert refusals is not None, "the app's system-account user could not log in"
+        try:
+            for _ in range(5):  # a burst from one user and host: one record
+                await refused_login(user="mallory", password="guess")
+            mallory = await records("broker-user:mallory", 1)
+            assert len(mallory) == 1 and mallory[0]["decision"] == "deny", mallory
+            assert "Authentication Failure" in mallory[0]["reason"] and "127.0.0.1" in mallory[0]["reason"]
+            await asyncio.sleep(0.5)
+            assert len(await records("broker-user:mallory", 2)) == 1
+
+            revoked = await asyncio.to_thread(cellmono, "workers", "revoke", "w1", "--settings", str(settings_path),
+                                              cwd=settings_path.parent, env=env)
+            assert revoked.returncode == 0, revoked.stderr
+            await refused_login(nkeys_seed_str=credential["nkey_seed"], name="w1/echo-1-4242")  # as `cellmono worker`
+            w1 = await records("worker:w1", 1)  # names its connection; an nkey login carries no user to match
+            assert len(w1) == 1 and w1[0]["decision"] == "deny" and "names itself" in w1[0]["reason"], w1
+            await refused_login(nkeys_seed_str=credential["nkey_seed"], name="intruder/echo-1-1")  # a name it does not know
+            assert len(await records("broker-user:?", 1)) == 1
+            assert credential["nkey_seed"] not in json.dumps(w1)  # no secret in the record
+        finally:
+            await refusals.close()
+
+    runtime = Runtime.from_settings(load_settings(settings_path))
+    try:
+        asyncio.run(scenario())
+    finally:
+        asyncio.run(runtime.close())
