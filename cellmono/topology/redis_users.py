@@ -7,13 +7,16 @@ Docs: https://cellmono.github.io/cellmono/redis_users.html.md"""
 # %% ../../nbs/38f_redis_users.ipynb #b2c0e001
 from __future__ import annotations
 
+import asyncio
 import configparser
 import hashlib
 import io
 import json
+import logging
+import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +37,11 @@ from .placement import DEFAULT_URLS, BrokerSection
 from .provision import (Registry, WorkerRefused, _signer, _worker_kek, check_name,
                         provision_checks, worker_settings_text, workers_section)
 
+_log = logging.getLogger(__name__)
+
 # %% auto #0
-__all__ = ['WORKER_COMMANDS', 'redis_acl', 'worker_store_settings', 'apply_redis_users', 'provision_redis', 'revoke_redis',
-           'check_redis_user']
+__all__ = ['WORKER_COMMANDS', 'redis_acl', 'worker_store_settings', 'apply_redis_users', 'refused_logins', 'watch_redis_refusals',
+           'provision_redis', 'revoke_redis', 'check_redis_user']
 
 # %% ../../nbs/38f_redis_users.ipynb #b2c0e002
 WORKER_COMMANDS = (  # what cellmono's Redis clients send for a worker: nothing that lists, flushes or configures
@@ -164,6 +169,71 @@ def apply_redis_users(settings: Settings, workers: dict[str, dict[str, Any]]) ->
                                 f"(needs ACL and CONFIG GET): {problem or type(error).__name__}") from None
     finally:
         client.close()
+
+# %% ../../nbs/38f_redis_users.ipynb #c4d78dcf
+def refused_logins(log: Any) -> list[tuple[tuple[int, int], int, str, str]]:
+    """The failed logins in an `ACL LOG` reply: ((entry id, created), count, user, client address)."""
+    found = []
+    for raw in log or ():
+        pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2])
+        entry = {(key.decode() if isinstance(key, bytes) else str(key)):
+                 (value.decode(errors="replace") if isinstance(value, bytes) else value) for key, value in pairs}
+        if entry.get("reason") != "auth":
+            continue
+        address = re.search(r"\baddr=(\S+)", str(entry.get("client-info", "")))
+        found.append(((int(entry.get("entry-id", 0)), int(entry.get("timestamp-created", 0))),
+                      int(entry.get("count", 1)), str(entry.get("username", "?"))[:80], address.group(1) if address else "?"))
+    return found
+
+
+class _Polling:
+    """A running `watch_redis_refusals`: `close()` stops it."""
+
+    def __init__(self, task: asyncio.Task[None], client: Any) -> None:
+        self.task, self.client = task, client
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.client.aclose()
+
+
+async def watch_redis_refusals(settings: Settings, audit: Any, workers: Callable[[], dict[str, dict[str, Any]]],
+                               every: float = 2.0) -> _Polling | None:
+    """At the app: audit the logins Redis refused (a wrong or revoked worker user), read from `ACL LOG` every
+    `every` seconds, as `worker.connect` denied, one record per log entry and poll with the attempts counted;
+    None (one warning) when the app's user may not read the log."""
+    import redis.asyncio  # optional extra: cellmono[redis]
+    client = redis.asyncio.Redis.from_url(settings.section("redis", BrokerSection).url or DEFAULT_URLS["redis"],
+                                          socket_connect_timeout=2.0, socket_timeout=5.0)
+    try:
+        reply = await client.execute_command("ACL", "LOG", "128")  # type: ignore[no-untyped-call]
+        seen = {key: count for key, count, _, _ in refused_logins(reply)}
+    except Exception as error:  # refused or unreachable: the refusals stay in Redis' own log
+        await client.aclose()
+        _log.warning("refused Redis logins are not audited: cannot read ACL LOG (%s)", type(error).__name__)
+        return None
+
+    async def poll() -> None:
+        while True:  # the app's lifetime: `close()` cancels it
+            await asyncio.sleep(every)
+            try:
+                entries = refused_logins(await client.execute_command("ACL", "LOG", "128"))  # type: ignore[no-untyped-call]
+            except Exception:  # Redis restarting: the next poll
+                continue
+            known = workers()
+            for key, count, user, address in entries:
+                new, seen[key] = count - seen.get(key, 0), count
+                if new > 0:
+                    worker = next((name for name, record in known.items() if record.get("user") == user), None)
+                    actor = f"worker:{worker}" if worker else f"broker-user:{user}"
+                    audit.submit(audit_record(actor, "worker.connect", resource=actor, decision="deny",
+                                              reason=f"Redis refused the login from {address}: {new} attempt(s)"))
+            if len(seen) > 1000:  # bounded: keep what the log still holds
+                current = {key for key, *_ in entries}
+                for key in [key for key in seen if key not in current]:
+                    del seen[key]
+    return _Polling(asyncio.create_task(poll(), name="redis refused logins"), client)
 
 # %% ../../nbs/38f_redis_users.ipynb #b2c0e005
 async def _revoke_token(settings: Settings, url: str, token_id: str, reason: str) -> None:

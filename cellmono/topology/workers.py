@@ -37,6 +37,7 @@ from ..security.engine_store import EngineStore
 from ..security.inbox import DeliveryInbox, Inbox
 from .provision import Registry, answer_registrations, register_worker, with_retry, workers_section
 from .broker_users import watch_refusals
+from .redis_users import watch_redis_refusals
 from ..security.audit_ship import ship_app_audit
 from .engine_link import engine_namespace, link_app
 from ..security.records import audit_record
@@ -203,8 +204,9 @@ class PromotedApp(App):
         registry = Registry(workers_section(self.settings).registry)
         await answer_registrations(self.bus, self.services, registry)
         audit = getattr(self.services, "audit", None)
-        if broker_kind(self.settings) == "nats" and audit is not None and registry.load():  # workers provisioned
-            self.refusals = await watch_refusals(self.settings, audit, registry.load)
+        watch = {"nats": watch_refusals, "redis": watch_redis_refusals}.get(broker_kind(self.settings) or "")
+        if watch is not None and audit is not None and registry.load():  # workers provisioned: refused logins audited
+            self.refusals = await watch(self.settings, audit, registry.load)
         self.audit_shipper = await ship_app_audit(self, "app", engine_namespace(self.settings.app.name), per_log=True)
         for placement in self.promoted():
             fingerprint = contract_fingerprint(type(self.everything.cells[placement.cell]))

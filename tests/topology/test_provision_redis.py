@@ -271,3 +271,51 @@ url = {server.url}
         assert "worker-w2" not in (tmp_path / "users.acl").read_text()
     finally:
         server.stop()
+
+
+def test_logins_redis_refuses_are_audited_at_the_app(deployment) -> None:
+    """A wrong password for the worker's user and an unknown user are refused by Redis before the app sees a command;
+    the app reads Redis' `ACL LOG` and audits each as `worker.connect` denied, naming the worker it knows; a burst
+    is one record (Redis folds it into one entry); what was logged before the app started is not audited again."""
+    from cellmono.topology.redis_users import watch_redis_refusals
+    tmp_path, settings_path, server, env, _ = deployment
+    document = json.loads((tmp_path / "machine2" / "w1.credential").read_text())
+    password = document["url"].split("//", 1)[1].split("@", 1)[0].split(":", 1)[1]
+
+    def refused_login(user: str, secret: str) -> None:
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=server.port, username=user, password=secret).ping()
+
+    async def records(actor: str, at_least: int) -> list[dict]:
+        give_up = time.monotonic() + 5
+        while True:
+            runtime.audit.flush()
+            found = [entry.fields for entry in runtime.audit.entries()
+                     if entry.fields.get("action") == "worker.connect" and entry.fields.get("actor") == actor]
+            if len(found) >= at_least or time.monotonic() > give_up:
+                return found
+            await asyncio.sleep(0.1)
+
+    async def scenario() -> None:
+        refused_login("ghost", "before the app")  # logged before the app starts: not audited again
+        settings = load_settings(settings_path)
+        watch = await watch_redis_refusals(settings, runtime.audit, Registry(workers_section(settings).registry).load,
+                                           every=0.2)
+        assert watch is not None, "the app could not read ACL LOG"
+        try:
+            for _ in range(3):
+                refused_login("worker-w1", password + "x")
+            w1 = await records("worker:w1", 1)
+            assert len(w1) == 1 and w1[0]["decision"] == "deny" and "127.0.0.1" in w1[0]["reason"], w1
+            assert password not in json.dumps(w1)
+            refused_login("intruder", "guess")
+            assert len(await records("broker-user:intruder", 1)) == 1
+            assert await records("broker-user:ghost", 1) == []
+        finally:
+            await watch.close()
+
+    runtime = Runtime.from_settings(load_settings(settings_path))
+    try:
+        asyncio.run(scenario())
+    finally:
+        asyncio.run(runtime.close())
