@@ -152,3 +152,15 @@ def spawn_cell_worker(settings: Path, cell: str, log: Path) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "cellmono.cli.worker", "--settings", str(settings),
                                  "--cell", cell], cwd=settings.parent, stdin=subprocess.DEVNULL,
                                 stdout=output, stderr=subprocess.STDOUT)
+
+
+async def connect_refusals(audit, actor: str, at_least: int, seconds: float = 5.0) -> list[dict]:
+    """The `worker.connect` records of `actor` in `audit`, once there are `at_least` of them or `seconds` passed."""
+    give_up = time.monotonic() + seconds
+    while True:
+        audit.flush()
+        found = [entry.fields for entry in audit.entries()
+                 if entry.fields.get("action") == "worker.connect" and entry.fields.get("actor") == actor]
+        if len(found) >= at_least or time.monotonic() > give_up:
+            return found
+        await asyncio.sleep(0.1)

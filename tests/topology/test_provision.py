@@ -24,7 +24,7 @@ from cellmono.topology.placement import build_transport
 from cellmono.topology.provision import Registry, answer_registrations, workers_section
 from cellmono.topology.services import Runtime
 from cellmono.topology.workers import CONTRACT_SUBJECT, PING_SUBJECT, answer_control, contract_fingerprint
-from worker_support import CELLMONO, ECHO_CELL, cellmono, start_nats_with_auth, wait_pinged
+from worker_support import CELLMONO, ECHO_CELL, cellmono, connect_refusals, start_nats_with_auth, wait_pinged
 
 CELLS = ECHO_CELL + '''
 class OtherCell(Cell):
@@ -353,15 +353,8 @@ def test_logins_the_broker_refuses_are_audited_at_the_app(deployment) -> None:
         with pytest.raises(Exception, match="Authorization Violation"):
             await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2, **options)
 
-    async def records(actor: str, at_least: int) -> list[dict]:
-        give_up = time.monotonic() + 5
-        while True:
-            runtime.audit.flush()
-            found = [entry.fields for entry in runtime.audit.entries()
-                     if entry.fields.get("action") == "worker.connect" and entry.fields.get("actor") == actor]
-            if len(found) >= at_least or time.monotonic() > give_up:
-                return found
-            await asyncio.sleep(0.1)
+    def records(actor: str, at_least: int):
+        return connect_refusals(runtime.audit, actor, at_least)
 
     async def scenario() -> None:
         settings = load_settings(settings_path)

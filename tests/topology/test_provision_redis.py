@@ -27,7 +27,7 @@ from cellmono.topology.placement import build_transport
 from cellmono.topology.provision import Registry, answer_registrations, workers_section
 from cellmono.topology.services import Runtime
 from cellmono.topology.workers import CONTRACT_SUBJECT, answer_control, contract_fingerprint
-from worker_support import CELLMONO, cellmono, load_cell_module, wait_pinged
+from worker_support import CELLMONO, cellmono, connect_refusals, load_cell_module, wait_pinged
 
 CELLS = '''
 from pydantic import BaseModel
@@ -286,15 +286,8 @@ def test_logins_redis_refuses_are_audited_at_the_app(deployment) -> None:
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(host="127.0.0.1", port=server.port, username=user, password=secret).ping()
 
-    async def records(actor: str, at_least: int) -> list[dict]:
-        give_up = time.monotonic() + 5
-        while True:
-            runtime.audit.flush()
-            found = [entry.fields for entry in runtime.audit.entries()
-                     if entry.fields.get("action") == "worker.connect" and entry.fields.get("actor") == actor]
-            if len(found) >= at_least or time.monotonic() > give_up:
-                return found
-            await asyncio.sleep(0.1)
+    def records(actor: str, at_least: int):
+        return connect_refusals(runtime.audit, actor, at_least)
 
     async def scenario() -> None:
         refused_login("ghost", "before the app")  # logged before the app starts: not audited again
