@@ -118,7 +118,7 @@ def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dic
     publish.append("$JS.API.STREAM.CREATE.AUDIT")  # made if missing (a worker may start before the app ships)
     for share in shares:  # write it, read it by a direct get naming it: nothing else of the store's stream API
         publish += [f"$KV.{store}.{share}", f"$JS.API.DIRECT.GET.KV_{store}.$KV.{store}.{share}"]
-    for stream in streams:  # public tables and its own consumers: the whole stream API
+    for stream in streams:  # the public key, revocation and anchor-key tables: the whole stream API
         publish += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.CONSUMER.*.{stream}",
                     f"$JS.API.CONSUMER.*.{stream}.>", f"$JS.API.CONSUMER.*.*.{stream}.>", f"$JS.ACK.{stream}.>",
                     f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>"]
