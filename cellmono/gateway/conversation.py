@@ -31,6 +31,7 @@ from ..core.envelope import Envelope, new_id
 from ..security.guard import HeldDecision, held_decision
 from ..security.records import GatewayRecord, Outcome
 from ..transports.brokers import BrokerUnavailable
+from .answers import Answers, ask
 from .state import MemoryState, hashed
 
 # %% auto #0
@@ -91,6 +92,7 @@ class Conversations:
     settings: Any  # cellmono.gateway.settings.GatewaySettings
     minter: Any  # cellmono.gateway.server.Minter
     audit: Any  # cellmono.gateway.server.AuditSink
+    answers: Answers | None = None  # set by `share_state` when replicas share an engine
     _levels: dict[int, str]
 
     def note(self, context: Any, method: str, subject: str | None, outcome: Outcome, reason: str | None = None,
@@ -236,7 +238,14 @@ class Conversations:
         except ValidationError as error:
             raise MCPError(INVALID_PARAMS, f"{spec.subject} asked a malformed {method}: {error.errors()[0]['msg']}") from None
         self.note(context, method, spec.subject, "ok", "asked")
-        answer = await sdk.session.send_request(typed, kinds[1], metadata=ServerMessageMetadata(related_request_id=sdk.request_id))
+        session = getattr(getattr(sdk, "request", None), "headers", {}).get("mcp-session-id")
+        outbound = getattr(sdk.session, "_request_outbound", None)  # the SDK's channel: this call's own stream
+        if self.answers is None or session is None or outbound is None:  # one replica: the SDK waits for the answer
+            answer = await sdk.session.send_request(typed, kinds[1], metadata=ServerMessageMetadata(related_request_id=sdk.request_id))
+        else:  # replicas: the answer may land on another one, which puts it on the engine
+            dumped = typed.model_dump(by_alias=True, mode="json", exclude_none=True)
+            answer = kinds[1].model_validate(await ask(self.answers, outbound, session, method, dumped.get("params")),
+                                             by_name=False)
         self.note(context, method, spec.subject, "ok", f"answered{' ' + answer.action if hasattr(answer, 'action') else ''}")
         return answer.model_dump(mode="json", by_alias=True, exclude_none=True)
 

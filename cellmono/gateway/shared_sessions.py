@@ -26,6 +26,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 from pydantic import BaseModel, ValidationError
 
 from ..transports.brokers import BrokerUnavailable
+from .answers import Answers
 from .state import EngineState, MemoryState, SharedRateLimiter, choose_state, hashed
 
 _log = logging.getLogger(__name__)
@@ -60,11 +61,13 @@ class SharedSessions(StreamableHTTPSessionManager):
     """The SDK's session manager with each session also on the engine (`EngineState`, under a hash of its id, for
     `ttl` s after its last use): a replica that never saw a session adopts it, for its own principal only, with the
     negotiated protocol version and client capabilities; DELETE ends it on every replica (each checks the engine on
-    each request: one engine read a request). An engine that cannot answer gets 503, never a 500."""
+    each request: one engine read a request). A POST answering a question another replica asked goes to the engine
+    for it (`answers`). An engine that cannot answer gets 503, never a 500."""
 
-    def __init__(self, *args: Any, state: EngineState, ttl: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, state: EngineState, ttl: float, answers: Answers | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.state, self.ttl = state, ttl
+        self.state, self.ttl, self.answers = state, ttl, answers
         self._touched: dict[str, float] = {}  # session -> when this replica last refreshed its record
 
     def _key(self, session: str) -> str:
@@ -135,13 +138,20 @@ class SharedSessions(StreamableHTTPSessionManager):
                 await self._discard_session(session, local)
             await _answer(send, 404, _NOT_FOUND)
             return
-        if local is None:
-            await self._adopt(session, record, scope)
         if scope["method"] == "DELETE":
             self.state.delete(self._key(session), self.ttl)
             self._touched.pop(session, None)
         elif time.monotonic() - self._touched.get(session, 0.0) > self.ttl / 10:
             self._save(session, record)  # its time to live starts again
+        if scope["method"] == "POST" and self.answers is not None:
+            body, receive = await _buffered(receive, self.max_request_body_size)
+            if len(body) <= self.max_request_body_size and self.answers.deliver(session, body):  # another
+                # replica's question (`gateway.answers`): the asker takes the answer from the engine
+                await send({"type": "http.response.start", "status": 202, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+                return
+        if local is None:
+            await self._adopt(session, record, scope)
         await super()._handle_stateful_request(scope, receive, send)
 
     async def _adopt(self, session: str, record: SessionRecord, scope: Any) -> None:
@@ -176,6 +186,28 @@ class SharedSessions(StreamableHTTPSessionManager):
         _log.info("adopted session %s opened on another replica", session[:8])
 
 
+async def _buffered(receive: Any, limit: int) -> tuple[bytes, Any]:
+    """The request's body (read up to `limit` + 1 bytes) and a `receive` that hands it on whole, then the rest."""
+    body, more = bytearray(), True
+    for _ in range(limit + 2):  # bounded: each message brings a byte or more, or ends the body
+        message = await receive()
+        if message["type"] != "http.request":
+            return bytes(body), _replaying(message, receive)
+        body.extend(message.get("body", b""))
+        more = message.get("more_body", False)
+        if not more or len(body) > limit:
+            break
+    return bytes(body), _replaying({"type": "http.request", "body": bytes(body), "more_body": more}, receive)
+
+
+def _replaying(first: MutableMapping[str, Any], receive: Any) -> Any:
+    given = [first]
+
+    async def replay() -> MutableMapping[str, Any]:
+        return given.pop() if given else await receive()
+    return replay
+
+
 async def _answer(send: Any, status: int, body: bytes) -> None:
     await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
@@ -183,7 +215,7 @@ async def _answer(send: Any, status: int, body: bytes) -> None:
 # %% ../../nbs/49e_shared_sessions.ipynb #9f388b2f
 def share_state(gateway: Any, http: Any, state: EngineState | None = None) -> EngineState:
     """Put what gateway replicas must share on the engine `[gateway_state]` names (`choose_state`): rate limits,
-    2025-11-25 sessions, used MRTR continuations. With no broker only the continuations' one-time check is added,
+    2025-11-25 sessions and the answers to their questions, used MRTR continuations. With no broker only the continuations' one-time check is added,
     in memory."""
     state = state or choose_state(gateway.app)
     gateway.state = state  # read by `Conversations` (one use per sealed requestState)
@@ -192,8 +224,9 @@ def share_state(gateway: Any, http: Any, state: EngineState | None = None) -> En
     settings = gateway.settings
     gateway.principal_limits = SharedRateLimiter(state, settings.rate, settings.burst, "principal")
     gateway.tool_limits = SharedRateLimiter(state, settings.tool_rate, settings.tool_burst, "tool")
+    gateway.answers = Answers(state, settings.session_idle_timeout)  # 2025 questions answered on any replica
     http.manager = SharedSessions(
         http.server, json_response=False, security_settings=None, max_request_body_size=settings.max_body_bytes,
         max_sessions=settings.max_sessions, session_idle_timeout=settings.session_idle_timeout, state=state,
-        ttl=settings.session_idle_timeout)
+        ttl=settings.session_idle_timeout, answers=gateway.answers)
     return state

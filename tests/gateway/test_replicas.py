@@ -1,7 +1,8 @@
 """Two real `cellmono serve` replicas (each its own state folder; the signing keys, KEK and API keys copied, as an
 operator provisions them; one real nats-server) behind a round-robin TCP proxy written here (asyncio, loopback, one
 backend per connection, no keep-alive on the client: each request lands on the other replica). The official MCP
-client runs a 2025-11-25 session (initialize, tools/list, tools/call) across both; a session id presented with
+client runs a 2025-11-25 session (initialize, tools/list, tools/call) across both, and answers an elicitation and a
+sampling request on the replica that did not ask; a session id presented with
 another principal's key is refused; DELETE ends it on both; the 2026-07-28 MRTR continuation is answered by the
 other replica, and a replayed one is refused; a rate limit holds over both replicas, not per replica, on NATS and on Valkey; an expired session is adopted by
 no replica; once the engine is gone every replica answers 429 (fail closed), never a 500."""
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import httpx2
 import mcp_types as types
+import anyio
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -171,6 +173,46 @@ async def test_replicas_share_sessions_continuations_and_limits(tmp_path: Path, 
                 hello = await mcp.call_tool("test_input_required_result_elicitation", {})
                 assert hello.content[0].text == "Hello, Ada!"
             await replayed_continuation_is_refused(proxy.url, keys["admin"])
+
+
+async def sample(context: object, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="forty-two"),
+                                     model="stub")
+
+
+@pytest.mark.parametrize("engine", ["nats", "redis"])
+async def test_a_2025_question_answered_on_the_other_replica_reaches_the_asker(tmp_path: Path, nats_url: str,
+                                                                              engine: str) -> None:
+    """The tool call (and its SSE stream) is held by one replica; the client's answer to the elicitation or sampling
+    request, POSTed on a new connection, lands on the other: it must still reach the asking handler."""
+    redis = require(start_redis) if engine == "redis" else None
+    try:
+        await questions_across(tmp_path, redis.url if redis else nats_url)
+    finally:
+        if redis:
+            redis.cleanup()
+
+
+async def questions_across(tmp_path: Path, url: str) -> None:
+    with replicas(tmp_path, url) as (ports, keys):
+        async with RoundRobin(ports) as proxy:
+            async with client(proxy.url, keys["admin"], "legacy", elicitation_callback=answer_form,
+                              sampling_callback=sample) as mcp:
+                for _ in range(2):  # twice: the call lands once on each replica, so each forwards once
+                    with anyio.fail_after(20):
+                        said = await mcp.call_tool("test_elicitation", {"message": "Who are you?"})
+                    expected = 'User response: action=accept, content={"username": "Ada", "email": "Ada"}'
+                    assert said.content[0].text == expected, said.content
+                    with anyio.fail_after(20):
+                        sampled = await mcp.call_tool("test_sampling", {"prompt": "6 x 7?"})
+                    assert sampled.content[0].text == "LLM response: forty-two", sampled.content
+            assert set(proxy.posts()) == {0, 1}, proxy.served
+            # an answer is taken only from the session's own principal: another gets 404, as for an unknown session
+            session = (await raw(proxy.url, keys["admin"], INITIALIZE)).headers["mcp-session-id"]
+            forged = {"jsonrpc": "2.0", "id": "ask-elsewhere-1", "result": {"action": "accept"}}
+            for _ in range(2):
+                assert (await raw(proxy.url, keys["mallory"], forged, session)).status_code == 404
+                assert (await raw(proxy.url, keys["admin"], forged, session)).status_code == 202  # expires unread
 
 
 async def replayed_continuation_is_refused(url: str, key: str) -> None:
