@@ -83,6 +83,11 @@ def _broker(args: argparse.Namespace) -> tuple[str, str, str]:
     return kind, url, settings.app.name
 
 
+def _apply(directory: KeyDirectory, key: str, data: bytes | None) -> None:
+    kid = key.rpartition(".")[2]  # `<node>.<key id>` in audit_keys (a node's own entries), `<key id>` in keys
+    directory.apply(kid, None if data is None else PublishedKey.from_json(data, kid))
+
+
 async def _engine_reports(args: argparse.Namespace) -> dict[str, VerifyReport]:
     kind, url, app = _broker(args)
     namespace = engine_namespace(app)
@@ -94,8 +99,7 @@ async def _engine_reports(args: argparse.Namespace) -> dict[str, VerifyReport]:
         await tables.start()
         for table in (KEYS_TABLE, AUDIT_KEYS_TABLE):  # the app's keys, and each node's anchor keys
             try:
-                await tables.watch(table, lambda kid, data: directory.apply(
-                    kid, None if data is None else PublishedKey.from_json(data, kid)))
+                await tables.watch(table, lambda key, data: _apply(directory, key, data))
             except EngineRecordInvalid:
                 raise
             except Exception:  # no such table yet: only the --keys ring can check those anchors

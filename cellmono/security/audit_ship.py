@@ -26,7 +26,7 @@ from .nats_identity import nats_identity
 
 _log = logging.getLogger(__name__)
 
-AUDIT_KEYS_TABLE = "audit_keys"  # each node's anchor verification keys, beside the token keys of `engine_kv`
+AUDIT_KEYS_TABLE = "audit_keys"  # each node's anchor verification keys (`<node>.<key id>`), beside `engine_kv`'s
 
 # %% auto #0
 __all__ = ['AUDIT_KEYS_TABLE', 'AuditShipper', 'ship_app_audit', 'AuditChainBroken', 'check_node', 'verify_engine']
@@ -135,7 +135,8 @@ async def ship_app_audit(app: Any, node: str, namespace: str = "cellmono", *, pe
     """Ship the audit log of a started `app` as `node` when its bus runs on a broker (read duck-typed, as
     `topology.engine_link` does: security imports no transport); None without a broker or an audit log. An engine
     not there yet is retried every `interval` (the records wait in SQLite). The public keys of the node's
-    anchors go to the engine table `audit_keys` (private keys never leave the node)."""
+    anchors go to the engine table `audit_keys`, each under `<node>.<key id>` (the node's own entries: a NATS
+    worker's permissions allow no other), and private keys never leave the node."""
     transport = getattr(app.bus.transport, "inner", app.bus.transport)
     url, kind = getattr(transport, "url", None), getattr(transport, "name", None)
     log = getattr(getattr(app, "services", None), "audit", None)
@@ -143,6 +144,8 @@ async def ship_app_audit(app: Any, node: str, namespace: str = "cellmono", *, pe
         return None
     stream = audit_stream(kind, url, **({"namespace": namespace} if kind == "redis" else {}))
     keys = log.anchor_keys
+    name = (re.sub(r"[^A-Za-z0-9_-]", "_", node)[:55] or "node") + (f"-{log.log_id[:8]}" if per_log else "")
+    claimed = log.claim_node(name)
 
     async def connect() -> None:
         tables = engine_tables(kind, url, namespace=namespace)
@@ -151,11 +154,10 @@ async def ship_app_audit(app: Any, node: str, namespace: str = "cellmono", *, pe
             if keys is not None:  # the public keys of this node's anchors, for verifiers (never the private ones)
                 await tables.start()
                 for record in published(keys):
-                    await tables.put(AUDIT_KEYS_TABLE, record.kid, record.to_json())
+                    await tables.put(AUDIT_KEYS_TABLE, f"{claimed}.{record.kid}", record.to_json())
         finally:
             await tables.close()
-    name = (re.sub(r"[^A-Za-z0-9_-]", "_", node)[:55] or "node") + (f"-{log.log_id[:8]}" if per_log else "")
-    shipper = AuditShipper(log, stream, log.claim_node(name), connect=connect,
+    shipper = AuditShipper(log, stream, claimed, connect=connect,
                            witness=not (kind == "nats" and nats_identity()))  # its permissions: its own chains only
     shipper.start()
     return shipper

@@ -74,7 +74,7 @@ def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dic
     """The NATS permissions of worker `name`: subscribe to its cells' subjects (and each replica's direct address,
     callers' cancels, durable-pattern announcements), publish their events and replies and the requests and events
     its cells declare (`requests`, `publishes`; cancels of its own requests), watch (never write) the public key and revocation tables, consume only its cells' durable consumers (by name, their filter in the create subject), write its
-    replicas' audit chains (`audit.CELL-N`) and read their heads only, and on the store bucket read and write only its cells' share: their
+    replicas' audit chains (`audit.CELL-N`) and their anchor keys (`audit_keys.CELL-N.*`) and read their heads only, and on the store bucket read and write only its cells' share: their
     records, active data-key pointers, data keys and inbox records, and the inbox's data key. Store reads name the
     record in the API subject (`$JS.API.DIRECT.GET.<stream>.<subject>`, listings `$JS.API.CONSUMER.CREATE.<stream>.
     <consumer>.<filter>`), so nats-server refuses every other cell's record, whatever the request's body says."""
@@ -84,7 +84,7 @@ def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dic
     streams = [f"KV_{namespace}_keys", f"KV_{namespace}_revocations", f"KV_{namespace}_audit_keys"]
     subscribe = ["_INBOX.>", f"{prefix}.control", event_subject(prefix, CANCEL_SUBJECT)]  # durable patterns; callers' cancels
     publish = ["_INBOX.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
-               "$JS.FC.>", f"{prefix}.r.{REGISTER_SUBJECT.format(name=name)}", f"$KV.{namespace}_audit_keys.>"]
+               "$JS.FC.>", f"{prefix}.r.{REGISTER_SUBJECT.format(name=name)}"]
     for pattern in [*section.durable, "dead.>"] if section.durable else []:  # made if missing, never read: its
         stream = "CELLMONO_" + safe_name(f"{prefix}.{pattern}")             # commands and dead letters are there
         publish += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}"]  # with everyone else's
@@ -113,6 +113,8 @@ def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dic
                         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}", f"$JS.ACK.{stream}.{name}.>"]  # create subject
         replicas = max(AUDIT_REPLICAS, settings.cells[cell].replicas)  # a node id is one subject token: no prefix match
         publish += [f"audit.{part}{cell}-{replica}" for replica in range(1, replicas + 1) for part in ("", "anchors.")]
+        publish += [f"$KV.{namespace}_audit_keys.{cell}-{replica}.>" for replica in range(1, replicas + 1)]  # its
+        # anchors' public keys, under its own node names: never another node's entry
         publish += [f"$JS.API.DIRECT.GET.AUDIT.audit.{part}{cell}-{replica}" for replica in range(1, replicas + 1)
                     for part in ("", "anchors.")]  # the heads of its own chains and anchors
     publish.append("$JS.API.STREAM.CREATE.AUDIT")  # made if missing (a worker may start before the app ships)

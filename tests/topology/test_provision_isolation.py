@@ -2,7 +2,8 @@
 whose authorization include `cellmono workers provision` wrote, the worker of `counter` serves requests and durable
 events (its records, data key and exactly-once inbox entries), while `vault`'s record, data key and inbox entry,
 and every unscoped form of the stream API (an unfiltered consumer, a direct get without a subject, a stream
-message get, the stream's info) are refused by the server and raise `EngineDenied` at once, never a timeout.
+message get, the stream's info) are refused by the server and raise `EngineDenied` at once, never a timeout; it
+publishes its anchors' public key under its own node name, and may not write another node's entry.
 Real nats-server, real `cellmono` subprocesses."""
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from cellmono.core.config import load_settings
 from cellmono.core.errors import AccessDenied
 from cellmono.security.engine_keys import EngineDenied
 from cellmono.security.engine_inbox import EngineInbox
+from cellmono.security.audit_ship import AUDIT_KEYS_TABLE
 from cellmono.security.engine_keys import EngineUnavailable
+from cellmono.security.engine_kv import NatsTables
 from cellmono.security.engine_records import NatsRecords
 from cellmono.security.engine_store import EngineStore
 from cellmono.security.nats_identity import use_nkey
@@ -81,6 +84,36 @@ def refused(call, *what: str) -> EngineDenied:
     assert isinstance(caught.value, AccessDenied) and "re-provision" in message and "\n" not in message, message
     assert all(part in message for part in what), message
     return caught.value
+
+
+ANCHOR_KID = "k0123456789abcdef"
+
+
+def put_anchor_key(url: str, key: str, value: bytes = b"a key of the worker's own") -> None:
+    """Put `key` in the anchor keys table at `url` (as whoever this process connects as)."""
+    async def put() -> None:
+        tables = NatsTables(url, namespace="cellmono_isol", create=False)
+        await tables.start()
+        try:
+            await tables.put(AUDIT_KEYS_TABLE, key, value)
+        finally:
+            await tables.close()
+    asyncio.run(put())
+
+
+def anchor_keys(url: str) -> dict[str, bytes]:
+    """The anchor keys table at `url`, as the app reads it."""
+    found: dict[str, bytes] = {}
+
+    async def read() -> None:
+        tables = NatsTables(url, namespace="cellmono_isol", create=False)
+        await tables.start()
+        try:
+            await tables.watch(AUDIT_KEYS_TABLE, lambda key, value: found.__setitem__(key, value))
+        finally:
+            await tables.close()
+    asyncio.run(read())
+    return found
 
 
 def test_a_worker_reads_only_its_own_cells_share_of_the_engine(tmp_path) -> None:
@@ -169,6 +202,8 @@ nats_pid_file = {broker / "nats.pid"}
 
     try:
         asyncio.run(serve())
+        assert any(key.startswith("counter-1.") for key in anchor_keys(app_url)), anchor_keys(app_url)  # its own
+        put_anchor_key(app_url, f"app-0badc0de.{ANCHOR_KID}", b"the app's")  # as if the app's anchor key
         app_table = NatsRecords(app_url, bucket=BUCKET)
         vault_key = app_table.records("_dek.vault.")[0]  # the vault's data key, as the app sees it
         app_store = EngineStore(app_table, kept["keys"])
@@ -220,6 +255,10 @@ nats_pid_file = {broker / "nats.pid"}
             refused(lambda: api("STREAM.INFO.AUDIT", {"subjects_filter": "audit.*"}), "STREAM.INFO.AUDIT")
             refused(lambda: api("CONSUMER.CREATE.AUDIT.sneak", {"stream_name": "AUDIT", "config": sneak}),
                     "CONSUMER.CREATE.AUDIT")
+            # the anchor keys table: its own node's entries only, never the key that verifies another node's anchors
+            for node in ("app-0badc0de", "vault-1"):
+                refused(lambda: put_anchor_key(f"nats://127.0.0.1:{port}", f"{node}.{ANCHOR_KID}"), node)
+            assert anchor_keys(app_url)[f"app-0badc0de.{ANCHOR_KID}"] == b"the app's", anchor_keys(app_url)
         finally:
             table.close()
             app_store.close()
