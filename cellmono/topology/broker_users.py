@@ -154,21 +154,28 @@ def app_user(settings: Settings) -> tuple[str, str]:
     return found.group(1), found.group(2)
 
 
-def nats_authorization(settings: Settings, workers: dict[str, dict[str, Any]]) -> str:
+def nats_authorization(settings: Settings, workers: dict[str, dict[str, Any]], *, system_user: bool = True) -> str:
     """The `authorization {...}` block for nats-server: the app's user with every right, each live worker's user
-    with its permissions (`nats_permissions`): its public nkey (a record made before nkeys: its password). It
-    holds the app's password: written with mode 0600."""
+    with its permissions (`nats_permissions`): its public nkey (a record made before nkeys: its password); with
+    `system_user`, an `accounts` block holding the app's listener of refused logins in `$SYS`. It holds the app's
+    password: written with mode 0600."""
     user, password = app_user(settings)
     users: list[dict[str, Any]] = [{"user": user, "password": password}]
     for name, record in sorted(workers.items()):
         if record.get("revoked") is None:
             who = {"nkey": record["nkey"]} if "nkey" in record else {"user": record["user"], "password": record["password"]}
             users.append({**who, "permissions": nats_permissions(settings, name, record["cells"])})
+    text = "# written by `cellmono workers`: do not edit; include it in the server's config\n"
+    if not system_user:
+        text += "# [workers] nats_system_user = false: no account is declared, refused logins are in the server's log only\n"
+        return text + "authorization " + json.dumps({"users": users}, indent=1) + "\n"
     sys_name, sys_password = sys_user(settings)  # hears refused logins only (`watch_refusals`)
     listener = {"user": sys_name, "password": sys_password,
                 "permissions": {"publish": {"deny": [">"]}, "subscribe": {"allow": [AUTH_ERRORS]}}}
-    return "# written by `cellmono workers`: do not edit; include it in the server's config\nauthorization " + \
-        json.dumps({"users": users}, indent=1) + "\naccounts " + json.dumps({"$SYS": {"users": [listener]}}, indent=1) + "\n"
+    return text + ("# it declares `accounts` ($SYS, to audit refused logins): nats-server keeps one accounts block, so a\n"
+                   "# config with accounts of its own sets [workers] nats_system_user = false in the app's settings\n"
+                   "authorization " + json.dumps({"users": users}, indent=1) + "\naccounts " +
+                   json.dumps({"$SYS": {"users": [listener]}}, indent=1) + "\n")
 
 
 def sys_user(settings: Settings) -> tuple[str, str]:

@@ -67,6 +67,8 @@ class WorkersSection(Section):
     registry: str = "var/workers.json"
     nats_auth: str = "var/nats-auth.conf"
     nats_pid_file: str | None = None
+    nats_system_user: bool = True  # the include declares `$SYS` with a listener of refused logins (false: a server
+    # whose config has accounts of its own: nats-server keeps one accounts block, the include's would replace it)
     token_ttl: PositiveFloat = 365 * 24 * 3600.0
     retry_initial: PositiveFloat = 0.5
     retry_max: PositiveFloat = 10.0
@@ -156,7 +158,7 @@ def apply_nats_authorization(settings: Settings, workers: dict[str, dict[str, An
     the operator must know (reloaded, or which file to include and reload)."""
     section = workers_section(settings)
     path = Path(section.nats_auth)
-    write_private(path, nats_authorization(settings, workers))
+    write_private(path, nats_authorization(settings, workers, system_user=section.nats_system_user))
     if section.nats_pid_file is None:
         return f"include {path} in the nats-server config and reload it (nats-server --signal reload)"
     if not Path(section.nats_pid_file).exists():

@@ -204,7 +204,10 @@ class PromotedApp(App):
         registry = Registry(workers_section(self.settings).registry)
         await answer_registrations(self.bus, self.services, registry)
         audit = getattr(self.services, "audit", None)
-        watch = {"nats": watch_refusals, "redis": watch_redis_refusals}.get(broker_kind(self.settings) or "")
+        kind = broker_kind(self.settings) or ""
+        watch = {"nats": watch_refusals, "redis": watch_redis_refusals}.get(kind)
+        if kind == "nats" and not workers_section(self.settings).nats_system_user:  # the include declares no $SYS
+            watch = None
         if watch is not None and audit is not None and registry.load():  # workers provisioned: refused logins audited
             self.refusals = await watch(self.settings, audit, registry.load)
         self.audit_shipper = await ship_app_audit(self, "app", engine_namespace(self.settings.app.name), per_log=True)
