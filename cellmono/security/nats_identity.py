@@ -22,7 +22,7 @@ _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 # %% auto #0
-__all__ = ['new_nkey_user', 'public_nkey', 'use_nkey', 'nats_identity', 'denied_subject', 'Denials']
+__all__ = ['new_nkey_user', 'public_nkey', 'worker_inbox', 'use_nkey', 'nats_identity', 'denied_subject', 'Denials']
 
 # %% ../../nbs/18d_nats_identity.ipynb #afd19ffd
 def new_nkey_user() -> tuple[str, str]:
@@ -49,12 +49,18 @@ def public_nkey(seed: str) -> str:
 _IDENTITY: dict[str, Any] = {}
 
 
+def worker_inbox(public: str) -> str:
+    """The reply inbox prefix of the worker whose public nkey is `public`: its own, so its user may subscribe to
+    its replies and nobody else's."""
+    return "_INBOX_" + public[1:17]
+
+
 def use_nkey(seed: str | None) -> None:
-    """Connect every later NATS connection of this process as the nkey user of `seed` (checked); None: as the URL says."""
+    """Connect every later NATS connection of this process as the nkey user of `seed` (checked), with its own reply
+    inbox (`worker_inbox`); None: as the URL says."""
     _IDENTITY.clear()
     if seed is not None:
-        public_nkey(seed)
-        _IDENTITY["nkeys_seed_str"] = seed
+        _IDENTITY.update(nkeys_seed_str=seed, inbox_prefix=worker_inbox(public_nkey(seed)))
 
 
 def nats_identity() -> dict[str, Any]:

@@ -24,6 +24,7 @@ from ..core.config import Settings
 from ..core.errors import ConfigError
 from ..security.engine_inbox import INBOX_NAMESPACE, inbox_record
 from ..security.engine_records import safe_app
+from ..security.nats_identity import worker_inbox
 from ..security.records import audit_record
 from ..transports.brokers import covers, event_subject, redact, request_subject, safe_name
 from .engine_link import engine_namespace
@@ -70,9 +71,10 @@ def inbox_prefixes(settings: Settings, cell: str) -> list[str]:
             for stream, name, _ in durable_consumers(settings, cell)]
 
 
-def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dict[str, Any]:
+def nats_permissions(settings: Settings, name: str, cells: Sequence[str], inbox: str = "_INBOX") -> dict[str, Any]:
     """The NATS permissions of worker `name`: subscribe to its cells' subjects (and each replica's direct address,
-    callers' cancels, durable-pattern announcements), publish their events and replies and the requests and events
+    callers' cancels, durable-pattern announcements) and to its own reply `inbox` (`worker_inbox`), publish one
+    reply to each request it receives (`allow_responses`), its cells' events, and the requests and events
     its cells declare (`requests`, `publishes`; cancels of its own requests), watch (never write) the public key and revocation tables, consume only its cells' durable consumers (by name, their filter in the create subject), write its
     replicas' audit chains (`audit.CELL-N`) and their anchor keys (`audit_keys.CELL-N.*`) and read their heads only, and on the store bucket read and write only its cells' share: their
     records, active data-key pointers, data keys and inbox records, and the inbox's data key. Store reads name the
@@ -82,8 +84,8 @@ def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dic
     prefix, namespace = section.prefix, engine_namespace(settings.app.name)
     store = f"{safe_app(settings.app.name)}_store"  # `security.engine_records`: the store's KV bucket
     streams = [f"KV_{namespace}_keys", f"KV_{namespace}_revocations", f"KV_{namespace}_audit_keys"]
-    subscribe = ["_INBOX.>", f"{prefix}.control", event_subject(prefix, CANCEL_SUBJECT)]  # durable patterns; callers' cancels
-    publish = ["_INBOX.>", "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
+    subscribe = [f"{inbox}.>", f"{prefix}.control", event_subject(prefix, CANCEL_SUBJECT)]  # durable patterns; callers' cancels
+    publish = ["$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
                "$JS.FC.>", f"{prefix}.r.{REGISTER_SUBJECT.format(name=name)}"]
     for pattern in [*section.durable, "dead.>"] if section.durable else []:  # made if missing, never read: its
         stream = "CELLMONO_" + safe_name(f"{prefix}.{pattern}")             # commands and dead letters are there
@@ -124,7 +126,10 @@ def nats_permissions(settings: Settings, name: str, cells: Sequence[str]) -> dic
         publish += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.CONSUMER.*.{stream}",
                     f"$JS.API.CONSUMER.*.{stream}.>", f"$JS.API.CONSUMER.*.*.{stream}.>", f"$JS.ACK.{stream}.>",
                     f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>"]
-    return {"publish": {"allow": publish}, "subscribe": {"allow": sorted(set(subscribe))}}
+    if inbox == "_INBOX":  # a user made before workers had inboxes of their own: replies to every inbox
+        return {"publish": {"allow": ["_INBOX.>", *publish]}, "subscribe": {"allow": sorted(set(subscribe))}}
+    return {"publish": {"allow": publish}, "subscribe": {"allow": sorted(set(subscribe))},
+            "allow_responses": True}  # one reply to each request it receives, to whichever inbox asked
 
 # %% ../../nbs/38e_broker_users.ipynb #c581ec25
 def write_private(path: Path, text: str, *, replace: bool = True) -> None:
@@ -164,7 +169,8 @@ def nats_authorization(settings: Settings, workers: dict[str, dict[str, Any]], *
     for name, record in sorted(workers.items()):
         if record.get("revoked") is None:
             who = {"nkey": record["nkey"]} if "nkey" in record else {"user": record["user"], "password": record["password"]}
-            users.append({**who, "permissions": nats_permissions(settings, name, record["cells"])})
+            inbox = worker_inbox(record["nkey"]) if "nkey" in record else "_INBOX"  # its own reply inbox
+            users.append({**who, "permissions": nats_permissions(settings, name, record["cells"], inbox)})
     text = "# written by `cellmono workers`: do not edit; include it in the server's config\n"
     if not system_user:
         text += "# [workers] nats_system_user = false: no account is declared, refused logins are in the server's log only\n"

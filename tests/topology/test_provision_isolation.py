@@ -27,7 +27,7 @@ from cellmono.security.engine_keys import EngineUnavailable
 from cellmono.security.engine_kv import NatsTables
 from cellmono.security.engine_records import NatsRecords
 from cellmono.security.engine_store import EngineStore
-from cellmono.security.nats_identity import use_nkey
+from cellmono.security.nats_identity import nats_identity, use_nkey
 from cellmono.security.guard import Principal
 from cellmono.topology.engine_link import broker_tables, link_engine
 from cellmono.topology.placement import build_transport
@@ -99,6 +99,26 @@ def put_anchor_key(url: str, key: str, value: bytes = b"a key of the worker's ow
         finally:
             await tables.close()
     asyncio.run(put())
+
+
+def subscription_refused(url: str, subject: str) -> bool:
+    """True when nats-server refuses this process's subscription to `subject` (a permissions violation)."""
+    import nats
+    errors: list[str] = []
+
+    async def collect(error: Exception) -> None:
+        errors.append(str(error))
+
+    async def attempt() -> None:
+        connection = await nats.connect(url, connect_timeout=2, error_cb=collect, **nats_identity())
+        try:
+            await connection.subscribe(subject)
+            await connection.flush(2)
+            await asyncio.sleep(0.3)  # the server's -ERR for the subscription arrives after its PONG
+        finally:
+            await connection.close()
+    asyncio.run(attempt())
+    return any("permissions violation" in error.lower() and subject.lower() in error.lower() for error in errors)
 
 
 def anchor_keys(url: str) -> dict[str, bytes]:
@@ -255,6 +275,9 @@ nats_pid_file = {broker / "nats.pid"}
             refused(lambda: api("STREAM.INFO.AUDIT", {"subjects_filter": "audit.*"}), "STREAM.INFO.AUDIT")
             refused(lambda: api("CONSUMER.CREATE.AUDIT.sneak", {"stream_name": "AUDIT", "config": sneak}),
                     "CONSUMER.CREATE.AUDIT")
+            # replies: its own inbox only, never the shared one where the app's (and every worker's) replies arrive
+            assert subscription_refused(f"nats://127.0.0.1:{port}", "_INBOX.>")
+            assert not subscription_refused(f"nats://127.0.0.1:{port}", nats_identity()["inbox_prefix"] + ".>")
             # the anchor keys table: its own node's entries only, never the key that verifies another node's anchors
             for node in ("app-0badc0de", "vault-1"):
                 refused(lambda: put_anchor_key(f"nats://127.0.0.1:{port}", f"{node}.{ANCHOR_KID}"), node)
