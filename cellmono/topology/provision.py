@@ -48,8 +48,8 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['T', 'CredentialInvalid', 'WorkerRefused', 'WorkersSection', 'workers_section', 'check_name', 'worker_settings_text',
-           'Registry', 'apply_nats_authorization', 'provision_checks', 'provision', 'revoke', 'answer_registrations',
-           'register_worker', 'load_credential', 'credential_settings', 'with_retry']
+           'Registry', 'apply_nats_authorization', 'refresh_nats_authorization', 'provision_checks', 'provision',
+           'revoke', 'answer_registrations', 'register_worker', 'load_credential', 'credential_settings', 'with_retry']
 
 # %% ../../nbs/38d_provision.ipynb #5a82aa21
 class CredentialInvalid(EngineError, ValueError):
@@ -170,6 +170,16 @@ def apply_nats_authorization(settings: Settings, workers: dict[str, dict[str, An
         raise BrokerUnavailable(f"cannot reload nats-server from [workers] nats_pid_file "
                                 f"{section.nats_pid_file}: {type(error).__name__}") from None
     return f"nats-server (pid {pid}) reloaded with {path}"
+
+
+def refresh_nats_authorization(settings: Settings, workers: dict[str, dict[str, Any]]) -> str | None:
+    """At the app's start: `apply_nats_authorization` when the include grants other than this version of cellmono
+    would (an upgrade changed what a worker's user may do); None, untouched, when it is current."""
+    section = workers_section(settings)
+    path = Path(section.nats_auth)
+    if path.exists() and path.read_text() == nats_authorization(settings, workers, system_user=section.nats_system_user):
+        return None
+    return apply_nats_authorization(settings, workers)
 
 # %% ../../nbs/38d_provision.ipynb #565901b1
 def _worker_kek(settings: Settings, runtime: Runtime) -> str | None:

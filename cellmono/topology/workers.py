@@ -25,7 +25,7 @@ from ..core.bus import Bus
 from ..core.cell import Cell
 from ..core.config import Settings, load_settings
 from ..core.envelope import Envelope
-from ..core.errors import BusError, ConfigError, NoResponders, RequestTimeout
+from ..core.errors import BusError, CellmonoError, ConfigError, NoResponders, RequestTimeout
 from .placement import (
     BrokerSection, Placement, broker_kind, build_transport, placements, topology_mermaid)
 from .services import app_from_settings
@@ -35,7 +35,8 @@ from .placed import PlacedTransport
 from ..security.engine_inbox import EngineInbox
 from ..security.engine_store import EngineStore
 from ..security.inbox import DeliveryInbox, Inbox
-from .provision import Registry, answer_registrations, register_worker, with_retry, workers_section
+from .provision import (Registry, answer_registrations, refresh_nats_authorization, register_worker, with_retry,
+                        workers_section)
 from .broker_users import watch_refusals
 from .redis_users import watch_redis_refusals
 from ..security.audit_ship import ship_app_audit
@@ -205,6 +206,12 @@ class PromotedApp(App):
         await answer_registrations(self.bus, self.services, registry)
         audit = getattr(self.services, "audit", None)
         kind = broker_kind(self.settings) or ""
+        if kind == "nats" and registry.load():  # an upgrade may change what a worker's user may do: the include too
+            try:
+                if note := refresh_nats_authorization(self.settings, registry.load()):
+                    _log.warning("the NATS authorization include changed with this version of cellmono: %s", note)
+            except (CellmonoError, OSError) as error:
+                _log.warning("the NATS authorization include was not brought up to date: %s", error)
         watch = {"nats": watch_refusals, "redis": watch_redis_refusals}.get(kind)
         if kind == "nats" and not workers_section(self.settings).nats_system_user:  # the include declares no $SYS
             watch = None
