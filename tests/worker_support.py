@@ -164,3 +164,20 @@ async def connect_refusals(audit, actor: str, at_least: int, seconds: float = 5.
         if len(found) >= at_least or time.monotonic() > give_up:
             return found
         await asyncio.sleep(0.1)
+
+
+async def make_app_audit_home(url: str, app_name: str) -> None:
+    """What the app's start makes on NATS for the audit (a provisioned worker makes none): the `AUDIT` stream and
+    the anchor keys table. For tests whose app side is assembled by hand, not started with `cellmono serve`."""
+    from cellmono.security.audit_ship import AUDIT_KEYS_TABLE
+    from cellmono.security.audit_streams import audit_stream
+    from cellmono.topology.engine_link import broker_tables
+    stream = audit_stream("nats", url)
+    await stream.start()
+    await stream.close()
+    tables = broker_tables("nats", url, app_name)
+    await tables.start()
+    try:
+        await tables.watch(AUDIT_KEYS_TABLE, lambda key, value: None)  # opening it makes it
+    finally:
+        await tables.close()

@@ -168,8 +168,8 @@ class NatsAuditStream:
 
     async def start(self) -> None:
         """Connect and create the stream (file storage, direct gets allowed) when it is missing; one an older
-        cellmono made gets direct gets, except from a provisioned worker (an nkey identity), whose permissions
-        cover creating the stream and its own chains only: the app's next start allows them."""
+        cellmono made gets direct gets. A provisioned worker (an nkey identity) does neither, its permissions
+        cover its own chains only: until the app made the stream, its records wait in its log (the shipper retries)."""
         import nats  # optional extra: cellmono[nats]
         from nats.js.api import StreamConfig  # optional extra: cellmono[nats]
         from nats.js.errors import APIError  # optional extra: cellmono[nats]
@@ -178,11 +178,11 @@ class NatsAuditStream:
                 self.url, connect_timeout=self.connect_timeout, max_reconnect_attempts=-1, allow_reconnect=True,
                 reconnect_time_wait=0.5, error_cb=_quiet, **nats_identity()), self.connect_timeout + 1)
             self._js = self._connection.jetstream(timeout=self.timeout)
-            try:
-                await self._js.add_stream(StreamConfig(name=self.stream, allow_direct=True, subjects=[
-                    f"{self.prefix}.*", f"{self.prefix}.anchors.*"]))
-            except APIError:  # made by an older cellmono, without direct gets: allowed now
-                if not nats_identity():
+            if not nats_identity():
+                try:
+                    await self._js.add_stream(StreamConfig(name=self.stream, allow_direct=True, subjects=[
+                        f"{self.prefix}.*", f"{self.prefix}.anchors.*"]))
+                except APIError:  # made by an older cellmono, without direct gets: allowed now
                     info = await self._js.stream_info(self.stream)
                     await self._js.update_stream(replace(info.config, allow_direct=True))
         except Exception as error:  # refused, no JetStream, timeout: the client's types vary

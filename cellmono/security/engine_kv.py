@@ -164,7 +164,7 @@ class NatsTables:
                 try:
                     self._buckets[table] = await self._denials.run(js.key_value(bucket), f"$JS.API.STREAM.INFO.KV_{bucket}")
                 except BucketNotFoundError:
-                    if not self.create:
+                    if not self.create or nats_identity():  # a provisioned worker makes no table: the app does
                         raise EngineUnavailable(f"no {bucket!r} table on the engine at {redact(self.url)}: "
                                                 "start the app first (it creates it)") from None
                     self._buckets[table] = await js.create_key_value(bucket=bucket, history=1)

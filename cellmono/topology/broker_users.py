@@ -87,9 +87,9 @@ def nats_permissions(settings: Settings, name: str, cells: Sequence[str], inbox:
     subscribe = [f"{inbox}.>", f"{prefix}.control", event_subject(prefix, CANCEL_SUBJECT)]  # durable patterns; callers' cancels
     publish = ["$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
                "$JS.FC.>", f"{prefix}.r.{REGISTER_SUBJECT.format(name=name)}"]
-    for pattern in [*section.durable, "dead.>"] if section.durable else []:  # made if missing, never read: its
-        stream = "CELLMONO_" + safe_name(f"{prefix}.{pattern}")             # commands and dead letters are there
-        publish += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}"]  # with everyone else's
+    for pattern in [*section.durable, "dead.>"] if section.durable else []:  # found (the app makes it), never read:
+        stream = "CELLMONO_" + safe_name(f"{prefix}.{pattern}")             # its commands and dead letters are
+        publish.append(f"$JS.API.STREAM.INFO.{stream}")                      # there with everyone else's
     shares = [f"_active.{INBOX_NAMESPACE}", f"_dek.{INBOX_NAMESPACE}.>"]  # the inbox's data key: one for every worker
     for cell in cells:
         for spec in cell_class(settings, cell).specs:
@@ -119,11 +119,10 @@ def nats_permissions(settings: Settings, name: str, cells: Sequence[str], inbox:
         # anchors' public keys, under its own node names: never another node's entry
         publish += [f"$JS.API.DIRECT.GET.AUDIT.audit.{part}{cell}-{replica}" for replica in range(1, replicas + 1)
                     for part in ("", "anchors.")]  # the heads of its own chains and anchors
-    publish.append("$JS.API.STREAM.CREATE.AUDIT")  # made if missing (a worker may start before the app ships)
     for share in shares:  # write it, read it by a direct get naming it: nothing else of the store's stream API
         publish += [f"$KV.{store}.{share}", f"$JS.API.DIRECT.GET.KV_{store}.$KV.{store}.{share}"]
-    for stream in streams:  # the public key, revocation and anchor-key tables: the whole stream API
-        publish += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.CONSUMER.*.{stream}",
+    for stream in streams:  # the public key, revocation and anchor-key tables: read them (the app makes them)
+        publish += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.CONSUMER.*.{stream}",
                     f"$JS.API.CONSUMER.*.{stream}.>", f"$JS.API.CONSUMER.*.*.{stream}.>", f"$JS.ACK.{stream}.>",
                     f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>"]
     if inbox == "_INBOX":  # a user made before workers had inboxes of their own: replies to every inbox

@@ -17,6 +17,7 @@ from ..core.errors import ConfigError, IdempotencyKeyInvalid, MessageError
 from ..core.subjects import SubjectIndex, validate_pattern
 from ..core.transport import Handler
 from ..security.inbox import DeliveryInbox, check_idempotency_key, exactly_once
+from ..security.nats_identity import nats_identity
 from cellmono.transports.brokers import (
     BrokerUnavailable, Counters, bus_subject, covers, dead_letter, event_subject, failure_of, missing_extra,
     redact, safe_name)
@@ -94,8 +95,8 @@ class JetStreamDurables:
                         self._learn(bus_subject(self.prefix, wire), info.config.name)
         except self._error as error:
             _log.warning("NATS %s: JetStream not available (%s); durable subjects will fail", redact(self.url), error)
-        for pattern in self._declared:
-            await self._ensure_stream(pattern)
+        for pattern in [*self._declared, f"{self.dead_letter_prefix}.>"] if self._declared else []:
+            await self._ensure_stream(pattern)  # the dead letters' too: a worker makes none
 
     def durable(self, subject: str) -> bool:
         """True when events on `subject` are stored in a stream (a known durable pattern matches it)."""
@@ -120,23 +121,32 @@ class JetStreamDurables:
         return pattern
 
     async def _ensure_stream(self, pattern: str) -> str:
-        """The JetStream stream capturing `pattern`'s events (file storage), created if missing."""
+        """The JetStream stream capturing `pattern`'s events (file storage), created if missing; a provisioned
+        worker (an nkey identity) creates none, whatever its config would be: it waits for the app's
+        (`BrokerUnavailable`, retried by the worker's start)."""
         from nats.js.api import RetentionPolicy, StorageType  # the `nats` extra
         pattern = self._stream_pattern(pattern)
         if pattern in self._streams:
             return self._streams[pattern]
         name = "CELLMONO_" + safe_name(f"{self.prefix}.{pattern}")
         subjects = [event_subject(self.prefix, pattern)]
-        try:
-            await self._jetstream.add_stream(
-                name=name, subjects=subjects, storage=StorageType.FILE, retention=RetentionPolicy.LIMITS,
-                max_age=self.stream_max_age, duplicate_window=120.0, num_replicas=self.stream_replicas)
-        except self._error as error:
+        refused: Exception | None = None
+        if not nats_identity():  # a provisioned worker's rights cover no stream creation: it finds the app's
+            try:
+                await self._jetstream.add_stream(
+                    name=name, subjects=subjects, storage=StorageType.FILE, retention=RetentionPolicy.LIMITS,
+                    max_age=self.stream_max_age, duplicate_window=120.0, num_replicas=self.stream_replicas)
+            except self._error as error:
+                refused = error
+        if refused is not None or nats_identity():
             try:
                 info = await self._jetstream.stream_info(name)
             except self._error:
+                if refused is None:
+                    raise BrokerUnavailable(f"the durable stream {name} is not on the broker at {redact(self.url)} "
+                                            "yet: start the app first (it creates it)") from None
                 raise ConfigError(f"cannot create the JetStream stream for durable pattern {pattern!r} "
-                                  f"at {redact(self.url)}: {error}") from None
+                                  f"at {redact(self.url)}: {refused}") from None
             if list(info.config.subjects or []) != subjects:
                 raise ConfigError(f"JetStream stream {name} exists with subjects {info.config.subjects}, "
                                   f"expected {subjects}") from None

@@ -143,7 +143,12 @@ class NatsTransport:
         self.max_bytes = min(self.max_bytes, self._connection.max_payload)
         self._inbox = self._connection.new_inbox() + "."
         await self._connection.subscribe(self._inbox + "*", cb=self._on_reply)
-        await self.durables.attach(self._connection, self.max_bytes, timeout=max(self.connect_timeout, 2.0))
+        try:
+            await self.durables.attach(self._connection, self.max_bytes, timeout=max(self.connect_timeout, 2.0))
+        except BaseException:  # a durable stream not there yet (a worker before the app): the next start, anew
+            connection, self._connection = self._connection, None
+            await connection.close()
+            raise
 
     async def _on_error(self, error: Exception) -> None:
         _log.warning("NATS %s: %s: %s", redact(self.url), type(error).__name__, error)

@@ -20,7 +20,8 @@ from cellmono.topology.placement import build_transport
 from cellmono.topology.provision import Registry, answer_registrations, workers_section
 from cellmono.topology.services import Runtime
 from cellmono.topology.workers import CONTRACT_SUBJECT, answer_control, contract_fingerprint
-from worker_support import CELLMONO, cellmono, folder_files, load_cell_module, start_nats_with_auth, wait_pinged
+from worker_support import (CELLMONO, cellmono, folder_files, load_cell_module, make_app_audit_home, start_nats_with_auth,
+                            wait_pinged)
 
 CELL = '''
 from pydantic import BaseModel
@@ -83,6 +84,7 @@ nats_pid_file = {broker / "nats.pid"}
         settings = load_settings(settings_path)
         runtime = Runtime.from_settings(settings)  # the app's store: on the engine too
         engine = await link_engine(runtime, broker_tables("nats", f"nats://app:{APP_PASSWORD}@127.0.0.1:{port}", "engstate"), signer=True)
+        await make_app_audit_home(f"nats://app:{APP_PASSWORD}@127.0.0.1:{port}", "engstate")
         bus = Bus(build_transport(settings, "nats"), timeout=5)
         await bus.start()
         cell = load_cell_module(code / "counter_cell.py", "counter_cell_app")

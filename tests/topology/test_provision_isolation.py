@@ -92,7 +92,7 @@ ANCHOR_KID = "k0123456789abcdef"
 def put_anchor_key(url: str, key: str, value: bytes = b"a key of the worker's own") -> None:
     """Put `key` in the anchor keys table at `url` (as whoever this process connects as)."""
     async def put() -> None:
-        tables = NatsTables(url, namespace="cellmono_isol", create=False)
+        tables = NatsTables(url, namespace="cellmono_isol")  # made by the app; never by a worker
         await tables.start()
         try:
             await tables.put(AUDIT_KEYS_TABLE, key, value)
@@ -221,9 +221,9 @@ nats_pid_file = {broker / "nats.pid"}
             await runtime.close()
 
     try:
+        put_anchor_key(app_url, f"app-0badc0de.{ANCHOR_KID}", b"the app's")  # as the app's start does: the table
         asyncio.run(serve())
         assert any(key.startswith("counter-1.") for key in anchor_keys(app_url)), anchor_keys(app_url)  # its own
-        put_anchor_key(app_url, f"app-0badc0de.{ANCHOR_KID}", b"the app's")  # as if the app's anchor key
         app_table = NatsRecords(app_url, bucket=BUCKET)
         vault_key = app_table.records("_dek.vault.")[0]  # the vault's data key, as the app sees it
         app_store = EngineStore(app_table, kept["keys"])
