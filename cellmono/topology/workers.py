@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,13 +155,20 @@ async def run_worker(settings_path: Settings | str | Path, cell: str, replica: i
                 pass
         _log.info("worker %s #%d (pid %d) serving on %s", cell, replica, os.getpid(), kind)
         await stop.wait()
-    finally:
-        await (app.stop() if started else app.bus.stop())
+    finally:  # each step bounded: a connection wedged on its way down never holds the worker (or its error line)
+        await _bounded(app.stop() if started else app.bus.stop(), "the bus")
         if shipper is not None:  # audit17: what is left goes to the engine (or stays local for the next start)
-            await shipper.stop(close_stream=True)
+            await _bounded(shipper.stop(close_stream=True), "the audit stream")
         if engine is not None:
-            await engine.close()
+            await _bounded(engine.close(), "the engine tables")
     return 0
+
+
+async def _bounded(step: Awaitable[Any], what: str, seconds: float = 15.0) -> None:
+    try:
+        await asyncio.wait_for(step, seconds)
+    except asyncio.TimeoutError:
+        _log.warning("%s did not close within %g s: left to the process's exit", what, seconds)
 
 # %% ../../nbs/37_workers.ipynb #154f1377
 class PromotedApp(App):
