@@ -147,9 +147,7 @@ class SharedSessions(StreamableHTTPSessionManager):
             body, receive = await _buffered(receive, self.max_request_body_size)
             if len(body) <= self.max_request_body_size and self.answers.deliver(session, body):  # another
                 # replica's question (`gateway.answers`): the asker takes the answer from the engine
-                await send({"type": "http.response.start", "status": 202, "headers": []})
-                await send({"type": "http.response.body", "body": b""})
-                return
+                return await _answer(send, 202, b"")
         if local is None:
             await self._adopt(session, record, scope)
         await super()._handle_stateful_request(scope, receive, send)

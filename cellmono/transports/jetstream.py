@@ -131,18 +131,19 @@ class JetStreamDurables:
         name = "CELLMONO_" + safe_name(f"{self.prefix}.{pattern}")
         subjects = [event_subject(self.prefix, pattern)]
         refused: Exception | None = None
-        if not nats_identity():  # a provisioned worker's rights cover no stream creation: it finds the app's
+        worker = bool(nats_identity())
+        if not worker:  # a provisioned worker's rights cover no stream creation: it finds the app's
             try:
                 await self._jetstream.add_stream(
                     name=name, subjects=subjects, storage=StorageType.FILE, retention=RetentionPolicy.LIMITS,
                     max_age=self.stream_max_age, duplicate_window=120.0, num_replicas=self.stream_replicas)
             except self._error as error:
                 refused = error
-        if refused is not None or nats_identity():
+        if refused is not None or worker:
             try:
                 info = await self._jetstream.stream_info(name)
             except self._error:
-                if refused is None:
+                if worker:
                     raise BrokerUnavailable(f"the durable stream {name} is not on the broker at {redact(self.url)} "
                                             "yet: start the app first (it creates it)") from None
                 raise ConfigError(f"cannot create the JetStream stream for durable pattern {pattern!r} "
